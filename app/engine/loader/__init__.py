@@ -1,0 +1,1 @@
+"""Getting model weights from disk formats into the engine."""
