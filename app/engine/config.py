@@ -1,0 +1,78 @@
+"""Engine and generation settings: the two configs callers fill in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.engine.errors import RequestError
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+@dataclass
+class EngineConfig:
+    """How to load a model and size the engine around it."""
+
+    model: str | Path
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    # KV cache: tokens per block, and how much memory the cache may take.
+    block_size: int = 64
+    cache_memory_fraction: float = 0.5  # of memory free after the weights are loaded
+    num_cache_blocks: int | None = None  # exact block count; overrides the fraction
+    enable_prefix_caching: bool = True
+    # Scheduler: how many sequences and tokens one step may process.
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    prefill_chunk_size: int = 512  # longest prompt slice prefilled in one step
+    max_model_len: int | None = None  # defaults to the model's context length
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.block_size < 1 or self.prefill_chunk_size < 1 or self.max_num_seqs < 1:
+            raise ValueError("block_size, prefill_chunk_size and max_num_seqs must be positive")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be at least max_num_seqs (one token each)")
+        if not 0.0 < self.cache_memory_fraction <= 1.0:
+            raise ValueError("cache_memory_fraction must be in (0, 1]")
+
+
+@dataclass
+class GenerationConfig:
+    """How one request samples and when it stops. temperature 0 means greedy."""
+
+    max_new_tokens: int = 512
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    output_logits: bool = False  # return each step's raw logits (for tests and analysis)
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise RequestError("max_new_tokens must be at least 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise RequestError("min_new_tokens must be between 0 and max_new_tokens")
+        if self.temperature < 0:
+            raise RequestError("temperature must be >= 0")
+        if self.top_k < 0:
+            raise RequestError("top_k must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise RequestError("top_p must be in (0, 1]")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise RequestError("min_p must be in [0, 1]")
+        if self.repetition_penalty <= 0:
+            raise RequestError("repetition_penalty must be > 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1

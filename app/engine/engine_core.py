@@ -1,0 +1,172 @@
+"""The synchronous engine: requests in, one scheduled step at a time, deltas out.
+
+No threads here (``Engine`` adds the thread); tests and benchmarks drive it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from app.engine.block_manager import BlockManager
+from app.engine.config import EngineConfig, GenerationConfig
+from app.engine.detokenizer import IncrementalDetokenizer
+from app.engine.errors import RequestError
+from app.engine.loader.model_loader import LoadedModel
+from app.engine.model_runner import ModelRunner
+from app.engine.outputs import Delta, RequestStats
+from app.engine.scheduler import Scheduler
+from app.engine.sequence import Sequence
+from app.engine.tokenizer import encode_chat, encode_prompt, Message
+
+
+@dataclass(eq=False)
+class _Request:
+    seq: Sequence
+    detok: IncrementalDetokenizer
+    emit: Callable[[Delta], None]
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+
+class EngineCore:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig):
+        self.loaded, self.config = loaded, config
+        self.blocks = BlockManager(loaded.cache.num_blocks, loaded.cache.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.blocks, config.max_num_seqs, config.max_num_batched_tokens, config.prefill_chunk_size
+        )
+        self.runner = ModelRunner(loaded.model, loaded.cache)
+        self.requests: dict[int, _Request] = {}
+        self.generated_tokens = 0
+
+    # ---- requests -----------------------------------------------------------------------
+    def tokenize(self, prompt: str | None = None, messages: list[Message] | None = None) -> list[int]:
+        if (prompt is None) == (messages is None):
+            raise RequestError("give either a prompt or messages")
+        tok = self.loaded.tokenizer
+        return encode_chat(tok, messages) if messages is not None else encode_prompt(tok, prompt)
+
+    def add_request(
+        self, token_ids: list[int], gen: GenerationConfig, emit: Callable[[Delta], None], request_id: int | None = None
+    ) -> int:
+        """Queues a request; raises RequestError when it cannot be served at all."""
+        gen.validate()
+        limit = self.loaded.max_model_len
+        if not token_ids:
+            raise RequestError("the prompt is empty")
+        if len(token_ids) >= limit:
+            raise RequestError(
+                f"the prompt has {len(token_ids)} tokens; this model's context holds {limit} "
+                f"(prompt and reply together). Shorten the prompt or start a new conversation."
+            )
+        vocab = self.loaded.config.vocab_size
+        if min(token_ids) < 0 or max(token_ids) >= vocab:
+            raise RequestError(f"token ids must be in [0, {vocab})")
+        stop_ids = set(gen.stop_token_ids)
+        if not gen.ignore_eos:
+            stop_ids |= self.loaded.eos_token_ids
+        seq = Sequence(list(token_ids), gen, stop_token_ids=frozenset(stop_ids))
+        if request_id is not None:
+            seq.seq_id = request_id
+        if not gen.greedy:
+            seq.generator = torch.Generator(device=self.loaded.device)
+            seq.generator.manual_seed(gen.seed if gen.seed is not None else torch.seed())
+        detok = IncrementalDetokenizer(self.loaded.tokenizer, token_ids, gen.stop, gen.skip_special_tokens)
+        self.requests[seq.seq_id] = _Request(seq, detok, emit)
+        self.scheduler.add(seq)
+        return seq.seq_id
+
+    def cancel(self, request_id: int) -> bool:
+        req = self.requests.get(request_id)
+        if req is None:
+            return False
+        self._finish(req, "cancelled")
+        return True
+
+    def fail_all(self, message: str) -> None:
+        for req in list(self.requests.values()):
+            self._finish(req, "error", error=message)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- the step -----------------------------------------------------------------------
+    def step(self) -> int:
+        """Runs one scheduled step; returns the number of tokens it computed."""
+        batch = self.scheduler.schedule()
+        if not batch.items:
+            return 0
+        try:
+            out = self.runner.step(batch)
+        except Exception as exc:  # e.g. out of memory: fail this batch, keep serving the rest
+            for item in batch.items:
+                req = self.requests.get(item.seq.seq_id)
+                if req is not None:
+                    self._finish(req, "error", error=f"generation failed: {exc}")
+            return 0
+        sampling = [item.seq for item in batch.items if item.samples]
+        self.scheduler.complete_step(batch)
+        now = time.perf_counter()
+        for seq, token, logits in zip(sampling, out.sampled, out.logits):
+            req = self.requests[seq.seq_id]
+            seq.token_ids.append(token)
+            self.generated_tokens += 1
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            if logits is not None:
+                req.logits.append(logits)
+            reason = self._finish_reason(seq, token)
+            text = "" if token in seq.stop_token_ids else req.detok.add(token)
+            if req.detok.stopped:
+                reason = "stop"
+            if reason is None:
+                req.emit(Delta(seq.seq_id, text=text, token_ids=[token]))
+                continue
+            self._finish(req, reason, text=text, token_ids=[token])
+        return batch.num_tokens
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        if token in seq.stop_token_ids:  # the sampler kept them out until min_new_tokens
+            return "stop"
+        if seq.num_generated >= seq.gen.max_new_tokens or seq.num_tokens >= self.loaded.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, req: _Request, reason: str, text: str = "", token_ids: list[int] | None = None,
+                error: str | None = None) -> None:
+        seq = req.seq
+        self.scheduler.finish(seq, reason)
+        del self.requests[seq.seq_id]
+        if error is None:
+            text += req.detok.flush()
+        end = time.perf_counter()
+        decode_time = end - seq.first_token_time if seq.first_token_time else 0.0
+        stats = RequestStats(
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_generated,
+            cached_prompt_tokens=seq.num_cached_prompt_tokens,
+            ttft_s=(seq.first_token_time - seq.arrival_time) if seq.first_token_time else None,
+            decode_tokens_per_s=(seq.num_generated - 1) / decode_time if seq.num_generated > 1 and decode_time > 0 else None,
+            total_s=end - seq.arrival_time,
+            preemptions=seq.num_preemptions,
+        )
+        req.emit(Delta(seq.seq_id, text=text, token_ids=token_ids or [], finished=True, finish_reason=reason,
+                       error=error, stats=stats, logits=req.logits or None))
+
+    def stats(self) -> dict:
+        loaded = self.loaded
+        return {
+            "model": str(loaded.path),
+            "device": str(loaded.device),
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "kernels": loaded.kernels,
+            "cache_tokens": loaded.cache.num_tokens,
+            "free_cache_tokens": self.blocks.num_free_blocks * loaded.cache.block_size,
+            "max_model_len": loaded.max_model_len,
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+            "generated_tokens": self.generated_tokens,
+        }

@@ -1,0 +1,125 @@
+"""Torch reference ops: the CPU path, the fallback, and the oracle every fast kernel is tested against."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from app.engine.attention_metadata import AttentionMetadata
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in fp32, scaled in the input dtype (as the HF models do)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adds the residual, then normalises; returns (normalised, new residual)."""
+    residual = x + residual
+    return rms_norm(residual, weight, eps), residual
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates the two halves of each head (the HF "rotate_half" layout). x: [T, heads, dim]; cos/sin: [T, dim/2]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """Stores each token's key/value at its slot (block * block_size + offset)."""
+    num_kv_heads, head_dim = k.shape[-2:]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v)
+
+
+def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` cached tokens of one sequence: [length, kv_heads, dim]."""
+    block_size = cache.shape[1]
+    num_blocks = -(-length // block_size)
+    return cache[block_table[:num_blocks]].flatten(0, 1)[:length]
+
+
+def _window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Which keys each query may see: causal, and within the sliding window if there is one."""
+    mask = key_pos[None, :] <= query_pos[:, None]
+    if window is not None:
+        mask &= key_pos[None, :] > query_pos[:, None] - window
+    return mask
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """Attention of each sequence's new tokens over its cached context (written already) plus itself.
+
+    q: [T, heads, dim]; k/v: [T, kv_heads, dim] (this step's tokens, already in the cache).
+    Decodes (one token each, first in the batch) run as one padded batch; prefill chunks one by one.
+    """
+    out = torch.empty_like(q)
+    nd = meta.num_decodes
+    if nd:
+        out[:nd] = _decode_attention(q[:nd], k_cache, v_cache, meta, scale, sliding_window)
+    for i in range(nd, meta.num_seqs):
+        start, qlen, ctx = meta.query_starts[i], meta.query_lens[i], meta.context_lens[i]
+        qs = q[start : start + qlen]
+        if ctx == qlen:  # nothing cached before this chunk: use the fresh keys directly
+            ks, vs = k[start : start + qlen], v[start : start + qlen]
+        else:
+            ks = _gather_context(k_cache, meta.block_tables[i], ctx)
+            vs = _gather_context(v_cache, meta.block_tables[i], ctx)
+        if ctx == qlen and (sliding_window is None or ctx <= sliding_window):
+            mask, causal = None, True
+        else:
+            query_pos = torch.arange(ctx - qlen, ctx, device=q.device)
+            mask, causal = _window_mask(query_pos, torch.arange(ctx, device=q.device), sliding_window), False
+        out[start : start + qlen] = F.scaled_dot_product_attention(
+            qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1),
+            attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True,
+        ).transpose(0, 1)
+    return out
+
+
+def _decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    nd = q.shape[0]
+    block_size = k_cache.shape[1]
+    lens = meta.decode_context_lens  # tensor [nd]
+    max_len = max(meta.context_lens[:nd])
+    num_blocks = -(-max_len // block_size)
+    table = meta.block_tables[:nd, :num_blocks]
+    keys = k_cache[table].flatten(1, 2).transpose(1, 2)  # [nd, kv_heads, S, dim]
+    values = v_cache[table].flatten(1, 2).transpose(1, 2)
+    key_pos = torch.arange(num_blocks * block_size, device=q.device)
+    mask = key_pos[None, :] < lens[:, None]
+    if sliding_window is not None:
+        mask &= key_pos[None, :] >= (lens[:, None] - sliding_window)
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), keys, values, attn_mask=mask[:, None, None, :], scale=scale, enable_gqa=True
+    )
+    return out.squeeze(2)

@@ -1,0 +1,35 @@
+"""The paged KV cache tensors and how many blocks fit in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from app.engine.models.config import ModelConfig
+
+
+@dataclass
+class KVCache:
+    """Per layer (key, value) tensors of shape [num_blocks, block_size, kv_heads, head_dim]."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    num_blocks: int
+    block_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @classmethod
+    def allocate(
+        cls, cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+    ) -> "KVCache":
+        shape = (cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        storage = torch.zeros(shape, dtype=dtype, device=device)
+        return cls([(storage[i, 0], storage[i, 1]) for i in range(cfg.num_layers)], num_blocks, block_size)
+
+
+def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * element

@@ -1,0 +1,32 @@
+"""Linear layers whose weight format is pluggable (dense now; packed and quantized formats plug in here)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Linear(nn.Module):
+    """y = x W^T + b with W stored [out, in]. ``load_rows`` fills a row range, so fused
+    projections (q|k|v, gate|up) load from their separate checkpoint tensors."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device), requires_grad=False)
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
+        )
+
+    def load_rows(self, name: str, tensor: torch.Tensor, row_offset: int = 0) -> None:
+        target = self.bias if name == "bias" else self.weight
+        if target is None:
+            raise KeyError("this layer has no bias")
+        rows = tensor.shape[0]
+        if tensor.shape[1:] != target.shape[1:] or row_offset + rows > target.shape[0]:
+            raise ValueError(f"{name} of shape {tuple(tensor.shape)} does not fit {tuple(target.shape)} at row {row_offset}")
+        target[row_offset : row_offset + rows].copy_(tensor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)

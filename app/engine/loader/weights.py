@@ -1,0 +1,66 @@
+"""Reading HF safetensors checkpoints (single file or sharded), one tensor at a time."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from app.engine.errors import ModelLoadError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint, checked to exist."""
+    index = model_dir / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{index} is not a valid safetensors index: {exc}") from exc
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+    elif (model_dir / SINGLE_FILE).is_file():
+        files = [model_dir / SINGLE_FILE]
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+        if not files:
+            raise ModelLoadError(f"no .safetensors weights in {model_dir}")
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ModelLoadError(f"weight files listed in the index are missing: {', '.join(missing)}")
+    return files
+
+
+def validate_file(path: Path) -> None:
+    """Checks the header parses and the data it promises is all there (catches truncated downloads)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(header_len))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{path.name} is not a valid safetensors file ({exc})") from exc
+    if 8 + header_len + end > size:
+        raise ModelLoadError(
+            f"{path.name} is truncated: {size} bytes on disk, {8 + header_len + end} expected (re-download it)"
+        )
+
+
+def iter_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (name, tensor) across all files; only one tensor is materialised at a time."""
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except (OSError, RuntimeError) as exc:  # safetensors raises SafetensorError (a RuntimeError subclass)
+            raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc

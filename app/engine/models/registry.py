@@ -1,0 +1,60 @@
+"""Which architectures the engine runs, keyed by config.json's ``architectures``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from app.engine.errors import UnsupportedModelError
+from app.engine.kernels import Ops
+from app.engine.models.config import ModelConfig, parse_model_config
+from app.engine.models.decoder import DecoderLM
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family implies when config.json is silent, and which features it uses."""
+
+    defaults: dict[str, Any] = field(default_factory=dict)
+    sliding_window: bool = False
+
+
+ARCHITECTURES: dict[str, Family] = {
+    "LlamaForCausalLM": Family(),  # Llama 2/3/3.1/3.2, SmolLM
+    "MistralForCausalLM": Family(sliding_window=True),
+    "Qwen2ForCausalLM": Family(defaults={"qkv_bias": True, "o_bias": False}, sliding_window=True),
+    "Qwen3ForCausalLM": Family(defaults={"qk_norm": True}, sliding_window=True),
+}
+
+
+def supported_architectures() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def resolve_config(raw: dict[str, Any]) -> ModelConfig:
+    """Picks the family from ``architectures`` and normalises the config, or refuses clearly."""
+    names = raw.get("architectures") or []
+    arch = next((n for n in names if n in ARCHITECTURES), None)
+    if arch is None:
+        shown = ", ".join(names) if names else "none given"
+        raise UnsupportedModelError(
+            f"unsupported architecture ({shown}); supported: {', '.join(supported_architectures())}"
+        )
+    family = ARCHITECTURES[arch]
+    if family.sliding_window and raw.get("use_sliding_window") and raw.get("max_window_layers") is not None:
+        if int(raw["max_window_layers"]) < int(raw["num_hidden_layers"]):
+            raise UnsupportedModelError("sliding-window attention on only some layers is not supported yet")
+    try:
+        cfg = parse_model_config(raw, arch, **family.defaults)
+    except KeyError as exc:
+        raise UnsupportedModelError(f"config.json lacks the field {exc.args[0]!r}") from exc
+    if not family.sliding_window:
+        cfg = dataclasses.replace(cfg, sliding_window=None)
+    return cfg
+
+
+def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device) -> DecoderLM:
+    return DecoderLM(cfg, ops, dtype, device)

@@ -1,0 +1,35 @@
+"""What the engine streams back to callers: plain values only (no tensors unless asked for)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RequestStats:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_prompt_tokens: int
+    ttft_s: float | None  # submit to first token
+    decode_tokens_per_s: float | None  # after the first token
+    total_s: float
+    preemptions: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Delta:
+    """One piece of a streamed reply. The last one has ``finished`` set, with stats or an error."""
+
+    request_id: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finished: bool = False
+    finish_reason: str | None = None  # stop | length | cancelled | error
+    error: str | None = None
+    stats: RequestStats | None = None
+    logits: list[torch.Tensor] | None = None  # per step, when GenerationConfig.output_logits

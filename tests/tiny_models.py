@@ -1,0 +1,64 @@
+"""Tiny random-weight checkpoints written with transformers, for checking our models against HF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Paris is the capital of France. "
+    "Large language models predict the next token from the tokens before it. "
+    "def add(a, b):\n    return a + b\n 0123456789 café naïve 日本語 ✓"
+)
+
+SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2)
+
+# architecture name -> config class name and extra settings exercising the family's features
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", {}),
+    "llama3-rope": ("LlamaConfig", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}),
+    "llama-linear-rope": ("LlamaConfig", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+    "llama-bias": ("LlamaConfig", {"attention_bias": True, "mlp_bias": True, "head_dim": 32}),
+    "mistral": ("MistralConfig", {"sliding_window": 24}),
+    "qwen2": ("Qwen2Config", {"tie_word_embeddings": True}),
+    "qwen3": ("Qwen3Config", {"head_dim": 32, "tie_word_embeddings": True}),
+}
+
+
+def write_tokenizer(out: Path, vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(specials), special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([_TEXT] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", bos_token=None,
+                                   pad_token="<|endoftext|>", unk_token=None)
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+    return fast
+
+
+def write_tiny_model(out: Path, variant: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """Writes config, random weights and a tokenizer to ``out``; returns the HF model (eval, fp32)."""
+    import transformers
+
+    config_class, extra = VARIANTS[variant]
+    tokenizer = write_tokenizer(out)
+    cfg = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, **{**SHAPE, **extra, **overrides}
+    )
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(dtype).eval()
+    model.save_pretrained(out)
+    return model
