@@ -19,7 +19,8 @@ class EngineConfig:
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
     # KV cache: tokens per block, and how much memory the cache may take.
     block_size: int = 64
-    cache_memory_fraction: float = 0.5  # of memory free after the weights are loaded
+    # Share of the memory free after loading the weights; None: 0.85 of a GPU's, 0.1 of RAM.
+    cache_memory_fraction: float | None = None
     num_cache_blocks: int | None = None  # exact block count; overrides the fraction
     enable_prefix_caching: bool = True
     # Scheduler: how many sequences and tokens one step may process.
@@ -35,7 +36,7 @@ class EngineConfig:
             raise ValueError("block_size, prefill_chunk_size and max_num_seqs must be positive")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must be at least max_num_seqs (one token each)")
-        if not 0.0 < self.cache_memory_fraction <= 1.0:
+        if self.cache_memory_fraction is not None and not 0.0 < self.cache_memory_fraction <= 1.0:
             raise ValueError("cache_memory_fraction must be in (0, 1]")
 
 

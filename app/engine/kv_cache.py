@@ -26,10 +26,22 @@ class KVCache:
         cls, cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
     ) -> "KVCache":
         shape = (cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
-        storage = torch.zeros(shape, dtype=dtype, device=device)
+        storage = _zeroed(shape, dtype, device)
         return cls([(storage[i, 0], storage[i, 1]) for i in range(cfg.num_layers)], num_blocks, block_size)
 
 
 def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     element = torch.empty((), dtype=dtype).element_size()
     return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * element
+
+
+def _zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zero-filled cache (masked attention must never meet NaN garbage). A large CPU allocation
+    comes from fresh OS pages, which are zero already; leaving them untouched keeps start-up fast
+    and costs RAM only as blocks get used."""
+    numel = 1
+    for n in shape:
+        numel *= n
+    if device.type == "cpu" and numel * torch.empty((), dtype=dtype).element_size() >= 64 * 2**20:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)
