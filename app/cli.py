@@ -1,0 +1,57 @@
+"""``lmstation``: one entry point for the terminal commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="model folder or library name (default: the starter model)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmstation", description="LM Station: local LLMs, fast.")
+    sub = parser.add_subparsers(dest="command")
+
+    chat = sub.add_parser("chat", help="chat in the terminal, or answer one --prompt and exit")
+    _add_model_args(chat)
+    chat.add_argument("--prompt", help="answer this prompt and exit")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=512)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--seed", type=int)
+
+    bench = sub.add_parser("bench", help="measure prefill and decode speed")
+    _add_model_args(bench)
+    bench.add_argument("--batch", type=int, default=1)
+    bench.add_argument("--input-len", type=int, default=128)
+    bench.add_argument("--output-len", type=int, default=128)
+    bench.add_argument("--baseline", choices=["hf"], help="also run HF transformers on the same inputs")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:  # until the desktop window lands, the app is the terminal chat
+        args = build_parser().parse_args(["chat"])
+    try:
+        if args.command == "chat":
+            from app.commands.chat import run_chat
+
+            return run_chat(args)
+        if args.command == "bench":
+            from app.commands.bench import run_bench
+
+            return run_bench(args)
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The terminal commands behind ``lmstation``, one module each."""
