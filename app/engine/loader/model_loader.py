@@ -109,7 +109,7 @@ def load(engine_cfg: EngineConfig, model_dir: Path) -> LoadedModel:
     model = build_model(cfg, ops, dtype, device)
     model.load_weights(iter_weights(checkpoint_files(model_dir)))
     model.eval()
-    context = engine_cfg.max_model_len or cfg.max_position_embeddings
+    context = engine_cfg.max_model_len or cfg.context_length
     blocks = _cache_blocks(cfg, engine_cfg, context, dtype, device)
     cache = KVCache.allocate(cfg, blocks, engine_cfg.block_size, dtype, device)
     return LoadedModel(

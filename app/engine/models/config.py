@@ -47,6 +47,14 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     torch_dtype: str | None = None
 
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the model is meant for. Dynamic NTK scaling stretches the trained
+        context by its factor; the other types' configs state the stretched length already."""
+        if self.rope.type == "dynamic":
+            return int(self.max_position_embeddings * self.rope.factor)
+        return self.max_position_embeddings
+
 
 def _rope_config(raw: dict[str, Any]) -> RopeConfig:
     params = dict(raw.get("rope_parameters") or {})
