@@ -36,8 +36,10 @@ def _filter(probs_sorted: torch.Tensor, seq: Sequence) -> torch.Tensor:
     keep = torch.ones_like(probs_sorted, dtype=torch.bool)
     if gen.top_k > 0:
         keep[gen.top_k :] = False
-    if gen.top_p < 1.0:
-        before = torch.cumsum(probs_sorted, 0) - probs_sorted  # mass of strictly more likely tokens
+    if gen.top_p < 1.0:  # over what top-k left, renormalised (as HF's warpers chain)
+        probs = probs_sorted * keep
+        probs = probs / probs.sum()
+        before = torch.cumsum(probs, 0) - probs  # mass of strictly more likely tokens
         keep &= before < gen.top_p
     if gen.min_p > 0.0:
         keep &= probs_sorted >= gen.min_p * probs_sorted[0]

@@ -1,0 +1,90 @@
+"""Sampling against HF's logits processors, and seeds that reproduce whatever shares the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                          TopKLogitsWarper, TopPLogitsWarper)
+
+from app.engine.config import GenerationConfig
+from app.engine.sampling import _filter, apply_repetition_penalty, sample, suppress_stop_tokens
+from app.engine.sequence import Sequence
+
+
+def seq(tokens=(1, 2, 3), **gen) -> Sequence:
+    s = Sequence(list(tokens), GenerationConfig(**gen))
+    s.generator = torch.Generator().manual_seed(gen.get("seed") or 0)
+    return s
+
+
+def test_repetition_penalty_matches_hf() -> None:
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(0)) * 3
+    seqs = [seq((1, 4, 4, 9), repetition_penalty=1.3), seq((2, 7), repetition_penalty=0.8)]
+    ours = logits.clone()
+    apply_repetition_penalty(ours, seqs)
+    for i, s in enumerate(seqs):
+        ref = RepetitionPenaltyLogitsProcessor(s.gen.repetition_penalty)(torch.tensor([s.token_ids]), logits[i : i + 1].clone())
+        torch.testing.assert_close(ours[i], ref[0])
+
+
+@pytest.mark.parametrize("settings", [dict(top_k=5), dict(top_p=0.7), dict(min_p=0.1),
+                                      dict(top_k=8, top_p=0.5, min_p=0.05, temperature=0.7)])
+def test_filters_keep_the_same_tokens_as_hf(settings) -> None:
+    logits = torch.randn(200, generator=torch.Generator().manual_seed(1)) * 2
+    s = seq(**settings)
+    temperature = settings.get("temperature", 1.0)
+    probs = torch.softmax(logits / temperature, -1)
+    sorted_probs, order = probs.sort(descending=True)
+    kept = set(order[_filter(sorted_probs, s) > 0].tolist())
+    ref = logits[None] / temperature
+    for warper in ([TopKLogitsWarper(s.gen.top_k)] if s.gen.top_k else []) + \
+                  ([TopPLogitsWarper(s.gen.top_p)] if s.gen.top_p < 1 else []) + \
+                  ([MinPLogitsWarper(s.gen.min_p)] if s.gen.min_p else []):
+        ref = warper(None, ref)
+    assert kept == set(torch.nonzero(ref[0] > float("-inf")).flatten().tolist())
+    assert 0 < len(kept) < 200
+
+
+def test_samples_follow_the_distribution() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    probs = torch.softmax(logits / 0.8, -1)
+    s = seq(temperature=0.8, seed=3)
+    counts = torch.zeros(5)
+    for _ in range(4000):
+        counts[sample(logits[None].clone(), [s])[0]] += 1
+    assert (counts / 4000 - probs).abs().max() < 0.03
+
+
+def test_temperature_zero_is_argmax_and_top_k_one_too() -> None:
+    logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(2))
+    seqs = [seq(temperature=0), seq(temperature=1.5, top_k=1), seq(temperature=0, repetition_penalty=1.0)]
+    assert sample(logits.clone(), seqs) == logits.argmax(-1).tolist()
+
+
+def test_min_new_tokens_suppresses_stop_tokens() -> None:
+    logits = torch.zeros(1, 10)
+    logits[0, 7] = 100.0
+    s = seq(min_new_tokens=2)
+    s.stop_token_ids = frozenset({7})
+    suppress_stop_tokens(logits, [s])
+    assert logits[0, 7] == float("-inf")
+
+
+def test_seeded_sampling_is_independent_of_batch_mates() -> None:
+    logits = torch.randn(1, 300, generator=torch.Generator().manual_seed(4))
+    draws = []
+    for mates in (0, 3):
+        s = seq(temperature=1.0, seed=123)
+        others = [seq(temperature=1.0, seed=i) for i in range(mates)]
+        batch_logits = torch.cat([logits] + [torch.randn(1, 300) for _ in others])
+        draws.append([sample(batch_logits.clone(), [s] + others)[0] for _ in range(1)] +
+                     [sample(logits.clone(), [s])[0] for _ in range(9)])
+    assert draws[0] == draws[1]
+    assert len(set(draws[0])) > 1
+
+
+def test_temperature_matches_hf_warper() -> None:
+    logits = torch.randn(1, 30)
+    ref = TemperatureLogitsWarper(0.5)(None, logits.clone())
+    torch.testing.assert_close(torch.softmax(ref, -1)[0], torch.softmax(logits[0] / 0.5, -1))

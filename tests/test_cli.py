@@ -1,0 +1,43 @@
+"""The ``lmstation`` command as a user runs it, on the starter model, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+LMSTATION = str(Path(sys.executable).parent / "lmstation")
+
+
+def run(args: list[str], home: Path, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LMSTATION_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([LMSTATION, *args], input=stdin, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_chat_prompt_answers_paris(starter_model, lmstation_home) -> None:
+    done = run(["chat", "--prompt", "What is the capital of France?", "--temperature", "0"], lmstation_home)
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout
+
+
+def test_interactive_chat_keeps_history(starter_model, lmstation_home) -> None:
+    script = "What is the capital of France?\n/reset\nWhat is the capital of Germany?\n/exit\n"
+    done = run(["chat", "--temperature", "0", "--max-new-tokens", "30"], lmstation_home, stdin=script)
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout and "Berlin" in done.stdout
+
+
+def test_unknown_model_is_a_clear_error(lmstation_home) -> None:
+    done = run(["chat", "no-such-model", "--prompt", "hi"], lmstation_home)
+    assert done.returncode == 1
+    assert "no model named 'no-such-model'" in done.stderr
+
+
+def test_bench_prints_engine_and_hf_side_by_side(starter_model, lmstation_home) -> None:
+    done = run(["bench", "--baseline", "hf", "--input-len", "16", "--output-len", "8", "--json"], lmstation_home)
+    assert done.returncode == 0, done.stderr
+
+    assert ours["name"] == "lmstation" and hf["name"] == "hf-transformers"
+    assert ours["dtype"] == hf["dtype"] and ours["decode_tokens_per_s"] > 0 and hf["decode_tokens_per_s"] > 0
