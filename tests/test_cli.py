@@ -41,3 +41,13 @@ def test_bench_prints_engine_and_hf_side_by_side(starter_model, lmstation_home) 
 
     assert ours["name"] == "lmstation" and hf["name"] == "hf-transformers"
     assert ours["dtype"] == hf["dtype"] and ours["decode_tokens_per_s"] > 0 and hf["decode_tokens_per_s"] > 0
+
+
+def test_gguf_file_is_imported_into_the_library(starter_model, lmstation_home) -> None:
+    from app.engine.starter import starter_gguf_path
+
+    done = run(["chat", str(starter_gguf_path()), "--prompt", "What is the capital of France?", "--temperature", "0",
+                "--max-new-tokens", "12"], lmstation_home)
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in done.stdout
+    assert (lmstation_home / "models" / starter_gguf_path().stem / "config.json").is_file()

@@ -45,7 +45,8 @@ def run_chat(args: argparse.Namespace) -> int:
         except EngineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"Ready on {stats['device']} ({stats['dtype']}), context {stats['max_model_len']} tokens.",
+        print(f"Ready on {stats['device']} ({stats['dtype']}): KV cache {stats['cache_tokens']:,} tokens, "
+              f"context {stats['max_model_len']:,} tokens.",
               file=sys.stderr, flush=True)
         system = [{"role": "system", "content": args.system}] if args.system else []
         if args.prompt is not None:
