@@ -38,7 +38,7 @@ def test_unknown_model_is_a_clear_error(lmstation_home) -> None:
 def test_bench_prints_engine_and_hf_side_by_side(starter_model, lmstation_home) -> None:
     done = run(["bench", "--baseline", "hf", "--input-len", "16", "--output-len", "8", "--json"], lmstation_home)
     assert done.returncode == 0, done.stderr
-
+    ours, hf = json.loads(done.stdout)
     assert ours["name"] == "lmstation" and hf["name"] == "hf-transformers"
     assert ours["dtype"] == hf["dtype"] and ours["decode_tokens_per_s"] > 0 and hf["decode_tokens_per_s"] > 0
 
