@@ -1,0 +1,448 @@
+/*
+ * gemv.c - weight-streaming y = x @ W^T for small batches (decode) on CPU.
+ *
+ * At batch 1..16 a linear layer is bound by reading W from DRAM, so the kernels
+ * stream a pre-packed weight exactly once per call and keep every batch row's
+ * accumulators in registers (fp32 accumulation throughout).
+ *
+ * Packed layouts (built by the caller once at load time, rows zero-padded to a
+ * multiple of TILE, bf16 columns zero-padded to an even count):
+ *   bf16: [ntiles][in_pairs][TILE][2]  (the VNNI pair layout vdpbf16ps consumes)
+ *   fp32: [ntiles][in][TILE]
+ * so each 32-row tile is one contiguous stream and splitting tiles across
+ * threads splits the bytes evenly.
+ *
+ * Instruction sets, picked at run time: AVX-512 BF16 (vdpbf16ps; fp32 uses
+ * AVX-512F), AVX2+FMA, and portable C. Only GNU-compatible compilers (gcc,
+ * clang, MinGW) get the SIMD paths; any other compiler builds the portable path.
+ *
+ * Threads: the library owns none. Two spinning pools on the same cores fight
+ * (measured: a private pool made torch's own parallel ops ~10x slower right
+ * after a call), so the caller hands in the entry points of the OpenMP runtime
+ * torch already runs (libgomp's GOMP_parallel ABI, also exported by LLVM's and
+ * Intel's runtimes on Linux) and the kernel runs inside torch's pool. Without
+ * them (e.g. Windows/MSVC builds of torch) it runs on the calling thread.
+ *
+ * Plain C ABI, no torch headers: the built library survives torch upgrades.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define LMS_X86 1
+#else
+#define LMS_X86 0
+#endif
+
+#if defined(_WIN32)
+#define LMS_API __declspec(dllexport)
+#else
+#define LMS_API __attribute__((visibility("default")))
+#endif
+
+#define TILE 32  /* output rows per packed tile */
+#define MIN_PARALLEL_BYTES (128 * 1024)  /* below this, waking a thread costs more than it saves */
+/* Software prefetch this far ahead of the weight stream, non-temporal so the
+ * weights (read once per call) do not evict activations from cache: +4-7%
+ * over the hardware prefetcher alone at batch 1-16. */
+#define PREFETCH_BYTES 2048
+
+enum { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512BF16 = 2 };
+
+typedef struct job job_t;
+struct job {
+    const void *x;
+    int64_t ldx, nb, in;
+    const void *w;
+    int64_t out;
+    void *y;
+    int64_t ldy, ntiles;
+    void (*tiles)(const job_t *, int64_t, int64_t); /* computes tiles [t0, t1) */
+};
+
+static inline float bf16_to_f32(uint16_t v)
+{
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Round-to-nearest-even, quiet NaNs kept: the same rounding torch uses. */
+static inline uint16_t f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline int tile_rows(const job_t *j, int64_t t)
+{
+    int64_t left = j->out - t * TILE;
+    return (int)(left < TILE ? left : TILE);
+}
+
+/* Writes a tile's fp32 results (nb rows x TILE) to y, converting when y is bf16. */
+static void store_tile(const job_t *j, int64_t t, int64_t b0, int nb, const float *acc, int bf16)
+{
+    int n = tile_rows(j, t);
+    for (int b = 0; b < nb; b++) {
+        const float *a = acc + b * TILE;
+        if (bf16) {
+            uint16_t *y = (uint16_t *)j->y + (b0 + b) * j->ldy + t * TILE;
+            for (int r = 0; r < n; r++) y[r] = f32_to_bf16(a[r]);
+        } else {
+            float *y = (float *)j->y + (b0 + b) * j->ldy + t * TILE;
+            memcpy(y, a, (size_t)n * sizeof(float));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ portable */
+
+#define NB_PORTABLE 4
+
+static void tiles_bf16_portable(const job_t *j, int64_t t0, int64_t t1)
+{
+    const int64_t kp = (j->in + 1) / 2;
+    const uint16_t *x = (const uint16_t *)j->x;
+    for (int64_t t = t0; t < t1; t++) {
+        const uint16_t *wt = (const uint16_t *)j->w + t * kp * 2 * TILE;
+        for (int64_t b0 = 0; b0 < j->nb; b0 += NB_PORTABLE) {
+            int nb = (int)(j->nb - b0 < NB_PORTABLE ? j->nb - b0 : NB_PORTABLE);
+            float acc[NB_PORTABLE * TILE] = {0};
+            for (int b = 0; b < nb; b++) {
+                const uint16_t *xb = x + (b0 + b) * j->ldx;
+                float *a = acc + b * TILE;
+                for (int64_t p = 0; p < kp; p++) {
+                    float x0 = bf16_to_f32(xb[2 * p]);
+                    float x1 = 2 * p + 1 < j->in ? bf16_to_f32(xb[2 * p + 1]) : 0.0f;
+                    const uint16_t *wp = wt + p * 2 * TILE;
+                    for (int r = 0; r < TILE; r++)
+                        a[r] += bf16_to_f32(wp[2 * r]) * x0 + bf16_to_f32(wp[2 * r + 1]) * x1;
+                }
+            }
+            store_tile(j, t, b0, nb, acc, 1);
+        }
+    }
+}
+
+static void tiles_f32_portable(const job_t *j, int64_t t0, int64_t t1)
+{
+    const float *x = (const float *)j->x;
+    for (int64_t t = t0; t < t1; t++) {
+        const float *wt = (const float *)j->w + t * j->in * TILE;
+        for (int64_t b0 = 0; b0 < j->nb; b0 += NB_PORTABLE) {
+            int nb = (int)(j->nb - b0 < NB_PORTABLE ? j->nb - b0 : NB_PORTABLE);
+            float acc[NB_PORTABLE * TILE] = {0};
+            for (int b = 0; b < nb; b++) {
+                const float *xb = x + (b0 + b) * j->ldx;
+                float *a = acc + b * TILE;
+                for (int64_t k = 0; k < j->in; k++) {
+                    const float *wk = wt + k * TILE;
+                    for (int r = 0; r < TILE; r++) a[r] += wk[r] * xb[k];
+                }
+            }
+            store_tile(j, t, b0, nb, acc, 0);
+        }
+    }
+}
+
+#if LMS_X86
+/* ---------------------------------------------------------------- AVX2 + FMA */
+
+#define T_AVX2 __attribute__((target("avx2,fma")))
+#define NB_AVX2 3  /* 3 batch rows x 4 ymm accumulators + temporaries fit 16 ymm */
+
+/* One tile for nb (compile-time after inlining) batch rows. A bf16 pair (w_k, w_k+1)
+ * sits in one 32-bit lane, so w_k = lane << 16 and w_k+1 = lane & 0xffff0000. */
+T_AVX2 static inline __attribute__((always_inline)) void
+tile_bf16_avx2(const job_t *j, int64_t t, int64_t b0, const int nb)
+{
+    const int64_t kp = (j->in + 1) / 2, kfull = j->in / 2;
+    const uint16_t *wt = (const uint16_t *)j->w + t * kp * 2 * TILE;
+    const uint16_t *x = (const uint16_t *)j->x + b0 * j->ldx;
+    const __m256i hi_mask = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 acc[NB_AVX2][4];
+    for (int b = 0; b < nb; b++)
+        for (int q = 0; q < 4; q++) acc[b][q] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < kp; p++) {
+        __m256 x0[NB_AVX2], x1[NB_AVX2];
+        for (int b = 0; b < nb; b++) {
+            const uint16_t *xb = x + b * j->ldx + 2 * p;
+            x0[b] = _mm256_set1_ps(bf16_to_f32(xb[0]));
+            x1[b] = _mm256_set1_ps(p < kfull ? bf16_to_f32(xb[1]) : 0.0f);
+        }
+        for (int q = 0; q < 4; q++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(wt + p * 2 * TILE + q * 16));
+            __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+            __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(raw, hi_mask));
+            for (int b = 0; b < nb; b++)
+                acc[b][q] = _mm256_fmadd_ps(wo, x1[b], _mm256_fmadd_ps(we, x0[b], acc[b][q]));
+        }
+    }
+    float out[NB_AVX2 * TILE];
+    for (int b = 0; b < nb; b++)
+        for (int q = 0; q < 4; q++) _mm256_storeu_ps(out + b * TILE + q * 8, acc[b][q]);
+    store_tile(j, t, b0, nb, out, 1);
+}
+
+T_AVX2 static inline __attribute__((always_inline)) void
+tile_f32_avx2(const job_t *j, int64_t t, int64_t b0, const int nb)
+{
+    const float *wt = (const float *)j->w + t * j->in * TILE;
+    const float *x = (const float *)j->x + b0 * j->ldx;
+    __m256 acc[NB_AVX2][4];
+    for (int b = 0; b < nb; b++)
+        for (int q = 0; q < 4; q++) acc[b][q] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < j->in; k++) {
+        const float *wk = wt + k * TILE;
+        __m256 w[4];
+        for (int q = 0; q < 4; q++) w[q] = _mm256_loadu_ps(wk + q * 8);
+        for (int b = 0; b < nb; b++) {
+            __m256 xb = _mm256_broadcast_ss(x + b * j->ldx + k);
+            for (int q = 0; q < 4; q++) acc[b][q] = _mm256_fmadd_ps(w[q], xb, acc[b][q]);
+        }
+    }
+    float out[NB_AVX2 * TILE];
+    for (int b = 0; b < nb; b++)
+        for (int q = 0; q < 4; q++) _mm256_storeu_ps(out + b * TILE + q * 8, acc[b][q]);
+    store_tile(j, t, b0, nb, out, 0);
+}
+
+#define DEFINE_TILES_AVX2(name, tile)                                          \
+    T_AVX2 static void name(const job_t *j, int64_t t0, int64_t t1)            \
+    {                                                                          \
+        for (int64_t t = t0; t < t1; t++)                                      \
+            for (int64_t b0 = 0; b0 < j->nb; b0 += NB_AVX2) {                  \
+                int64_t nb = j->nb - b0;                                       \
+                if (nb >= 3) tile(j, t, b0, 3);                                \
+                else if (nb == 2) tile(j, t, b0, 2);                           \
+                else tile(j, t, b0, 1);                                        \
+            }                                                                  \
+    }
+DEFINE_TILES_AVX2(tiles_bf16_avx2, tile_bf16_avx2)
+DEFINE_TILES_AVX2(tiles_f32_avx2, tile_f32_avx2)
+
+/* ------------------------------------------------------------- AVX-512 (BF16) */
+
+#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+/* 8 batch rows x 2 zmm accumulators. Larger batches run the tile again per 8 rows,
+ * from L1/L2; blocking k so each block serves all rows from L1 measured slower. */
+#define NB_512 8
+
+T_512 static inline __attribute__((always_inline)) void prefetch_line_pair(const void *p)
+{
+    _mm_prefetch((const char *)p + PREFETCH_BYTES, _MM_HINT_NTA);
+    _mm_prefetch((const char *)p + PREFETCH_BYTES + 64, _MM_HINT_NTA);
+}
+
+static inline __mmask16 lo_mask(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+/* At nb <= 2 the k loop runs two independent accumulator sets so that the
+ * dot-product latency, not memory, never becomes the limit. */
+T_512 static inline __attribute__((always_inline)) void
+tile_bf16_512(const job_t *j, int64_t t, int64_t b0, const int nb)
+{
+    const int ku = nb <= 2 ? 2 : 1;
+    const int64_t kp = (j->in + 1) / 2, kfull = j->in / 2;
+    const uint16_t *wt = (const uint16_t *)j->w + t * kp * 2 * TILE;
+    const uint16_t *x = (const uint16_t *)j->x + b0 * j->ldx;
+    __m512 acc[2][NB_512][2];
+    for (int u = 0; u < ku; u++)
+        for (int b = 0; b < nb; b++) acc[u][b][0] = acc[u][b][1] = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + ku <= kfull; p += ku)
+        for (int u = 0; u < ku; u++) {
+            const uint16_t *wp = wt + (p + u) * 2 * TILE;
+            prefetch_line_pair(wp);
+            __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp);
+            __m512bh w1 = (__m512bh)_mm512_loadu_si512(wp + 2 * 16);
+            for (int b = 0; b < nb; b++) {
+                int32_t xp;
+                memcpy(&xp, x + b * j->ldx + 2 * (p + u), 4);
+                __m512bh xv = (__m512bh)_mm512_set1_epi32(xp);
+                acc[u][b][0] = _mm512_dpbf16_ps(acc[u][b][0], w0, xv);
+                acc[u][b][1] = _mm512_dpbf16_ps(acc[u][b][1], w1, xv);
+            }
+        }
+    for (; p < kp; p++) { /* leftover pair (ku == 2), or the odd last column padded with 0 */
+        const uint16_t *wp = wt + p * 2 * TILE;
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp);
+        __m512bh w1 = (__m512bh)_mm512_loadu_si512(wp + 2 * 16);
+        for (int b = 0; b < nb; b++) {
+            const uint16_t *xb = x + b * j->ldx + 2 * p;
+            uint32_t xp = xb[0] | (p < kfull ? (uint32_t)xb[1] << 16 : 0u);
+            __m512bh xv = (__m512bh)_mm512_set1_epi32((int32_t)xp);
+            acc[0][b][0] = _mm512_dpbf16_ps(acc[0][b][0], w0, xv);
+            acc[0][b][1] = _mm512_dpbf16_ps(acc[0][b][1], w1, xv);
+        }
+    }
+    const int n = tile_rows(j, t);
+    const __mmask16 m0 = lo_mask(n), m1 = lo_mask(n - 16);
+    for (int b = 0; b < nb; b++) {
+        __m512 a0 = acc[0][b][0], a1 = acc[0][b][1];
+        if (ku == 2) {
+            a0 = _mm512_add_ps(a0, acc[1][b][0]);
+            a1 = _mm512_add_ps(a1, acc[1][b][1]);
+        }
+        uint16_t *y = (uint16_t *)j->y + (b0 + b) * j->ldy + t * TILE;
+        _mm256_mask_storeu_epi16(y, m0, (__m256i)_mm512_cvtneps_pbh(a0));
+        _mm256_mask_storeu_epi16(y + 16, m1, (__m256i)_mm512_cvtneps_pbh(a1));
+    }
+}
+
+T_512 static inline __attribute__((always_inline)) void
+tile_f32_512(const job_t *j, int64_t t, int64_t b0, const int nb)
+{
+    const int ku = nb <= 2 ? 2 : 1;
+    const float *wt = (const float *)j->w + t * j->in * TILE;
+    const float *x = (const float *)j->x + b0 * j->ldx;
+    __m512 acc[2][NB_512][2];
+    for (int u = 0; u < ku; u++)
+        for (int b = 0; b < nb; b++) acc[u][b][0] = acc[u][b][1] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + ku <= j->in; k += ku)
+        for (int u = 0; u < ku; u++) {
+            const float *wk = wt + (k + u) * TILE;
+            prefetch_line_pair(wk);
+            __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16);
+            for (int b = 0; b < nb; b++) {
+                __m512 xb = _mm512_set1_ps(x[b * j->ldx + k + u]);
+                acc[u][b][0] = _mm512_fmadd_ps(w0, xb, acc[u][b][0]);
+                acc[u][b][1] = _mm512_fmadd_ps(w1, xb, acc[u][b][1]);
+            }
+        }
+    for (; k < j->in; k++) {
+        const float *wk = wt + k * TILE;
+        __m512 w0 = _mm512_loadu_ps(wk), w1 = _mm512_loadu_ps(wk + 16);
+        for (int b = 0; b < nb; b++) {
+            __m512 xb = _mm512_set1_ps(x[b * j->ldx + k]);
+            acc[0][b][0] = _mm512_fmadd_ps(w0, xb, acc[0][b][0]);
+            acc[0][b][1] = _mm512_fmadd_ps(w1, xb, acc[0][b][1]);
+        }
+    }
+    const int n = tile_rows(j, t);
+    const __mmask16 m0 = lo_mask(n), m1 = lo_mask(n - 16);
+    for (int b = 0; b < nb; b++) {
+        __m512 a0 = acc[0][b][0], a1 = acc[0][b][1];
+        if (ku == 2) {
+            a0 = _mm512_add_ps(a0, acc[1][b][0]);
+            a1 = _mm512_add_ps(a1, acc[1][b][1]);
+        }
+        float *y = (float *)j->y + (b0 + b) * j->ldy + t * TILE;
+        _mm512_mask_storeu_ps(y, m0, a0);
+        _mm512_mask_storeu_ps(y + 16, m1, a1);
+    }
+}
+
+/* A switch with literal batch counts lets the compiler fully unroll each case. */
+#define DEFINE_TILES_512(name, tile)                                           \
+    T_512 static void name(const job_t *j, int64_t t0, int64_t t1)             \
+    {                                                                          \
+        for (int64_t t = t0; t < t1; t++)                                      \
+            for (int64_t b0 = 0; b0 < j->nb; b0 += NB_512) {                   \
+                int64_t nb = j->nb - b0;                                       \
+                switch (nb < NB_512 ? nb : NB_512) {                           \
+                case 1: tile(j, t, b0, 1); break;                              \
+                case 2: tile(j, t, b0, 2); break;                              \
+                case 3: tile(j, t, b0, 3); break;                              \
+                case 4: tile(j, t, b0, 4); break;                              \
+                case 5: tile(j, t, b0, 5); break;                              \
+                case 6: tile(j, t, b0, 6); break;                              \
+                case 7: tile(j, t, b0, 7); break;                              \
+                default: tile(j, t, b0, 8); break;                             \
+                }                                                              \
+            }                                                                  \
+    }
+DEFINE_TILES_512(tiles_bf16_512, tile_bf16_512)
+DEFINE_TILES_512(tiles_f32_512, tile_f32_512)
+#endif /* LMS_X86 */
+
+/* ----------------------------------------------------------------- dispatch */
+
+static int detect_isa(void)
+{
+#if LMS_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
+        return ISA_AVX512BF16;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+#endif
+    return ISA_PORTABLE;
+}
+
+static int g_isa = -1;
+
+/* Returns the best instruction set this CPU supports (0 portable, 1 AVX2+FMA, 2 AVX-512 BF16). */
+LMS_API int lms_gemv_max_isa(void) { return detect_isa(); }
+
+/* Selects the instruction set (clamped to what the CPU supports; tests force lower ones). */
+LMS_API int lms_gemv_set_isa(int isa)
+{
+    int best = detect_isa();
+    g_isa = isa < 0 || isa > best ? best : isa;
+    return g_isa;
+}
+
+typedef void (*omp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_int_fn)(void);
+static omp_parallel_fn g_parallel;
+static omp_int_fn g_thread_num, g_num_threads;
+
+/* Hands in the OpenMP runtime's GOMP_parallel, omp_get_thread_num and omp_get_num_threads
+ * (any NULL: run single-threaded). Set once, before the first kernel call. */
+LMS_API void lms_gemv_set_omp(omp_parallel_fn parallel, omp_int_fn thread_num, omp_int_fn num_threads)
+{
+    int ok = parallel && thread_num && num_threads;
+    g_parallel = ok ? parallel : NULL;
+    g_thread_num = ok ? thread_num : NULL;
+    g_num_threads = ok ? num_threads : NULL;
+}
+
+static void parallel_body(void *arg)
+{
+    const job_t *j = (const job_t *)arg;
+    int64_t id = g_thread_num(), n = g_num_threads();
+    j->tiles(j, j->ntiles * id / n, j->ntiles * (id + 1) / n);
+}
+
+static void run(job_t *j, int64_t elem_size, int nthreads)
+{
+    int64_t bytes = j->ntiles * TILE * j->in * elem_size;
+    if (nthreads > j->ntiles) nthreads = (int)j->ntiles;
+    if (g_parallel && nthreads > 1 && bytes >= MIN_PARALLEL_BYTES)
+        g_parallel(parallel_body, j, (unsigned)nthreads, 0);
+    else
+        j->tiles(j, 0, j->ntiles);
+}
+
+/* y[b, :out] = x[b, :in] @ W^T for b < nb; x, y bf16 with row strides ldx, ldy (elements);
+ * w packed as [ceil(out/32)][ceil(in/2)][32][2]. */
+LMS_API void lms_gemv_bf16(const uint16_t *x, int64_t ldx, int64_t nb, int64_t in, const uint16_t *w,
+                           int64_t out, uint16_t *y, int64_t ldy, int nthreads)
+{
+    if (g_isa < 0) lms_gemv_set_isa(-1);
+    job_t j = {x, ldx, nb, in, w, out, y, ldy, (out + TILE - 1) / TILE, tiles_bf16_portable};
+#if LMS_X86
+    if (g_isa == ISA_AVX512BF16) j.tiles = tiles_bf16_512;
+    else if (g_isa == ISA_AVX2) j.tiles = tiles_bf16_avx2;
+#endif
+    run(&j, 2, nthreads);
+}
+
+/* As lms_gemv_bf16 for fp32; w packed as [ceil(out/32)][in][32]. */
+LMS_API void lms_gemv_f32(const float *x, int64_t ldx, int64_t nb, int64_t in, const float *w,
+                          int64_t out, float *y, int64_t ldy, int nthreads)
+{
+    if (g_isa < 0) lms_gemv_set_isa(-1);
+    job_t j = {x, ldx, nb, in, w, out, y, ldy, (out + TILE - 1) / TILE, tiles_f32_portable};
+#if LMS_X86
+    if (g_isa >= ISA_AVX2) j.tiles = g_isa == ISA_AVX512BF16 ? tiles_f32_512 : tiles_f32_avx2;
+#endif
+    run(&j, 4, nthreads);
+}
