@@ -108,45 +108,46 @@ static void store_tile(const job_t *j, int64_t t, int64_t b0, int nb, const floa
 static void tiles_bf16_portable(const job_t *j, int64_t t0, int64_t t1)
 {
     const int64_t kp = (j->in + 1) / 2;
-    const uint16_t *x = (const uint16_t *)j->x;
     for (int64_t t = t0; t < t1; t++) {
         const uint16_t *wt = (const uint16_t *)j->w + t * kp * 2 * TILE;
         for (int64_t b0 = 0; b0 < j->nb; b0 += NB_PORTABLE) {
             int nb = (int)(j->nb - b0 < NB_PORTABLE ? j->nb - b0 : NB_PORTABLE);
-            float acc[NB_PORTABLE * TILE] = {0};
-            for (int b = 0; b < nb; b++) {
-                const uint16_t *xb = x + (b0 + b) * j->ldx;
-                float *a = acc + b * TILE;
-                for (int64_t p = 0; p < kp; p++) {
-                    float x0 = bf16_to_f32(xb[2 * p]);
-                    float x1 = 2 * p + 1 < j->in ? bf16_to_f32(xb[2 * p + 1]) : 0.0f;
-                    const uint16_t *wp = wt + p * 2 * TILE;
-                    for (int r = 0; r < TILE; r++)
-                        a[r] += bf16_to_f32(wp[2 * r]) * x0 + bf16_to_f32(wp[2 * r + 1]) * x1;
+            const uint16_t *x = (const uint16_t *)j->x + b0 * j->ldx;
+            float acc[NB_PORTABLE][TILE] = {{0}};
+            for (int64_t p = 0; p < kp; p++) {
+                const uint16_t *wp = wt + p * 2 * TILE;
+                float w0[TILE], w1[TILE];
+                for (int r = 0; r < TILE; r++) {
+                    w0[r] = bf16_to_f32(wp[2 * r]);
+                    w1[r] = bf16_to_f32(wp[2 * r + 1]);
+                }
+                for (int b = 0; b < nb; b++) {
+                    float x0 = bf16_to_f32(x[b * j->ldx + 2 * p]);
+                    float x1 = 2 * p + 1 < j->in ? bf16_to_f32(x[b * j->ldx + 2 * p + 1]) : 0.0f;
+                    for (int r = 0; r < TILE; r++) acc[b][r] += w0[r] * x0 + w1[r] * x1;
                 }
             }
-            store_tile(j, t, b0, nb, acc, 1);
+            store_tile(j, t, b0, nb, acc[0], 1);
         }
     }
 }
 
 static void tiles_f32_portable(const job_t *j, int64_t t0, int64_t t1)
 {
-    const float *x = (const float *)j->x;
     for (int64_t t = t0; t < t1; t++) {
         const float *wt = (const float *)j->w + t * j->in * TILE;
         for (int64_t b0 = 0; b0 < j->nb; b0 += NB_PORTABLE) {
             int nb = (int)(j->nb - b0 < NB_PORTABLE ? j->nb - b0 : NB_PORTABLE);
-            float acc[NB_PORTABLE * TILE] = {0};
-            for (int b = 0; b < nb; b++) {
-                const float *xb = x + (b0 + b) * j->ldx;
-                float *a = acc + b * TILE;
-                for (int64_t k = 0; k < j->in; k++) {
-                    const float *wk = wt + k * TILE;
-                    for (int r = 0; r < TILE; r++) a[r] += wk[r] * xb[k];
+            const float *x = (const float *)j->x + b0 * j->ldx;
+            float acc[NB_PORTABLE][TILE] = {{0}};
+            for (int64_t k = 0; k < j->in; k++) {
+                const float *wk = wt + k * TILE;
+                for (int b = 0; b < nb; b++) {
+                    float xk = x[b * j->ldx + k];
+                    for (int r = 0; r < TILE; r++) acc[b][r] += wk[r] * xk;
                 }
             }
-            store_tile(j, t, b0, nb, acc, 0);
+            store_tile(j, t, b0, nb, acc[0], 0);
         }
     }
 }
