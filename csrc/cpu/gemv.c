@@ -35,6 +35,12 @@
 #else
 #define LMS_X86 0
 #endif
+/* AVX-512 BF16 intrinsics need gcc >= 10 or clang >= 9; older ones still build the rest. */
+#if LMS_X86 && ((defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10))
+#define LMS_AVX512BF16 1
+#else
+#define LMS_AVX512BF16 0
+#endif
 
 #if defined(_WIN32)
 #define LMS_API __declspec(dllexport)
@@ -228,6 +234,7 @@ tile_f32_avx2(const job_t *j, int64_t t, int64_t b0, const int nb)
 DEFINE_TILES_AVX2(tiles_bf16_avx2, tile_bf16_avx2)
 DEFINE_TILES_AVX2(tiles_f32_avx2, tile_f32_avx2)
 
+#if LMS_AVX512BF16
 /* ------------------------------------------------------------- AVX-512 (BF16) */
 
 #define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -361,6 +368,7 @@ tile_f32_512(const job_t *j, int64_t t, int64_t b0, const int nb)
     }
 DEFINE_TILES_512(tiles_bf16_512, tile_bf16_512)
 DEFINE_TILES_512(tiles_f32_512, tile_f32_512)
+#endif /* LMS_AVX512BF16 */
 #endif /* LMS_X86 */
 
 /* ----------------------------------------------------------------- dispatch */
@@ -369,9 +377,11 @@ static int detect_isa(void)
 {
 #if LMS_X86
     __builtin_cpu_init();
+#if LMS_AVX512BF16
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16"))
         return ISA_AVX512BF16;
+#endif
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
 #endif
     return ISA_PORTABLE;
@@ -429,9 +439,11 @@ LMS_API void lms_gemv_bf16(const uint16_t *x, int64_t ldx, int64_t nb, int64_t i
 {
     if (g_isa < 0) lms_gemv_set_isa(-1);
     job_t j = {x, ldx, nb, in, w, out, y, ldy, (out + TILE - 1) / TILE, tiles_bf16_portable};
-#if LMS_X86
+#if LMS_AVX512BF16
     if (g_isa == ISA_AVX512BF16) j.tiles = tiles_bf16_512;
-    else if (g_isa == ISA_AVX2) j.tiles = tiles_bf16_avx2;
+#endif
+#if LMS_X86
+    if (g_isa == ISA_AVX2) j.tiles = tiles_bf16_avx2;
 #endif
     run(&j, 2, nthreads);
 }
@@ -442,8 +454,11 @@ LMS_API void lms_gemv_f32(const float *x, int64_t ldx, int64_t nb, int64_t in, c
 {
     if (g_isa < 0) lms_gemv_set_isa(-1);
     job_t j = {x, ldx, nb, in, w, out, y, ldy, (out + TILE - 1) / TILE, tiles_f32_portable};
+#if LMS_AVX512BF16
+    if (g_isa == ISA_AVX512BF16) j.tiles = tiles_f32_512;
+#endif
 #if LMS_X86
-    if (g_isa >= ISA_AVX2) j.tiles = g_isa == ISA_AVX512BF16 ? tiles_f32_512 : tiles_f32_avx2;
+    if (g_isa == ISA_AVX2) j.tiles = tiles_f32_avx2;
 #endif
     run(&j, 4, nthreads);
 }

@@ -111,18 +111,23 @@ def _omp_entry_points() -> tuple[int, int, int] | None:
     """Addresses of GOMP_parallel / omp_get_thread_num / omp_get_num_threads in torch's runtime.
 
     Only the runtime torch already runs will do: loading a second one would start
-    a second pool on the same cores. Torch wheels ship theirs in ``torch/lib``;
-    otherwise it is looked up in the process's global symbols.
+    a second pool on the same cores. On Linux that is an OpenMP library already
+    mapped into the process, torch's own (``torch/lib``, ``torch.libs``) first;
+    elsewhere the one torch ships in ``torch/lib``, then the global symbols.
+    Windows builds of torch ship no GOMP entry points, so the kernel runs on the
+    calling thread there.
     """
     if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return None
-    libdir = Path(torch.__file__).parent / "lib"
+    torch_dir = str(Path(torch.__file__).parent)
     prefixes = ("libgomp", "libomp", "libiomp")
-    candidates: list[str | None] = sorted(str(p) for p in libdir.glob("*omp*") if p.name.startswith(prefixes))
     if sys.platform.startswith("linux"):
         with open("/proc/self/maps") as f:
-            loaded = {line.split()[-1] for line in f if line.rstrip().endswith((".so", ".so.1", ".so.5"))}
-        candidates = [c for c in candidates if c in loaded]
+            loaded = {line.split()[-1] for line in f if "/" in line}
+        found = [p for p in loaded if Path(p).name.startswith(prefixes)]
+        candidates: list[str | None] = sorted(found, key=lambda p: (not p.startswith(torch_dir), p))
+    else:
+        candidates = sorted(str(p) for p in (Path(torch_dir) / "lib").glob("*omp*") if p.name.startswith(prefixes))
     if os.name != "nt":
         candidates.append(None)  # the global namespace
     for path in candidates:
@@ -147,7 +152,7 @@ def _library() -> _Library:
         elif _SOURCE.exists():
             path = _build(_SOURCE)
         else:
-            return _Library(None, f"kernel source not found at {_SOURCE}")
+            raise FileNotFoundError(f"kernel source missing: {_SOURCE}")
         lib = ctypes.CDLL(str(path))
         i64, vp = ctypes.c_int64, ctypes.c_void_p
         for fn in (lib.lms_gemv_bf16, lib.lms_gemv_f32):
@@ -241,7 +246,7 @@ def linear(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
 
 
 def _gemv(x: torch.Tensor, p: PackedWeight) -> torch.Tensor:
-    if x.device.type != "cpu":  # the C code would read it as host memory
+    if not x.is_cpu:  # the C code would read it as host memory
         raise ValueError(f"x is on {x.device}, the weight on the CPU")
     nb = x.shape[0]
     if x.stride(-1) != 1:
