@@ -6,8 +6,8 @@ field by field where they exist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import torch
 
@@ -22,6 +22,10 @@ class Ops:
     apply_rotary: Callable
     write_kv: Callable
     paged_attention: Callable
+    # Linear weights: ``pack`` re-lays a loaded [out, in] weight once (None: keep it as is);
+    # ``packed_linear(x, packed)`` then computes x @ W^T from the packed form.
+    pack_linear: Callable[[torch.Tensor], Any] | None = None
+    packed_linear: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
     name: str = "torch-reference"
 
 
@@ -35,6 +39,18 @@ REFERENCE_OPS = Ops(
 )
 
 
+def _cpu_ops() -> Ops:
+    from app.engine.kernels import cpu_linear
+
+    return replace(
+        REFERENCE_OPS,
+        pack_linear=cpu_linear.pack_weight,
+        packed_linear=cpu_linear.linear,
+        name=f"torch-reference + cpu-gemv ({cpu_linear.backend()})",
+    )
+
+
 def ops_for(device: torch.device) -> Ops:
-    """The ops for a device. Only the torch reference exists so far; the GPU path adds Triton."""
-    return REFERENCE_OPS
+    """The ops for a device: on CPU, linears stream packed weights (csrc/cpu); elsewhere the
+    torch reference for now (the GPU path adds Triton)."""
+    return _cpu_ops() if device.type == "cpu" else REFERENCE_OPS

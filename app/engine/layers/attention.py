@@ -21,8 +21,8 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim**-0.5
         self.sliding_window = cfg.sliding_window
         self.ops = ops
-        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias, dtype, device)
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, cfg.o_bias, dtype, device)
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias, ops, dtype, device)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, cfg.o_bias, ops, dtype, device)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype, device)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype, device)

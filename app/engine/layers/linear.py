@@ -6,14 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.engine.kernels import Ops
+
 
 class Linear(nn.Module):
     """y = x W^T + b with W stored [out, in]. ``load_rows`` fills a row range, so fused
     projections (q|k|v, gate|up) load from their separate checkpoint tensors."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, ops: Ops, dtype: torch.dtype, device: torch.device
+    ):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features, self.out_features, self.ops = in_features, out_features, ops
+        self.packed = None
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device), requires_grad=False)
         self.bias = (
             nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
@@ -28,5 +33,14 @@ class Linear(nn.Module):
             raise ValueError(f"{name} of shape {tuple(tensor.shape)} does not fit {tuple(target.shape)} at row {row_offset}")
         target[row_offset : row_offset + rows].copy_(tensor)
 
+    def pack(self) -> None:
+        """After loading: lets the kernels re-lay the weight once; the packed form replaces it."""
+        if self.ops.pack_linear is not None:
+            self.packed = self.ops.pack_linear(self.weight.data)
+            self.weight = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        y = self.ops.packed_linear(x, self.packed)
+        return y if self.bias is None else y.add_(self.bias)

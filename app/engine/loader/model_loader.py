@@ -108,6 +108,7 @@ def load(engine_cfg: EngineConfig, model_dir: Path) -> LoadedModel:
     ops = ops_for(device)
     model = build_model(cfg, ops, dtype, device)
     model.load_weights(iter_weights(checkpoint_files(model_dir)))
+    model.pack_weights()
     model.eval()
     context = engine_cfg.max_model_len or cfg.context_length
     blocks = _cache_blocks(cfg, engine_cfg, context, dtype, device)

@@ -32,8 +32,8 @@ class GatedMLP(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.ops = ops
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias, dtype, device)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, dtype, device)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, cfg.mlp_bias, ops, dtype, device)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, cfg.mlp_bias, ops, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.ops.silu_mul(self.gate_up_proj(x)))
@@ -81,7 +81,9 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.config, self.dtype, self.device = cfg, dtype, device
         self.model = DecoderModel(cfg, ops, dtype, device)
-        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, dtype, device)
+        self.ops = ops
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, ops, dtype, device)
+        self.tied_head = None  # packed copy of the embedding for the logits, where kernels pack weights
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope, cfg.max_position_embeddings, device)
 
     @property
@@ -106,8 +108,19 @@ class DecoderLM(nn.Module):
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        head = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, head).float()
+        if self.lm_head is not None:
+            return self.lm_head(hidden).float()
+        if self.tied_head is not None:
+            return self.ops.packed_linear(hidden, self.tied_head).float()
+        return F.linear(hidden, self.model.embed_tokens.weight).float()
+
+    def pack_weights(self) -> None:
+        """Once weights are loaded: re-lays every linear for the selected kernels, one at a time."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.pack()
+        if self.lm_head is None and self.ops.pack_linear is not None:
+            self.tied_head = self.ops.pack_linear(self.model.embed_tokens.weight.data)
 
     # ---- weights -------------------------------------------------------------------------
     def _weight_slots(self) -> dict[str, Callable[[torch.Tensor], None]]:
