@@ -22,3 +22,7 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] long: cache slot of each new token
     block_tables: torch.Tensor  # [num_seqs, max_blocks] long, padded with 0
     decode_context_lens: torch.Tensor  # [num_decodes] long
+    # For device kernels (no host loops): the same facts as tensors on the device.
+    query_start_loc: torch.Tensor | None = None  # [num_seqs + 1] int32, cumulative query lengths
+    context_lens_t: torch.Tensor | None = None  # [num_seqs] int32
+    max_query_len: int = 0

@@ -57,6 +57,9 @@ class ModelRunner:
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
             block_tables=torch.tensor(tables, dtype=torch.long, device=dev),
             decode_context_lens=torch.tensor(ctx_lens[: batch.num_decodes], dtype=torch.long, device=dev),
+            query_start_loc=torch.tensor(starts + [len(ids)], dtype=torch.int32, device=dev),
+            context_lens_t=torch.tensor(ctx_lens, dtype=torch.int32, device=dev),
+            max_query_len=max(lens),
         )
         seq_lens = None
         if self.model.needs_seq_lens:
