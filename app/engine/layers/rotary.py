@@ -30,40 +30,34 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, rope: RopeConfig, max_position: int
 class RotaryEmbedding:
     """Gives (cos, sin) of shape [tokens, head_dim/2] for the tokens' positions.
 
+    Tables cover every position up to ``table_len`` (the engine's context), made once, so a
+    step never checks sizes on the host (CUDA graphs replay it as captured).
     ``dynamic`` NTK scaling depends on how long the sequence is: a sequence past the trained
     context gets a larger base for the tokens computed in that step (as HF does per forward).
     """
 
-    def __init__(self, head_dim: int, rope: RopeConfig, max_position: int, device: torch.device):
-        self.head_dim, self.rope, self.max_position, self.device = head_dim, rope, max_position, device
+    def __init__(self, head_dim: int, rope: RopeConfig, max_position: int, table_len: int, device: torch.device):
+        self.head_dim, self.rope, self.max_position = head_dim, rope, max_position
         inv_freq = _base_inv_freq(head_dim, rope.theta)
         if rope.type == "linear":
             inv_freq = inv_freq / rope.factor
         elif rope.type == "llama3":
             inv_freq = _llama3_inv_freq(inv_freq, rope, max_position)
-        self.inv_freq = inv_freq.to(device)
-        self._cos = self._sin = torch.empty(0, device=device)
-
-    def _grow(self, length: int) -> None:
-        length = max(length, 2 * self._cos.shape[0], 4096)
-        freqs = torch.outer(torch.arange(length, device=self.device, dtype=torch.float32), self.inv_freq)
-        self._cos, self._sin = freqs.cos(), freqs.sin()
+        freqs = torch.outer(torch.arange(table_len, dtype=torch.float32), inv_freq)
+        self._cos, self._sin = freqs.cos().to(device), freqs.sin().to(device)
 
     def __call__(
         self, positions: torch.Tensor, seq_lens: torch.Tensor | None, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [T] long. seq_lens: [T] length of each token's sequence after this step
         (only read by dynamic scaling)."""
-        if self.rope.type == "dynamic" and seq_lens is not None and bool((seq_lens > self.max_position).any()):
+        if self.rope.type == "dynamic" and seq_lens is not None:
             return self._dynamic(positions, seq_lens, dtype)
-        needed = int(positions.max()) + 1 if positions.numel() else 0
-        if needed > self._cos.shape[0]:
-            self._grow(needed)
         return self._cos[positions].to(dtype), self._sin[positions].to(dtype)
 
     def _dynamic(self, positions: torch.Tensor, seq_lens: torch.Tensor, dtype: torch.dtype):
         dim, factor = self.head_dim, self.rope.factor
-        lengths = seq_lens.clamp(min=self.max_position).float()
+        lengths = seq_lens.clamp(min=self.max_position).float()  # within the trained context: the base stays
         base = self.rope.theta * ((factor * lengths / self.max_position) - (factor - 1)) ** (dim / (dim - 2))
         exponents = torch.arange(0, dim, 2, device=positions.device, dtype=torch.int64).float() / dim
         inv_freq = 1.0 / (base[:, None] ** exponents[None, :])

@@ -106,11 +106,11 @@ def load(engine_cfg: EngineConfig, model_dir: Path) -> LoadedModel:
     dtype = resolve_dtype(engine_cfg.dtype, cfg.torch_dtype, device)
     tokenizer = load_tokenizer(model_dir)
     ops = ops_for(device)
-    model = build_model(cfg, ops, dtype, device)
+    context = engine_cfg.max_model_len or cfg.context_length
+    model = build_model(cfg, ops, dtype, device, context)
     model.load_weights(iter_weights(checkpoint_files(model_dir)))
     model.pack_weights()
     model.eval()
-    context = engine_cfg.max_model_len or cfg.context_length
     blocks = _cache_blocks(cfg, engine_cfg, context, dtype, device)
     cache = KVCache.allocate(cfg, blocks, engine_cfg.block_size, dtype, device)
     return LoadedModel(

@@ -77,14 +77,14 @@ class DecoderModel(nn.Module):
 
 
 class DecoderLM(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device):
+    def __init__(self, cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_len: int):
         super().__init__()
         self.config, self.dtype, self.device = cfg, dtype, device
         self.model = DecoderModel(cfg, ops, dtype, device)
         self.ops = ops
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, ops, dtype, device)
         self.tied_head = None  # packed copy of the embedding for the logits, where kernels pack weights
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope, cfg.max_position_embeddings, device)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope, cfg.max_position_embeddings, max_len, device)
 
     @property
     def needs_seq_lens(self) -> bool:

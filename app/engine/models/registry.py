@@ -56,5 +56,6 @@ def resolve_config(raw: dict[str, Any]) -> ModelConfig:
     return cfg
 
 
-def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device) -> DecoderLM:
-    return DecoderLM(cfg, ops, dtype, device)
+def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_len: int) -> DecoderLM:
+    """max_len: the longest sequence the engine will run (sizes position tables)."""
+    return DecoderLM(cfg, ops, dtype, device, max_len)
