@@ -5,6 +5,7 @@ No threads here (``Engine`` adds the thread); tests and benchmarks drive it dire
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -71,9 +72,7 @@ class EngineCore:
         seq = Sequence(list(token_ids), gen, stop_token_ids=frozenset(stop_ids))
         if request_id is not None:
             seq.seq_id = request_id
-        if not gen.greedy:
-            seq.generator = torch.Generator(device=self.loaded.device)
-            seq.generator.manual_seed(gen.seed if gen.seed is not None else torch.seed())
+        seq.seed = gen.seed if gen.seed is not None else random.getrandbits(63)
         detok = IncrementalDetokenizer(self.loaded.tokenizer, token_ids, gen.stop, gen.skip_special_tokens)
         self.requests[seq.seq_id] = _Request(seq, detok, emit)
         self.scheduler.add(seq)

@@ -7,8 +7,6 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from app.engine.config import GenerationConfig
 
 _ids = itertools.count()
@@ -34,7 +32,7 @@ class Sequence:
     block_hashes: list[bytes] = field(default_factory=list)  # chain hash of each full block
     status: SeqStatus = SeqStatus.WAITING
     finish_reason: str | None = None
-    generator: torch.Generator | None = None
+    seed: int = 0  # sampling noise key (see sampling.uniform_noise)
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     num_preemptions: int = 0

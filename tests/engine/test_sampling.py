@@ -8,13 +8,13 @@ from transformers import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, Te
                           TopKLogitsWarper, TopPLogitsWarper)
 
 from app.engine.config import GenerationConfig
-from app.engine.sampling import _filter, apply_repetition_penalty, sample, suppress_stop_tokens
+from app.engine.sampling import apply_repetition_penalty, filter_sorted, sample, suppress_stop_tokens, uniform_noise
 from app.engine.sequence import Sequence
 
 
 def seq(tokens=(1, 2, 3), **gen) -> Sequence:
     s = Sequence(list(tokens), GenerationConfig(**gen))
-    s.generator = torch.Generator().manual_seed(gen.get("seed") or 0)
+    s.seed = gen.get("seed") or 0
     return s
 
 
@@ -36,7 +36,9 @@ def test_filters_keep_the_same_tokens_as_hf(settings) -> None:
     temperature = settings.get("temperature", 1.0)
     probs = torch.softmax(logits / temperature, -1)
     sorted_probs, order = probs.sort(descending=True)
-    kept = set(order[_filter(sorted_probs, s) > 0].tolist())
+    g = s.gen
+    filtered = filter_sorted(sorted_probs[None], torch.tensor([g.top_k]), torch.tensor([g.top_p]), torch.tensor([g.min_p]))
+    kept = set(order[filtered[0] > 0].tolist())
     ref = logits[None] / temperature
     for warper in ([TopKLogitsWarper(s.gen.top_k)] if s.gen.top_k else []) + \
                   ([TopPLogitsWarper(s.gen.top_p)] if s.gen.top_p < 1 else []) + \
@@ -47,13 +49,25 @@ def test_filters_keep_the_same_tokens_as_hf(settings) -> None:
 
 
 def test_samples_follow_the_distribution() -> None:
+    """Over many steps (each step keys fresh noise), draws match softmax(logits / T)."""
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
     probs = torch.softmax(logits / 0.8, -1)
     s = seq(temperature=0.8, seed=3)
     counts = torch.zeros(5)
-    for _ in range(4000):
+    for step in range(4000):
+        s.token_ids.append(0)  # one more generated token: the next step's noise
         counts[sample(logits[None].clone(), [s])[0]] += 1
     assert (counts / 4000 - probs).abs().max() < 0.03
+
+
+def test_noise_is_uniform_and_keyed() -> None:
+    tokens = torch.arange(50_000)[None]
+    u = uniform_noise(torch.tensor([5]), torch.tensor([0]), tokens)[0]
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+    assert abs(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1].item()) < 0.02
+    other_step = uniform_noise(torch.tensor([5]), torch.tensor([1]), tokens)[0]
+    other_seed = uniform_noise(torch.tensor([6]), torch.tensor([0]), tokens)[0]
+    assert (u != other_step).float().mean() > 0.99 and (u != other_seed).float().mean() > 0.99
 
 
 def test_temperature_zero_is_argmax_and_top_k_one_too() -> None:
@@ -76,10 +90,13 @@ def test_seeded_sampling_is_independent_of_batch_mates() -> None:
     draws = []
     for mates in (0, 3):
         s = seq(temperature=1.0, seed=123)
-        others = [seq(temperature=1.0, seed=i) for i in range(mates)]
+        others = [seq(temperature=1.0, top_k=5, seed=i) for i in range(mates)]
         batch_logits = torch.cat([logits] + [torch.randn(1, 300) for _ in others])
-        draws.append([sample(batch_logits.clone(), [s] + others)[0] for _ in range(1)] +
-                     [sample(logits.clone(), [s])[0] for _ in range(9)])
+        row = []
+        for _ in range(10):
+            row.append(sample(batch_logits.clone(), [s] + others)[0])
+            s.token_ids.append(row[-1])
+        draws.append(row)
     assert draws[0] == draws[1]
     assert len(set(draws[0])) > 1
 
