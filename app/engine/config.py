@@ -28,6 +28,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     prefill_chunk_size: int = 512  # longest prompt slice prefilled in one step
     max_model_len: int | None = None  # defaults to the model's context length
+    cuda_graphs: bool = True  # replay decode steps from captured graphs (CUDA only)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

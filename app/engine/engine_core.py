@@ -14,6 +14,7 @@ import torch
 
 from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig, GenerationConfig
+from app.engine.cuda_graphs import DecodeGraphs
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import RequestError
 from app.engine.loader.model_loader import LoadedModel
@@ -39,9 +40,17 @@ class EngineCore:
         self.scheduler = Scheduler(
             self.blocks, config.max_num_seqs, config.max_num_batched_tokens, config.prefill_chunk_size
         )
-        self.runner = ModelRunner(loaded.model, loaded.cache)
+        self.runner = ModelRunner(loaded.model, loaded.cache, self._capture_graphs(loaded, config))
         self.requests: dict[int, _Request] = {}
         self.generated_tokens = 0
+
+    @staticmethod
+    def _capture_graphs(loaded: LoadedModel, config: EngineConfig) -> DecodeGraphs | None:
+        if loaded.device.type != "cuda" or not config.cuda_graphs or not loaded.model.ops.graph_safe:
+            return None
+        graphs = DecodeGraphs(loaded.model, loaded.cache, min(config.max_num_seqs, 256), loaded.max_model_len)
+        graphs.capture()
+        return graphs
 
     # ---- requests -----------------------------------------------------------------------
     def tokenize(self, prompt: str | None = None, messages: list[Message] | None = None) -> list[int]:

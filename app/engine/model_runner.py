@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from app.engine.attention_metadata import AttentionMetadata
+from app.engine.cuda_graphs import DecodeGraphs
 from app.engine.kv_cache import KVCache
 from app.engine.models.decoder import DecoderLM
 from app.engine.sampling import sample
@@ -24,8 +25,8 @@ class StepOutput:
 
 
 class ModelRunner:
-    def __init__(self, model: DecoderLM, cache: KVCache):
-        self.model, self.cache = model, cache
+    def __init__(self, model: DecoderLM, cache: KVCache, graphs: DecodeGraphs | None = None):
+        self.model, self.cache, self.graphs = model, cache, graphs
         self.device = model.device
 
     def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None]:
@@ -73,6 +74,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def step(self, batch: Batch) -> StepOutput:
+        if self.graphs is not None and batch.num_decodes == len(batch.items) <= self.graphs.max_batch:
+            return self._graph_step(batch)
         input_ids, positions, meta, seq_lens = self._prepare(batch)
         hidden = self.model(input_ids, positions, meta, self.cache.layers, seq_lens)
         sampling = [i for i, item in enumerate(batch.items) if item.samples]
@@ -82,6 +85,24 @@ class ModelRunner:
             [meta.query_starts[i] + meta.query_lens[i] - 1 for i in sampling], device=self.device
         )
         logits = self.model.compute_logits(hidden[last_rows])
-        seqs = [batch.items[i].seq for i in sampling]
+        return self._sample(logits, [batch.items[i].seq for i in sampling])
+
+    def _graph_step(self, batch: Batch) -> StepOutput:
+        """A decode-only step through the captured graphs."""
+        block_size = self.cache.block_size
+        ids, positions, slots, tables, lens = [], [], [], [], []
+        for item in batch.items:
+            seq = item.seq
+            pos = seq.num_computed_tokens
+            ids.append(seq.token_ids[pos])
+            positions.append(pos)
+            slots.append(seq.block_table[pos // block_size] * block_size + pos % block_size)
+            tables.append(seq.block_table)
+            lens.append(pos + 1)
+        logits = self.graphs.run(ids, positions, slots, tables, lens)
+        return self._sample(logits, [item.seq for item in batch.items])
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, seqs: list) -> StepOutput:
         kept = [logits[j].clone() if seq.gen.output_logits else None for j, seq in enumerate(seqs)]
         return StepOutput(sample(logits, seqs), kept)

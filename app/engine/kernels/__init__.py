@@ -27,6 +27,7 @@ class Ops:
     pack_linear: Callable[[torch.Tensor], Any] | None = None
     packed_linear: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
     name: str = "torch-reference"
+    graph_safe: bool = False  # no host syncs or host-side lists in a decode step: CUDA graphs may capture it
 
 
 REFERENCE_OPS = Ops(
