@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--input-len", type=int, default=128)
     bench.add_argument("--output-len", type=int, default=128)
     bench.add_argument("--baseline", choices=["hf"], help="also run HF transformers on the same inputs")
+    bench.add_argument("--shape", help="a real model shape with random weights instead of MODEL (llama-3-8b, smollm2-135m)")
+    bench.add_argument("--workload", type=int, metavar="N", help="also serve N requests of ShareGPT-like lengths")
+    bench.add_argument("--ttft", type=int, metavar="LEN", help="also time the first token of a LEN-token prompt")
+    bench.add_argument("--limits", action="store_true", help="also measure copy bandwidth and GEMM rate")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     return parser
 

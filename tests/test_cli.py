@@ -38,7 +38,7 @@ def test_unknown_model_is_a_clear_error(lmstation_home) -> None:
 def test_bench_prints_engine_and_hf_side_by_side(starter_model, lmstation_home) -> None:
     done = run(["bench", "--baseline", "hf", "--input-len", "16", "--output-len", "8", "--json"], lmstation_home)
     assert done.returncode == 0, done.stderr
-    ours, hf = json.loads(done.stdout)
+    ours, hf = json.loads(done.stdout)["batch"]
     assert ours["name"] == "lmstation" and hf["name"] == "hf-transformers"
     assert ours["dtype"] == hf["dtype"] and ours["decode_tokens_per_s"] > 0 and hf["decode_tokens_per_s"] > 0
 
@@ -51,3 +51,11 @@ def test_gguf_file_is_imported_into_the_library(starter_model, lmstation_home) -
     assert done.returncode == 0, done.stderr
     assert "Paris" in done.stdout
     assert (lmstation_home / "models" / starter_gguf_path().stem / "config.json").is_file()
+
+
+def test_bench_random_weights_of_a_real_shape(lmstation_home) -> None:
+    done = run(["bench", "--shape", "smollm2-135m", "--device", "cpu", "--input-len", "8", "--output-len", "4",
+                "--workload", "3", "--json"], lmstation_home)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["workload"]["finished"] == 3 and report["workload"]["output_tokens_per_s"] > 0

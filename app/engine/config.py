@@ -17,6 +17,9 @@ class EngineConfig:
     model: str | Path
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | bfloat16 | float16 | float32
+    # "safetensors": the checkpoint's weights. "random": random weights of the config's shapes
+    # (speed measurements of real model shapes without their checkpoints).
+    load_format: str = "safetensors"
     # KV cache: tokens per block, and how much memory the cache may take.
     block_size: int = 64
     # Share of the memory free after loading the weights; None: 0.85 of a GPU's, 0.1 of RAM.
@@ -31,6 +34,8 @@ class EngineConfig:
     cuda_graphs: bool = True  # replay decode steps from captured graphs (CUDA only)
 
     def __post_init__(self) -> None:
+        if self.load_format not in ("safetensors", "random"):
+            raise ValueError(f"load_format must be 'safetensors' or 'random', got {self.load_format!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.block_size < 1 or self.prefill_chunk_size < 1 or self.max_num_seqs < 1:

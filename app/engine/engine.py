@@ -188,7 +188,7 @@ class Engine:
 
     def _do_load(self, config: EngineConfig) -> dict[str, Any]:
         model_dir = Path(config.model).expanduser()
-        model_loader.check_model_folder(model_dir)  # fails before the current model is touched
+        model_loader.check_model_folder(model_dir, config.load_format)  # fails before the current model is touched
         self._do_unload()
         self._stats = {"state": "loading", "model": str(model_dir)}
         try:

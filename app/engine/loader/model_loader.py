@@ -71,12 +71,13 @@ def read_config(model_dir: Path) -> ModelConfig:
     return resolve_config(raw)
 
 
-def check_model_folder(model_dir: Path) -> ModelConfig:
+def check_model_folder(model_dir: Path, load_format: str = "safetensors") -> ModelConfig:
     """Everything that can be checked without loading weights: config, architecture, weight
     files complete. Done before unloading a working model, so a bad choice costs nothing."""
     cfg = read_config(model_dir)
-    for path in checkpoint_files(model_dir):
-        validate_file(path)
+    if load_format == "safetensors":
+        for path in checkpoint_files(model_dir):
+            validate_file(path)
     return cfg
 
 
@@ -101,14 +102,17 @@ def _cache_blocks(cfg: ModelConfig, engine_cfg: EngineConfig, max_model_len: int
 
 
 def load(engine_cfg: EngineConfig, model_dir: Path) -> LoadedModel:
-    cfg = check_model_folder(model_dir)
+    cfg = check_model_folder(model_dir, engine_cfg.load_format)
     device = resolve_device(engine_cfg.device)
     dtype = resolve_dtype(engine_cfg.dtype, cfg.torch_dtype, device)
     tokenizer = load_tokenizer(model_dir)
     ops = ops_for(device)
     context = engine_cfg.max_model_len or cfg.context_length
     model = build_model(cfg, ops, dtype, device, context)
-    model.load_weights(iter_weights(checkpoint_files(model_dir)))
+    if engine_cfg.load_format == "random":
+        model.fill_random()
+    else:
+        model.load_weights(iter_weights(checkpoint_files(model_dir)))
     model.pack_weights()
     model.eval()
     blocks = _cache_blocks(cfg, engine_cfg, context, dtype, device)

@@ -147,6 +147,16 @@ class DecoderLM(nn.Module):
                         slots[f"{prefix}{source}.{kind}"] = partial(module.load_rows, kind, row_offset=offset)
         return slots
 
+    @torch.no_grad()
+    def fill_random(self, seed: int = 0) -> None:
+        """Random weights (std 0.02, norms 1): real shapes for speed measurements."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=generator)
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copies checkpoint tensors into place one at a time; checks every parameter got filled."""
         slots = self._weight_slots()

@@ -1,0 +1,45 @@
+"""Real model shapes with random weights, for speed measurements without checkpoints.
+
+A shape folder holds config.json and a synthetic word-level tokenizer covering the whole
+vocabulary (so generated ids detokenize as they would with a real one); the engine fills
+the weights at random (``EngineConfig.load_format="random"``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+SHAPES: dict[str, dict] = {
+    "llama-3-8b": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=4096, intermediate_size=14336,
+        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+        rope_theta=500000.0, max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+    ),
+    "smollm2-135m": dict(
+        architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=576, intermediate_size=1536,
+        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+        rope_theta=100000.0, max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        torch_dtype="bfloat16",
+    ),
+}
+
+
+def write_shape_folder(shape: str, folder: Path) -> Path:
+    """config.json + tokenizer for a named shape; returns the folder (made once)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(sorted(SHAPES))}")
+    config = dict(SHAPES[shape], bos_token_id=0, eos_token_id=1)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "tokenizer.json").is_file():
+        vocab = {f"<{i}>": i for i in range(config["vocab_size"])}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+        PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<0>", eos_token="<1>", unk_token="<0>").save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
