@@ -1,5 +1,5 @@
 /*
- * gemv.c - weight-streaming y = x @ W^T for small batches (decode) on CPU.
+ * gemv.c - weight-streaming y = x @ W^T (+ bias) for small batches (decode) on CPU.
  *
  * At batch 1..16 a linear layer is bound by reading W from DRAM, so the kernels
  * stream a pre-packed weight exactly once per call, with up to 8 batch rows'
@@ -29,36 +29,13 @@
  *
  * Plain C ABI, no torch headers: the built library survives torch upgrades.
  */
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
-#define LMS_X86 1
-#else
-#define LMS_X86 0
-#endif
-/* AVX-512 BF16 intrinsics need gcc >= 10 or clang >= 9; older ones still build the rest. */
-#if LMS_X86 && ((defined(__clang__) && __clang_major__ >= 9) || (!defined(__clang__) && __GNUC__ >= 10))
-#define LMS_AVX512BF16 1
-#else
-#define LMS_AVX512BF16 0
-#endif
-
-#if defined(_WIN32)
-#define LMS_API __declspec(dllexport)
-#else
-#define LMS_API __attribute__((visibility("default")))
-#endif
+#include "gemv.h"
 
 #define TILE 32  /* output rows per packed tile */
 #define MIN_PARALLEL_BYTES (128 * 1024)  /* below this, waking a thread costs more than it saves */
 /* Software prefetch distance in the weight stream: +4-7% over the hardware
  * prefetcher alone at batch 1-16 (AVX-512 path). */
 #define PREFETCH_BYTES 2048
-
-enum { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512BF16 = 2 };
 
 typedef struct job job_t;
 struct job {
@@ -68,25 +45,9 @@ struct job {
     int64_t out;
     void *y;
     int64_t ldy, ntiles;
+    const void *bias; /* [out] of y's dtype, or NULL */
     void (*tiles)(const job_t *, int64_t, int64_t); /* computes tiles [t0, t1) */
 };
-
-static inline float bf16_to_f32(uint16_t v)
-{
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* Round-to-nearest-even, quiet NaNs kept: the same rounding torch uses. */
-static inline uint16_t f32_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 
 static inline int tile_rows(const job_t *j, int64_t t)
 {
@@ -94,18 +55,22 @@ static inline int tile_rows(const job_t *j, int64_t t)
     return (int)(left < TILE ? left : TILE);
 }
 
-/* Writes a tile's fp32 results (nb rows x TILE) to y, converting when y is bf16. */
+/* Writes a tile's fp32 results (nb rows x TILE) plus the bias to y, converting when y is bf16. */
 static void store_tile(const job_t *j, int64_t t, int64_t b0, int nb, const float *acc, int bf16)
 {
     int n = tile_rows(j, t);
+    float bias[TILE] = {0};
+    if (j->bias)
+        for (int r = 0; r < n; r++)
+            bias[r] = bf16 ? bf16_to_f32(((const uint16_t *)j->bias)[t * TILE + r]) : ((const float *)j->bias)[t * TILE + r];
     for (int b = 0; b < nb; b++) {
         const float *a = acc + b * TILE;
         if (bf16) {
             uint16_t *y = (uint16_t *)j->y + (b0 + b) * j->ldy + t * TILE;
-            for (int r = 0; r < n; r++) y[r] = f32_to_bf16(a[r]);
+            for (int r = 0; r < n; r++) y[r] = f32_to_bf16(a[r] + bias[r]);
         } else {
             float *y = (float *)j->y + (b0 + b) * j->ldy + t * TILE;
-            memcpy(y, a, (size_t)n * sizeof(float));
+            for (int r = 0; r < n; r++) y[r] = a[r] + bias[r];
         }
     }
 }
@@ -164,7 +129,6 @@ static void tiles_f32_portable(const job_t *j, int64_t t0, int64_t t1)
 #if LMS_X86
 /* ---------------------------------------------------------------- AVX2 + FMA */
 
-#define T_AVX2 __attribute__((target("avx2,fma")))
 #define NB_AVX2 3  /* 3 batch rows x 4 ymm accumulators + temporaries fit 16 ymm */
 
 /* One tile for nb (compile-time after inlining) batch rows. A bf16 pair (w_k, w_k+1)
@@ -240,7 +204,6 @@ DEFINE_TILES_AVX2(tiles_f32_avx2, tile_f32_avx2)
 #if LMS_AVX512BF16
 /* ------------------------------------------------------------- AVX-512 (BF16) */
 
-#define T_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define NB_512 8     /* batch rows per register chunk: 8 x 2 zmm accumulators */
 #define GROUP_512 32 /* batch rows per k-blocked group (partial sums: 4 KiB on the stack) */
 #define KBLOCK 64    /* k steps (bf16: pairs) per block: 8 KiB of weights */
@@ -263,8 +226,6 @@ prefetch_weights(const void *w, const char *pf, int64_t step, const char *pf_end
     }
 }
 
-static inline __mmask16 lo_mask(int n) { return n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
-
 /* Accumulators of one chunk: at nb <= 2 the k loop alternates two sets so that
  * dot-product latency never limits the weight stream. */
 typedef struct { __m512 a[2][NB_512][2]; } acc512_t;
@@ -281,8 +242,9 @@ acc512_begin(acc512_t *acc, const int nb, const int ku, int64_t k0, const float 
     }
 }
 
-/* Sums the ku sets; keeps them as partial sums (k1 < kend) or passes them to
- * `write` (row b, rows 0-15, rows 16-31) once the tile's k range is complete. */
+/* Sums the ku sets; keeps them as partial sums (k1 < kend) or passes them plus
+ * the bias (bv0, bv1) to `write` (row b, rows 0-15, rows 16-31) once the tile's
+ * k range is complete. */
 #define ACC512_END(acc, nb, ku, k1, kend, partial, write)                      \
     for (int b = 0; b < (nb); b++) {                                           \
         __m512 a0 = (acc).a[0][b][0], a1 = (acc).a[0][b][1];                   \
@@ -294,7 +256,7 @@ acc512_begin(acc512_t *acc, const int nb, const int ku, int64_t k0, const float 
             _mm512_storeu_ps((partial) + b * TILE, a0);                        \
             _mm512_storeu_ps((partial) + b * TILE + 16, a1);                   \
         } else {                                                               \
-            write(b, a0, a1);                                                  \
+            write(b, _mm512_add_ps(a0, bv0), _mm512_add_ps(a1, bv1));          \
         }                                                                      \
     }
 
@@ -341,6 +303,12 @@ chunk_bf16_512(const job_t *j, int64_t t, int64_t b0, const int nb, int64_t p0, 
     const int n = tile_rows(j, t);
     const __mmask16 m0 = lo_mask(n), m1 = lo_mask(n - 16);
     uint16_t *y = (uint16_t *)j->y + b0 * j->ldy + t * TILE;
+    __m512 bv0 = _mm512_setzero_ps(), bv1 = _mm512_setzero_ps();
+    if (j->bias && p1 == kp) {
+        const uint16_t *bias = (const uint16_t *)j->bias + t * TILE;
+        bv0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m0, bias)), 16));
+        bv1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m1, bias + 16)), 16));
+    }
 #define WRITE_BF16(b, a0, a1)                                                            \
     _mm256_mask_storeu_epi16(y + (b) * j->ldy, m0, (__m256i)_mm512_cvtneps_pbh(a0));    \
     _mm256_mask_storeu_epi16(y + (b) * j->ldy + 16, m1, (__m256i)_mm512_cvtneps_pbh(a1))
@@ -382,6 +350,11 @@ chunk_f32_512(const job_t *j, int64_t t, int64_t b0, const int nb, int64_t k0, i
     const int n = tile_rows(j, t);
     const __mmask16 m0 = lo_mask(n), m1 = lo_mask(n - 16);
     float *y = (float *)j->y + b0 * j->ldy + t * TILE;
+    __m512 bv0 = _mm512_setzero_ps(), bv1 = _mm512_setzero_ps();
+    if (j->bias && k1 == j->in) {
+        bv0 = _mm512_maskz_loadu_ps(m0, (const float *)j->bias + t * TILE);
+        bv1 = _mm512_maskz_loadu_ps(m1, (const float *)j->bias + t * TILE + 16);
+    }
 #define WRITE_F32(b, a0, a1)                                 \
     _mm512_mask_storeu_ps(y + (b) * j->ldy, m0, a0);         \
     _mm512_mask_storeu_ps(y + (b) * j->ldy + 16, m1, a1)
@@ -449,15 +422,18 @@ static int detect_isa(void)
 static int g_isa = -1;
 
 /* Returns the best instruction set this CPU supports (0 portable, 1 AVX2+FMA, 2 AVX-512 BF16). */
-LMS_API int lms_gemv_max_isa(void) { return detect_isa(); }
+LMS_API int lms_max_isa(void) { return detect_isa(); }
 
-/* Selects the instruction set (clamped to what the CPU supports; tests force lower ones). */
-LMS_API int lms_gemv_set_isa(int isa)
+/* Selects the instruction set of every kernel in the library (clamped to what the CPU
+ * supports; tests force lower ones). */
+LMS_API int lms_set_isa(int isa)
 {
     int best = detect_isa();
     g_isa = isa < 0 || isa > best ? best : isa;
     return g_isa;
 }
+
+int lms_isa(void) { return g_isa < 0 ? lms_set_isa(-1) : g_isa; }
 
 typedef void (*omp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 typedef int (*omp_int_fn)(void);
@@ -466,7 +442,7 @@ static omp_int_fn g_thread_num, g_num_threads;
 
 /* Hands in the OpenMP runtime's GOMP_parallel, omp_get_thread_num and omp_get_num_threads
  * (any NULL: run single-threaded). Set once, before the first kernel call. */
-LMS_API void lms_gemv_set_omp(omp_parallel_fn parallel, omp_int_fn thread_num, omp_int_fn num_threads)
+LMS_API void lms_set_omp(omp_parallel_fn parallel, omp_int_fn thread_num, omp_int_fn num_threads)
 {
     int ok = parallel && thread_num && num_threads;
     g_parallel = ok ? parallel : NULL;
@@ -474,21 +450,42 @@ LMS_API void lms_gemv_set_omp(omp_parallel_fn parallel, omp_int_fn thread_num, o
     g_num_threads = ok ? num_threads : NULL;
 }
 
+void lms_parallel(void (*fn)(void *), void *arg, int nthreads)
+{
+    if (g_parallel && nthreads > 1)
+        g_parallel(fn, arg, (unsigned)nthreads, 0);
+    else
+        fn(arg);
+}
+
+int lms_thread_num(void) { return g_parallel ? g_thread_num() : 0; }
+int lms_num_threads(void) { return g_parallel ? g_num_threads() : 1; }
+
 static void parallel_body(void *arg)
 {
     const job_t *j = (const job_t *)arg;
-    int64_t id = g_thread_num(), n = g_num_threads();
+    int64_t id = lms_thread_num(), n = lms_num_threads();
     j->tiles(j, j->ntiles * id / n, j->ntiles * (id + 1) / n);
 }
 
-static void run(job_t *j, int64_t elem_size, int nthreads)
+void lms_gemv(int bf16, const void *x, int64_t ldx, int64_t nb, int64_t in, const void *w, int64_t out,
+              const void *bias, void *y, int64_t ldy, int nthreads)
 {
-    int64_t bytes = j->ntiles * TILE * j->in * elem_size;
-    if (nthreads > j->ntiles) nthreads = (int)j->ntiles;
-    if (g_parallel && nthreads > 1 && bytes >= MIN_PARALLEL_BYTES)
-        g_parallel(parallel_body, j, (unsigned)nthreads, 0);
+    int isa = lms_isa();
+    job_t j = {x, ldx, nb, in, w, out, y, ldy, (out + TILE - 1) / TILE, bias,
+               bf16 ? tiles_bf16_portable : tiles_f32_portable};
+#if LMS_AVX512BF16
+    if (isa == ISA_AVX512BF16) j.tiles = bf16 ? tiles_bf16_512 : tiles_f32_512;
+#endif
+#if LMS_X86
+    if (isa == ISA_AVX2) j.tiles = bf16 ? tiles_bf16_avx2 : tiles_f32_avx2;
+#endif
+    int64_t bytes = j.ntiles * TILE * in * (bf16 ? 2 : 4);
+    if (nthreads > j.ntiles) nthreads = (int)j.ntiles;
+    if (bytes >= MIN_PARALLEL_BYTES)
+        lms_parallel(parallel_body, &j, nthreads);
     else
-        j->tiles(j, 0, j->ntiles);
+        j.tiles(&j, 0, j.ntiles);
 }
 
 /* y[b, :out] = x[b, :in] @ W^T for b < nb; x, y bf16 with row strides ldx, ldy (elements);
@@ -496,28 +493,12 @@ static void run(job_t *j, int64_t elem_size, int nthreads)
 LMS_API void lms_gemv_bf16(const uint16_t *x, int64_t ldx, int64_t nb, int64_t in, const uint16_t *w,
                            int64_t out, uint16_t *y, int64_t ldy, int nthreads)
 {
-    if (g_isa < 0) lms_gemv_set_isa(-1);
-    job_t j = {x, ldx, nb, in, w, out, y, ldy, (out + TILE - 1) / TILE, tiles_bf16_portable};
-#if LMS_AVX512BF16
-    if (g_isa == ISA_AVX512BF16) j.tiles = tiles_bf16_512;
-#endif
-#if LMS_X86
-    if (g_isa == ISA_AVX2) j.tiles = tiles_bf16_avx2;
-#endif
-    run(&j, 2, nthreads);
+    lms_gemv(1, x, ldx, nb, in, w, out, NULL, y, ldy, nthreads);
 }
 
 /* As lms_gemv_bf16 for fp32; w packed as [ceil(out/32)][in][32]. */
 LMS_API void lms_gemv_f32(const float *x, int64_t ldx, int64_t nb, int64_t in, const float *w,
                           int64_t out, float *y, int64_t ldy, int nthreads)
 {
-    if (g_isa < 0) lms_gemv_set_isa(-1);
-    job_t j = {x, ldx, nb, in, w, out, y, ldy, (out + TILE - 1) / TILE, tiles_f32_portable};
-#if LMS_AVX512BF16
-    if (g_isa == ISA_AVX512BF16) j.tiles = tiles_f32_512;
-#endif
-#if LMS_X86
-    if (g_isa == ISA_AVX2) j.tiles = tiles_f32_avx2;
-#endif
-    run(&j, 4, nthreads);
+    lms_gemv(0, x, ldx, nb, in, w, out, NULL, y, ldy, nthreads);
 }

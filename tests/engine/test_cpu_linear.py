@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from app.engine.kernels import cpu_linear
+from app.engine.kernels import cpu_library, cpu_linear
 
 SHAPES = [(1, 1), (577, 1000), (1000, 577), (33, 7), (64, 130), (3, 1536)]  # (out, in)
 BATCHES = [1, 2, 3, 7, 16, 33]
@@ -32,7 +32,7 @@ def rel_error(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> float:
 def isa_levels() -> list[int]:
     if not cpu_linear.available():
         return []
-    return list(range(cpu_linear._library().cdll.lms_gemv_max_isa() + 1))
+    return list(range(cpu_library.library().cdll.lms_max_isa() + 1))
 
 
 @pytest.fixture(params=isa_levels() or [None], ids=lambda level: f"isa{level}")
@@ -40,15 +40,15 @@ def isa(request: pytest.FixtureRequest) -> Iterator[int]:
     """Forces each instruction set in turn, restoring the best one afterwards."""
     if request.param is None:
         pytest.skip(f"C kernel unavailable: {cpu_linear.unavailable_reason()}")
-    lib = cpu_linear._library().cdll
-    lib.lms_gemv_set_isa(request.param)
+    lib = cpu_library.library().cdll
+    lib.lms_set_isa(request.param)
     yield request.param
-    lib.lms_gemv_set_isa(-1)
+    lib.lms_set_isa(-1)
 
 
 @pytest.fixture
 def torch_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_linear, "_library", lambda: cpu_linear._Library(None, "forced off by the test"))
+    monkeypatch.setattr(cpu_library, "library", lambda: cpu_library.Library(None, "forced off by the test"))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
@@ -123,10 +123,10 @@ def test_torch_fallback(monkeypatch: pytest.MonkeyPatch, onednn: bool, dtype: to
 def test_build_failure_falls_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("LMSTATION_HOME", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.delenv("LMSTATION_NO_CPU_GEMV", raising=False)
-    monkeypatch.delenv("LMSTATION_CPU_GEMV_LIB", raising=False)
+    monkeypatch.delenv("LMSTATION_NO_CPU_KERNELS", raising=False)
+    monkeypatch.delenv("LMSTATION_CPU_KERNELS_LIB", raising=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        lib = cpu_linear._library.__wrapped__()
+        lib = cpu_library.library.__wrapped__()
     assert lib.cdll is None and lib.reason
     assert len(caught) == 1 and "unavailable" in str(caught[0].message)
