@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from app.engine.attention_metadata import AttentionMetadata  # noqa: E402
 from app.engine.kernels import reference  # noqa: E402
 from app.engine.kernels import triton as tk  # noqa: E402
 
@@ -129,6 +130,163 @@ def test_write_kv_skips_padding(dtype, block_size):
     assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
 
 
+# --- attention over the paged cache ----------------------------------------------------------------
+
+
+def make_cache(lens, kv_heads, dim, block_size, dtype, seed, spare_cols=1):
+    """A cache filled with random values, each sequence's blocks scattered (shuffled) over it."""
+    needed = [-(-n // block_size) for n in lens]
+    num_blocks = sum(needed) + 3
+    k_cache = nonzero(num_blocks, block_size, kv_heads, dim, dtype=dtype, seed=seed)
+    v_cache = nonzero(num_blocks, block_size, kv_heads, dim, dtype=dtype, seed=seed + 1)
+    order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed + 2)).tolist()
+    table = torch.zeros(len(lens), max(needed) + spare_cols, dtype=torch.int64)
+    for i, n in enumerate(needed):
+        table[i, :n] = torch.tensor(order[:n])
+        order = order[n:]
+    return k_cache, v_cache, table.to(DEVICE)
+
+
+def decode_meta(lens, table):
+    return AttentionMetadata(
+        num_seqs=len(lens), num_decodes=len(lens), query_starts=list(range(len(lens))),
+        query_lens=[1] * len(lens), context_lens=list(lens),
+        slot_mapping=torch.zeros(len(lens), dtype=torch.long, device=DEVICE), block_tables=table,
+        decode_context_lens=torch.tensor(lens, dtype=torch.long, device=DEVICE),
+        query_start_loc=torch.arange(len(lens) + 1, dtype=torch.int32, device=DEVICE),
+        context_lens_t=torch.tensor(lens, dtype=torch.int32, device=DEVICE), max_query_len=1,
+    )
+
+
+def mixed_meta(decode_lens, chunks, table):
+    """Decodes first, then prefill chunks given as (context_len, query_len)."""
+    query_lens = [1] * len(decode_lens) + [q for _, q in chunks]
+    ctx = list(decode_lens) + [c for c, _ in chunks]
+    starts = [sum(query_lens[:i]) for i in range(len(query_lens))]
+    return AttentionMetadata(
+        num_seqs=len(ctx), num_decodes=len(decode_lens), query_starts=starts, query_lens=query_lens,
+        context_lens=ctx, slot_mapping=torch.zeros(sum(query_lens), dtype=torch.long, device=DEVICE),
+        block_tables=table, decode_context_lens=torch.tensor(decode_lens, dtype=torch.long, device=DEVICE),
+        query_start_loc=torch.tensor(starts + [sum(query_lens)], dtype=torch.int32, device=DEVICE),
+        context_lens_t=torch.tensor(ctx, dtype=torch.int32, device=DEVICE), max_query_len=max(query_lens),
+    )
+
+
+def new_tokens(cache, table, meta):
+    """This step's keys (or values) [T, kv_heads, dim], read back from the cache (written already)."""
+    block_size = cache.shape[1]
+    rows = []
+    for i in range(meta.num_seqs):
+        ctx, qlen = meta.context_lens[i], meta.query_lens[i]
+        pos = torch.arange(ctx - qlen, ctx, device=DEVICE)
+        rows.append(cache[table[i, pos // block_size], pos % block_size])
+    return torch.cat(rows)
+
+
+def reference_attention(q, k_cache, v_cache, table, meta, scale, window):
+    k, v = new_tokens(k_cache, table, meta), new_tokens(v_cache, table, meta)
+    return reference.paged_attention(q, k, v, k_cache, v_cache, meta, scale, window)
+
+
+DECODE_CASES = [
+    # (heads, kv_heads, dim, block_size, partition, window)
+    pytest.param(4, 4, 64, 16, None, None, id="mha-d64-bs16"),
+    pytest.param(8, 2, 128, 64, None, None, id="gqa4-d128-bs64"),
+    pytest.param(8, 1, 64, 64, 48, None, id="gqa8-bs64-split48"),  # partitions cut blocks mid-way
+    pytest.param(8, 2, 64, 16, 32, None, id="gqa4-bs16-split32"),
+    pytest.param(4, 4, 128, 64, 32, None, id="mha-d128-bs64-split32"),  # two partitions per block
+    pytest.param(8, 2, 64, 16, 48, 100, id="gqa4-window100-split48"),
+    pytest.param(8, 1, 64, 64, None, 37, id="gqa8-window37"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads,kv_heads,dim,block_size,partition,window", DECODE_CASES)
+def test_decode_attention(dtype, heads, kv_heads, dim, block_size, partition, window):
+    lens = [1, 300, 17]
+    k_cache, v_cache, table = make_cache(lens, kv_heads, dim, block_size, dtype, seed=20)
+    if dtype == torch.float32:
+        table = table.to(torch.int32)  # both index dtypes
+    q = nonzero(len(lens), heads, dim, dtype=dtype, seed=23)
+    meta = decode_meta(lens, table)
+    scale = dim**-0.5
+    ref = reference_attention(q, k_cache, v_cache, table.long(), meta, scale, window)
+    out = tk.paged_decode_attention(
+        q, k_cache, v_cache, table, meta.context_lens_t, scale, window, max_context_len=max(lens), partition=partition
+    )
+    check(out, ref, dtype)
+
+
+def test_decode_attention_default_bound_and_poisoned_cache():
+    """Without max_context_len the grid covers the whole block table; keys past each length (NaN
+    here) are never read."""
+    dtype, lens, block_size = torch.bfloat16, [5, 40, 23], 16
+    k_cache, v_cache, table = make_cache(lens, 2, 64, block_size, dtype, seed=30, spare_cols=2)
+    q = nonzero(len(lens), 8, 64, dtype=dtype, seed=33)
+    meta = decode_meta(lens, table)
+    ref = reference_attention(q, k_cache, v_cache, table, meta, 0.125, None)
+    for i, n in enumerate(lens):  # poison the tail of each sequence's last block
+        if n % block_size:
+            k_cache[table[i, n // block_size], n % block_size :] = float("nan")
+            v_cache[table[i, n // block_size], n % block_size :] = float("nan")
+    out = tk.paged_decode_attention(q, k_cache, v_cache, table, meta.context_lens_t, 0.125, partition=16)
+    check(out, ref, dtype)
+
+
+@pytest.mark.parametrize("window", [None, 150], ids=["full", "window150"])
+def test_decode_attention_rows_size_their_own_partitions(monkeypatch, window):
+    """As a CUDA graph runs it: the grid sized for a large capacity, each row splitting its own
+    context on the device (here into up to 5 partitions of 64, as on a GPU with many SMs)."""
+    from app.engine.kernels.triton import decode_attention
+
+    monkeypatch.setattr(decode_attention, "PROGRAMS_PER_SM", 64)
+    dtype, lens, block_size = torch.float32, [300, 1, 17, 129], 16
+    k_cache, v_cache, table = make_cache(lens, 2, 64, block_size, dtype, seed=35)
+    q = nonzero(len(lens), 8, 64, dtype=dtype, seed=36)
+    meta = decode_meta(lens, table)
+    ref = reference_attention(q, k_cache, v_cache, table, meta, 0.125, window)
+    out = tk.paged_decode_attention(q, k_cache, v_cache, table, meta.context_lens_t, 0.125, window, max_context_len=4096)
+    check(out, ref, dtype)
+
+
+PREFILL_CASES = [
+    # (heads, kv_heads, dim, block_size, window)
+    pytest.param(4, 4, 64, 16, None, id="mha-d64-bs16"),
+    pytest.param(8, 2, 128, 64, None, id="gqa4-d128-bs64"),
+    pytest.param(8, 1, 64, 16, None, id="gqa8-d64-bs16"),
+    pytest.param(8, 2, 64, 64, 20, id="gqa4-window20"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("heads,kv_heads,dim,block_size,window", PREFILL_CASES)
+def test_prefill_attention(dtype, heads, kv_heads, dim, block_size, window):
+    """A prefix-cache hit (context 70, 6 new tokens), a fresh prompt (33 of 33) and a 1-token chunk."""
+    chunks = [(70, 6), (33, 33), (9, 1)]
+    k_cache, v_cache, table = make_cache([c for c, _ in chunks], kv_heads, dim, block_size, dtype, seed=40)
+    meta = mixed_meta([], chunks, table)
+    q = nonzero(sum(q for _, q in chunks), heads, dim, dtype=dtype, seed=43)
+    scale = dim**-0.5
+    ref = reference_attention(q, k_cache, v_cache, table, meta, scale, window)
+    out = tk.paged_prefill_attention(
+        q, k_cache, v_cache, table, meta.query_start_loc, meta.context_lens_t, meta.max_query_len, scale, window
+    )
+    check(out, ref, dtype)
+
+
+@pytest.mark.parametrize("window", [None, 24], ids=["full", "window24"])
+def test_paged_attention_mixed_batch(window):
+    """The Ops-shaped adapter: decodes and prefill chunks in one flat batch."""
+    dtype, heads, kv_heads, dim, block_size = torch.bfloat16, 8, 2, 64, 16
+    decode_lens, chunks = [17, 1, 50], [(70, 6), (33, 33)]
+    k_cache, v_cache, table = make_cache(decode_lens + [c for c, _ in chunks], kv_heads, dim, block_size, dtype, 50)
+    meta = mixed_meta(decode_lens, chunks, table)
+    q = nonzero(sum(meta.query_lens), heads, dim, dtype=dtype, seed=53)
+    k, v = new_tokens(k_cache, table, meta), new_tokens(v_cache, table, meta)
+    ref = reference.paged_attention(q, k, v, k_cache, v_cache, meta, dim**-0.5, window)
+    check(tk.paged_attention(q, k, v, k_cache, v_cache, meta, dim**-0.5, window), ref, dtype)
+
+
 # --- larger shapes, GPU only -----------------------------------------------------------------------
 
 
@@ -145,3 +303,50 @@ def test_norms_large(dtype):
     check(new_res, ref_res, dtype)
     qk = nonzero(333, 40, 128, dtype=dtype, seed=63)
     check(tk.rms_norm(qk, w[:128], 1e-6), reference.rms_norm(qk, w[:128], 1e-6), dtype)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("dim", [64, 128, 256])
+def test_decode_attention_large(dtype, dim):
+    """B = 260 rows of very different lengths (1 .. 5000), GQA 8, default partitioning, and batch 1
+    with a long context (split across many partitions)."""
+    gen = torch.Generator().manual_seed(70)
+    lens = torch.randint(1, 600, (260,), generator=gen)
+    lens[::37] = torch.randint(2000, 5000, (lens[::37].numel(),), generator=gen)
+    lens[5] = 1
+    lens = lens.tolist()
+    k_cache, v_cache, table = make_cache(lens, 4, dim, 64, dtype, seed=71)
+    q = nonzero(len(lens), 32, dim, dtype=dtype, seed=72)
+    meta = decode_meta(lens, table)
+    for window in (None, 1000):
+        ref = reference_attention(q, k_cache, v_cache, table, meta, dim**-0.5, window)
+        out = tk.paged_decode_attention(
+            q, k_cache, v_cache, table, meta.context_lens_t, dim**-0.5, window, max_context_len=max(lens)
+        )
+        check(out, ref, dtype)
+    long = [20000]
+    k_cache, v_cache, table = make_cache(long, 8, dim, 16, dtype, seed=73)
+    q = nonzero(1, 64, dim, dtype=dtype, seed=74)
+    meta = decode_meta(long, table)
+    ref = reference_attention(q, k_cache, v_cache, table, meta, dim**-0.5, None)
+    check(tk.paged_decode_attention(q, k_cache, v_cache, table, meta.context_lens_t, dim**-0.5), ref, dtype)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("dim", [64, 128, 256])
+@pytest.mark.parametrize("window", [None, 300], ids=["full", "window300"])
+def test_prefill_attention_large(dtype, dim, window):
+    chunks = [(2000, 512), (700, 700), (1500, 1), (4096, 1000), (129, 128)]
+    k_cache, v_cache, table = make_cache([c for c, _ in chunks], 4, dim, 64, dtype, seed=80)
+    meta = mixed_meta([], chunks, table)
+    q = nonzero(sum(meta.query_lens), 20, dim, dtype=dtype, seed=83)  # G = 5
+    ref = reference_attention(q, k_cache, v_cache, table, meta, dim**-0.5, window)
+    out = tk.paged_prefill_attention(
+        q, k_cache, v_cache, table, meta.query_start_loc, meta.context_lens_t, meta.max_query_len, dim**-0.5,
+        window,
+    )
+    check(out, ref, dtype)

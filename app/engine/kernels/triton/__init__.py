@@ -24,11 +24,32 @@ def available() -> bool:
 
 if importlib.util.find_spec("triton") is not None:
     from app.engine.kernels.triton.activation import silu_mul
+    from app.engine.kernels.triton.decode_attention import paged_decode_attention
     from app.engine.kernels.triton.kv_cache import write_kv
     from app.engine.kernels.triton.norm import add_rms_norm, rms_norm
+    from app.engine.kernels.triton.prefill_attention import paged_prefill_attention
     from app.engine.kernels.triton.rotary import apply_rotary, apply_rotary_qk
+
+    def paged_attention(q, k, v, k_cache, v_cache, meta, scale, sliding_window=None):
+        """Ops.paged_attention on the Triton kernels: the decodes (first num_decodes rows, one token
+        each) through the split-K decode kernel, the prefill chunks through the prefill kernel.
+        Needs meta.query_start_loc and meta.context_lens_t (device tensors)."""
+        out = torch.empty_like(q)
+        nd = meta.num_decodes
+        if nd:
+            paged_decode_attention(
+                q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.context_lens_t[:nd], scale,
+                sliding_window, max_context_len=max(meta.context_lens[:nd]), out=out[:nd],
+            )
+        if meta.num_seqs > nd:
+            paged_prefill_attention(
+                q, k_cache, v_cache, meta.block_tables[nd:], meta.query_start_loc[nd:],
+                meta.context_lens_t[nd:], max(meta.query_lens[nd:]), scale, sliding_window, out=out,
+            )
+        return out
 
 
 __all__ = [
     "available", "rms_norm", "add_rms_norm", "apply_rotary", "apply_rotary_qk", "silu_mul", "write_kv",
+    "paged_decode_attention", "paged_prefill_attention", "paged_attention",
 ]
