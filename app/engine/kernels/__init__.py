@@ -51,7 +51,29 @@ def _cpu_ops() -> Ops:
     )
 
 
+def _triton_ops() -> Ops:
+    from app.engine.kernels import triton as tk
+
+    return Ops(
+        rms_norm=tk.rms_norm,
+        add_rms_norm=tk.add_rms_norm,
+        silu_mul=tk.silu_mul,
+        apply_rotary=tk.apply_rotary,
+        write_kv=tk.write_kv,
+        paged_attention=tk.paged_attention,
+        name="triton",
+        graph_safe=True,
+    )
+
+
 def ops_for(device: torch.device) -> Ops:
-    """The ops for a device: on CPU, linears stream packed weights (csrc/cpu); elsewhere the
-    torch reference for now (the GPU path adds Triton)."""
-    return _cpu_ops() if device.type == "cpu" else REFERENCE_OPS
+    """On CUDA: Triton kernels (linears through cuBLAS). On CPU: the torch reference with linears
+    streaming packed weights (csrc/cpu). Anywhere else: the torch reference."""
+    if device.type == "cpu":
+        return _cpu_ops()
+    if device.type == "cuda":
+        from app.engine.kernels.triton import available
+
+        if available():
+            return _triton_ops()
+    return REFERENCE_OPS
