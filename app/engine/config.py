@@ -32,10 +32,13 @@ class EngineConfig:
     prefill_chunk_size: int = 512  # longest prompt slice prefilled in one step
     max_model_len: int | None = None  # defaults to the model's context length
     cuda_graphs: bool = True  # replay decode steps from captured graphs (CUDA only)
+    kernels: str = "auto"  # auto | torch | triton (see kernels.ops_for)
 
     def __post_init__(self) -> None:
         if self.load_format not in ("safetensors", "random"):
             raise ValueError(f"load_format must be 'safetensors' or 'random', got {self.load_format!r}")
+        if self.kernels not in ("auto", "torch", "triton"):
+            raise ValueError(f"kernels must be auto, torch or triton, got {self.kernels!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.block_size < 1 or self.prefill_chunk_size < 1 or self.max_num_seqs < 1:

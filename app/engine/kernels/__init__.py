@@ -66,14 +66,23 @@ def _triton_ops() -> Ops:
     )
 
 
-def ops_for(device: torch.device) -> Ops:
-    """On CUDA: Triton kernels (linears through cuBLAS). On CPU: the torch reference with linears
-    streaming packed weights (csrc/cpu). Anywhere else: the torch reference."""
+KERNEL_CHOICES = ("auto", "torch", "triton")
+
+
+def ops_for(device: torch.device, choice: str = "auto") -> Ops:
+    """auto: Triton kernels on CUDA (linears through cuBLAS); on CPU the torch reference with
+    linears streaming packed weights (csrc/cpu); the torch reference anywhere else.
+    "torch" forces the plain reference; "triton" forces Triton (on CPU: under TRITON_INTERPRET=1)."""
+    from app.engine.kernels import triton as triton_kernels
+
+    if choice == "torch":
+        return REFERENCE_OPS
+    if choice == "triton":
+        if not triton_kernels.available():
+            raise RuntimeError("Triton kernels need triton and a CUDA GPU (or TRITON_INTERPRET=1)")
+        return _triton_ops()
     if device.type == "cpu":
         return _cpu_ops()
-    if device.type == "cuda":
-        from app.engine.kernels.triton import available
-
-        if available():
-            return _triton_ops()
+    if device.type == "cuda" and triton_kernels.available():
+        return _triton_ops()
     return REFERENCE_OPS

@@ -106,7 +106,7 @@ def load(engine_cfg: EngineConfig, model_dir: Path) -> LoadedModel:
     device = resolve_device(engine_cfg.device)
     dtype = resolve_dtype(engine_cfg.dtype, cfg.torch_dtype, device)
     tokenizer = load_tokenizer(model_dir)
-    ops = ops_for(device)
+    ops = ops_for(device, engine_cfg.kernels)
     context = engine_cfg.max_model_len or cfg.context_length
     model = build_model(cfg, ops, dtype, device, context)
     if engine_cfg.load_format == "random":
