@@ -471,14 +471,14 @@ static void parallel_body(void *arg)
 void lms_gemv(int bf16, const void *x, int64_t ldx, int64_t nb, int64_t in, const void *w, int64_t out,
               const void *bias, void *y, int64_t ldy, int nthreads)
 {
-    int isa = lms_isa();
     job_t j = {x, ldx, nb, in, w, out, y, ldy, (out + TILE - 1) / TILE, bias,
                bf16 ? tiles_bf16_portable : tiles_f32_portable};
+#if LMS_X86
+    const int isa = lms_isa();
+    if (isa == ISA_AVX2) j.tiles = bf16 ? tiles_bf16_avx2 : tiles_f32_avx2;
 #if LMS_AVX512BF16
     if (isa == ISA_AVX512BF16) j.tiles = bf16 ? tiles_bf16_512 : tiles_f32_512;
 #endif
-#if LMS_X86
-    if (isa == ISA_AVX2) j.tiles = bf16 ? tiles_bf16_avx2 : tiles_f32_avx2;
 #endif
     int64_t bytes = j.ntiles * TILE * in * (bf16 ? 2 : 4);
     if (nthreads > j.ntiles) nthreads = (int)j.ntiles;

@@ -45,6 +45,7 @@ _SIGNATURES: dict[str, tuple[list, type | None]] = {
     "lms_set_omp": ([_ptr, _ptr, _ptr], None),
     "lms_gemv_bf16": ([_ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, _i64, _int], None),
     "lms_gemv_f32": ([_ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, _i64, _int], None),
+    "lms_decode_layer": ([_ptr] * 6, _int),
 }
 
 
