@@ -19,7 +19,8 @@
  * split by cost) run in torch's OpenMP pool through gemv.c; the elementwise
  * parts are too small to be worth a fork and run on the calling thread.
  * Instruction sets: AVX-512 (BF16) code for the attention and the elementwise
- * parts, plain C below that level (the GEMVs keep their AVX2 path).
+ * parts; below that level, C written for the compiler to vectorize, built for
+ * AVX2+FMA and for the baseline (the GEMVs have their own paths).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -68,7 +69,12 @@ enum {
     LMS_ENOMEM = -6,
 };
 
-/* ------------------------------------------------------------ portable rows */
+/* ------------------------------------------------------- portable rows
+ * Written for compilers to vectorize (no loop-carried float sums: lane-parallel partial sums;
+ * exp without libm), with the dtype a constant after inlining; built twice below, for the
+ * baseline instruction set and for AVX2+FMA. */
+
+#define LANES 16 /* partial sums per reduction */
 
 static inline float ld(const void *p, int64_t i, int bf16)
 {
@@ -84,42 +90,77 @@ static inline void st(void *p, int64_t i, float v, int bf16)
 /* v rounded to the model dtype, as a torch op returning that dtype does. */
 static inline float rnd(float v, int bf16) { return bf16 ? bf16_to_f32(f32_to_bf16(v)) : v; }
 
+/* e^x to ~2 ulp as exp16 computes it; inputs below -87 give e^-87 (~1e-38) instead of
+ * denormals or 0, which no sum here can tell apart. */
+static inline float exp_poly(float x)
+{
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    const float round = 12582912.0f; /* 1.5 * 2^23: adding and subtracting it rounds to an integer */
+    const float n = (x * 1.44269504f + round) - round;
+    const float r = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* sum of a[i] * b[i] for i < n, in LANES partial sums. */
+static inline __attribute__((always_inline)) float dot_generic(const void *a, const void *b, int64_t n, const int bf16)
+{
+    float part[LANES] = {0}, dot = 0.0f;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) part[l] += ld(a, i + l, bf16) * ld(b, i + l, bf16);
+    for (; i < n; i++) dot += ld(a, i, bf16) * ld(b, i, bf16);
+    for (int l = 0; l < LANES; l++) dot += part[l];
+    return dot;
+}
+
 /* y = rms_norm(r) * w with r = x + res (stored to res_out) or r = x (copied to res_out
  * unless NULL). In place (y == x, or res_out == res) is fine. */
-static void norm_row_portable(const void *x, const void *res, void *res_out, const void *w, void *y, int64_t dim,
-                              float eps, int bf16)
+static inline __attribute__((always_inline)) void
+norm_row_generic(const void *x, const void *res, void *res_out, const void *w, void *y, int64_t dim, float eps,
+                 const int bf16)
 {
-    float ss = 0.0f;
-    for (int64_t i = 0; i < dim; i++) {
-        float r = ld(x, i, bf16);
-        if (res) r = rnd(r + ld(res, i, bf16), bf16);
-        if (res_out) st(res_out, i, r, bf16);
-        ss += r * r;
-    }
-    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    if (res)
+        for (int64_t i = 0; i < dim; i++) st(res_out, i, rnd(ld(x, i, bf16) + ld(res, i, bf16), bf16), bf16);
+    else if (res_out)
+        memcpy(res_out, x, (size_t)(dim * (bf16 ? 2 : 4)));
     const void *src = res_out ? res_out : x;
+    const float inv = 1.0f / sqrtf(dot_generic(src, src, dim, bf16) / (float)dim + eps);
     for (int64_t i = 0; i < dim; i++) st(y, i, ld(w, i, bf16) * rnd(ld(src, i, bf16) * inv, bf16), bf16);
 }
 
 /* Rotary ("rotate_half" layout) of `heads` heads of x in place. */
-static void rope_row_portable(void *x, int64_t heads, int64_t dim, const void *cos, const void *sin, int bf16)
+static inline __attribute__((always_inline)) void
+rope_row_generic(void *x, int64_t heads, int64_t dim, const void *cos, const void *sin, const int bf16)
 {
     const int64_t half = dim / 2;
-    for (int64_t h = 0; h < heads; h++)
-        for (int64_t i = h * dim; i < h * dim + half; i++) {
-            float x1 = ld(x, i, bf16), x2 = ld(x, i + half, bf16);
-            float c = ld(cos, i - h * dim, bf16), s = ld(sin, i - h * dim, bf16);
-            st(x, i, rnd(x1 * c, bf16) - rnd(x2 * s, bf16), bf16);
-            st(x, i + half, rnd(x2 * c, bf16) + rnd(x1 * s, bf16), bf16);
+    for (int64_t h = 0; h < heads; h++) {
+        char *xh = (char *)x + h * dim * (bf16 ? 2 : 4);
+        for (int64_t i = 0; i < half; i++) {
+            float x1 = ld(xh, i, bf16), x2 = ld(xh, i + half, bf16), c = ld(cos, i, bf16), s = ld(sin, i, bf16);
+            st(xh, i, rnd(x1 * c, bf16) - rnd(x2 * s, bf16), bf16);
+            st(xh, i + half, rnd(x2 * c, bf16) + rnd(x1 * s, bf16), bf16);
         }
+    }
 }
 
 /* a = silu(gate) * up, gate_up = [gate | up] of `inter` each. */
-static void silu_mul_row_portable(const void *gate_up, void *a, int64_t inter, int bf16)
+static inline __attribute__((always_inline)) void
+silu_mul_row_generic(const void *gate_up, void *a, int64_t inter, const int bf16)
 {
     for (int64_t i = 0; i < inter; i++) {
         float g = ld(gate_up, i, bf16);
-        st(a, i, rnd(g / (1.0f + expf(-g)), bf16) * ld(gate_up, inter + i, bf16), bf16);
+        st(a, i, rnd(g / (1.0f + exp_poly(-g)), bf16) * ld(gate_up, inter + i, bf16), bf16);
     }
 }
 
@@ -211,40 +252,6 @@ T_512 static void silu_mul_row_512(const void *gate_up, void *a, int64_t inter, 
 }
 #endif /* LMS_AVX512BF16 */
 
-static void norm_row(const void *x, const void *res, void *res_out, const void *w, void *y, int64_t dim, float eps,
-                     int bf16)
-{
-#if LMS_AVX512BF16
-    if (lms_isa() == ISA_AVX512BF16) {
-        norm_row_512(x, res, res_out, w, y, dim, eps, bf16);
-        return;
-    }
-#endif
-    norm_row_portable(x, res, res_out, w, y, dim, eps, bf16);
-}
-
-static void rope_row(void *x, int64_t heads, int64_t dim, const void *cos, const void *sin, int bf16)
-{
-#if LMS_AVX512BF16
-    if (lms_isa() == ISA_AVX512BF16) {
-        rope_row_512(x, heads, dim, cos, sin, bf16);
-        return;
-    }
-#endif
-    rope_row_portable(x, heads, dim, cos, sin, bf16);
-}
-
-static void silu_mul_row(const void *gate_up, void *a, int64_t inter, int bf16)
-{
-#if LMS_AVX512BF16
-    if (lms_isa() == ISA_AVX512BF16) {
-        silu_mul_row_512(gate_up, a, inter, bf16);
-        return;
-    }
-#endif
-    silu_mul_row_portable(gate_up, a, inter, bf16);
-}
-
 /* ---------------------------------------------------------------- attention */
 
 /* Walks the cache slots of a sequence's positions in order, one table lookup per block. */
@@ -307,40 +314,46 @@ static attn_item_t item_view(const attn_job_t *a, int64_t row, int64_t g, int64_
     return it;
 }
 
-/* Attention of an item's heads, one at a time, in blocks of ATTN_BLOCK keys with an online
- * softmax (running max and sum, accumulators rescaled when the max grows). */
-static void attend_portable(const attn_job_t *a, const attn_item_t *t)
+/* Attention of an item's heads in blocks of ATTN_BLOCK keys with an online softmax (running
+ * max and sum, accumulators rescaled when the max grows); each V row is converted once for
+ * all the item's heads. */
+static inline __attribute__((always_inline)) void
+attend_generic(const attn_job_t *a, const attn_item_t *t, const int bf16)
 {
     const lms_layer_t *L = a->L;
-    const int bf16 = (int)L->bf16;
-    const int64_t D = L->head_dim, es = bf16 ? 2 : 4;
-    for (int64_t h = 0; h < t->nh; h++) {
-        const char *q = t->q + h * D * es;
-        float top = -INFINITY, sum = 0.0f, acc[MAX_HEAD_DIM] = {0}, s[ATTN_BLOCK];
-        slot_iter_t kit = slot_iter(t->table, L->block_size, t->lo), vit = kit;
-        for (int64_t p0 = 0; p0 < t->cnt; p0 += ATTN_BLOCK) {
-            const int64_t m = t->cnt - p0 < ATTN_BLOCK ? t->cnt - p0 : ATTN_BLOCK;
-            float new_top = top;
-            for (int64_t p = 0; p < m; p++) {
-                const char *k = t->k_base + next_slot(&kit) * t->slot_bytes;
-                float dot = 0.0f;
-                for (int64_t d = 0; d < D; d++) dot += ld(q, d, bf16) * ld(k, d, bf16);
-                s[p] = dot * L->scale;
-                new_top = s[p] > new_top ? s[p] : new_top;
-            }
-            const float alpha = expf(top - new_top);
-            sum *= alpha;
-            for (int64_t d = 0; d < D; d++) acc[d] *= alpha;
-            for (int64_t p = 0; p < m; p++) {
-                const char *v = t->v_base + next_slot(&vit) * t->slot_bytes;
-                const float e = expf(s[p] - new_top);
-                sum += e;
-                for (int64_t d = 0; d < D; d++) acc[d] += e * ld(v, d, bf16);
-            }
-            top = new_top;
-        }
-        for (int64_t d = 0; d < D; d++) st(t->out + h * D * es, d, acc[d] / sum, bf16);
+    const int64_t D = L->head_dim, es = bf16 ? 2 : 4, nh = t->nh;
+    float top[ITEM_HEADS], sum[ITEM_HEADS], acc[ITEM_HEADS][MAX_HEAD_DIM], s[ITEM_HEADS][ATTN_BLOCK], v[MAX_HEAD_DIM];
+    int64_t off[ATTN_BLOCK];
+    for (int64_t h = 0; h < nh; h++) {
+        top[h] = -INFINITY;
+        sum[h] = 0.0f;
+        for (int64_t d = 0; d < D; d++) acc[h][d] = 0.0f;
     }
+    slot_iter_t it = slot_iter(t->table, L->block_size, t->lo);
+    for (int64_t p0 = 0; p0 < t->cnt; p0 += ATTN_BLOCK) {
+        const int64_t m = t->cnt - p0 < ATTN_BLOCK ? t->cnt - p0 : ATTN_BLOCK;
+        for (int64_t p = 0; p < m; p++) off[p] = next_slot(&it) * t->slot_bytes;
+        for (int64_t h = 0; h < nh; h++) {
+            float new_top = top[h], block_sum = 0.0f;
+            for (int64_t p = 0; p < m; p++) {
+                s[h][p] = dot_generic(t->q + h * D * es, t->k_base + off[p], D, bf16) * L->scale;
+                new_top = s[h][p] > new_top ? s[h][p] : new_top;
+            }
+            for (int64_t p = 0; p < m; p++) s[h][p] = exp_poly(s[h][p] - new_top);
+            for (int64_t p = 0; p < m; p++) block_sum += s[h][p];
+            const float alpha = exp_poly(top[h] - new_top);
+            sum[h] = sum[h] * alpha + block_sum;
+            top[h] = new_top;
+            for (int64_t d = 0; d < D; d++) acc[h][d] *= alpha;
+        }
+        for (int64_t p = 0; p < m; p++) {
+            for (int64_t d = 0; d < D; d++) v[d] = ld(t->v_base + off[p], d, bf16);
+            for (int64_t h = 0; h < nh; h++)
+                for (int64_t d = 0; d < D; d++) acc[h][d] += s[h][p] * v[d];
+        }
+    }
+    for (int64_t h = 0; h < nh; h++)
+        for (int64_t d = 0; d < D; d++) st(t->out + h * D * es, d, acc[h][d] / sum[h], bf16);
 }
 
 #if LMS_AVX512BF16
@@ -508,6 +521,68 @@ T_512 static void attend_512(const attn_job_t *a, const attn_item_t *t)
 }
 #endif /* LMS_AVX512BF16 */
 
+/* ------------------------------------------------------- dispatch */
+
+/* The generic rows and attention, built for one instruction set, dtype fixed per call. */
+#define DEFINE_GENERIC(suffix, attr)                                                                           \
+    attr static void norm_row_##suffix(const void *x, const void *res, void *res_out, const void *w, void *y,  \
+                                       int64_t dim, float eps, int bf16)                                       \
+    {                                                                                                          \
+        if (bf16) norm_row_generic(x, res, res_out, w, y, dim, eps, 1);                                        \
+        else norm_row_generic(x, res, res_out, w, y, dim, eps, 0);                                             \
+    }                                                                                                          \
+    attr static void rope_row_##suffix(void *x, int64_t heads, int64_t dim, const void *cos, const void *sin, \
+                                       int bf16)                                                               \
+    {                                                                                                          \
+        if (bf16) rope_row_generic(x, heads, dim, cos, sin, 1);                                                \
+        else rope_row_generic(x, heads, dim, cos, sin, 0);                                                     \
+    }                                                                                                          \
+    attr static void silu_mul_row_##suffix(const void *gate_up, void *a, int64_t inter, int bf16)             \
+    {                                                                                                          \
+        if (bf16) silu_mul_row_generic(gate_up, a, inter, 1);                                                  \
+        else silu_mul_row_generic(gate_up, a, inter, 0);                                                       \
+    }                                                                                                          \
+    attr static void attend_##suffix(const attn_job_t *a, const attn_item_t *t)                                \
+    {                                                                                                          \
+        if (a->L->bf16) attend_generic(a, t, 1);                                                               \
+        else attend_generic(a, t, 0);                                                                          \
+    }
+DEFINE_GENERIC(portable, )
+#if LMS_X86
+DEFINE_GENERIC(avx2, T_AVX2)
+#endif
+
+#if LMS_AVX512BF16
+#define PICK(isa, name, args)                                                                                  \
+    if ((isa) == ISA_AVX512BF16) name##_512 args;                                                              \
+    else if ((isa) == ISA_AVX2) name##_avx2 args;                                                              \
+    else name##_portable args
+#elif LMS_X86
+#define PICK(isa, name, args)                                                                                  \
+    if ((isa) == ISA_AVX2) name##_avx2 args;                                                                   \
+    else name##_portable args
+#else
+#define PICK(isa, name, args) name##_portable args
+#endif
+
+static void norm_row(const void *x, const void *res, void *res_out, const void *w, void *y, int64_t dim, float eps,
+                     int bf16)
+{
+    PICK(lms_isa(), norm_row, (x, res, res_out, w, y, dim, eps, bf16));
+}
+
+static void rope_row(void *x, int64_t heads, int64_t dim, const void *cos, const void *sin, int bf16)
+{
+    PICK(lms_isa(), rope_row, (x, heads, dim, cos, sin, bf16));
+}
+
+static void silu_mul_row(const void *gate_up, void *a, int64_t inter, int bf16)
+{
+    PICK(lms_isa(), silu_mul_row, (gate_up, a, inter, bf16));
+}
+
+static void attend(const attn_job_t *a, const attn_item_t *t) { PICK(lms_isa(), attend, (a, t)); }
+
 /* Work item `it` -> (row, kv head, query heads [h0, h1)); returns its cost in key-head pairs. */
 static int64_t locate_item(const attn_job_t *a, int64_t it, int64_t *row, int64_t *g, int64_t *h0, int64_t *h1)
 {
@@ -527,21 +602,13 @@ static void attn_body(void *arg)
     const attn_job_t *a = (const attn_job_t *)arg;
     const int64_t id = lms_thread_num(), nt = lms_num_threads();
     const int64_t lo = a->total * id / nt, hi = a->total * (id + 1) / nt;
-    int isa = lms_isa();
     int64_t done = 0, row, g, h0, h1;
     for (int64_t it = 0; it < a->items; it++) {
         int64_t cost = locate_item(a, it, &row, &g, &h0, &h1), mid2 = 2 * done + cost;
         done += cost;
         if (mid2 < 2 * lo || mid2 >= 2 * hi) continue;
         const attn_item_t item = item_view(a, row, g, h0, h1);
-#if LMS_AVX512BF16
-        if (isa == ISA_AVX512BF16) {
-            attend_512(a, &item);
-            continue;
-        }
-#endif
-        (void)isa;
-        attend_portable(a, &item);
+        attend(a, &item);
     }
 }
 
