@@ -28,6 +28,7 @@ class ModelRunner:
     def __init__(self, model: DecoderLM, cache: KVCache, graphs: DecodeGraphs | None = None):
         self.model, self.cache, self.graphs = model, cache, graphs
         self.device = model.device
+        model.bind_cache(cache.layers)
 
     def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None]:
         block_size = self.cache.block_size

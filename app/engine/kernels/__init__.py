@@ -7,6 +7,7 @@ field by field where they exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -26,6 +27,11 @@ class Ops:
     # ``packed_linear(x, packed)`` then computes x @ W^T from the packed form.
     pack_linear: Callable[[torch.Tensor], Any] | None = None
     packed_linear: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
+    # A whole decoder layer for decode-only steps in one call, where a device has it:
+    # ``bind_decode_layer(layer, k_cache, v_cache)`` once -> fn(step, x, residual) -> (out, residual),
+    # with ``decode_step(cos, sin, slots, block_tables, context_lens)`` built once per step.
+    bind_decode_layer: Callable | None = None
+    decode_step: Callable | None = None
     name: str = "torch-reference"
     graph_safe: bool = False  # no host syncs or host-side lists in a decode step: CUDA graphs may capture it
 
@@ -41,13 +47,21 @@ REFERENCE_OPS = Ops(
 
 
 def _cpu_ops() -> Ops:
-    from app.engine.kernels import cpu_linear
+    from app.engine.kernels import cpu_decode, cpu_linear
 
-    return replace(
+    ops = replace(
         REFERENCE_OPS,
         pack_linear=cpu_linear.pack_weight,
         packed_linear=cpu_linear.linear,
         name=f"torch-reference + cpu-gemv ({cpu_linear.backend()})",
+    )
+    if not cpu_decode.available():
+        return ops
+    return replace(
+        ops,
+        bind_decode_layer=lambda layer, k, v: partial(cpu_decode.run, cpu_decode.DecodeLayer(layer, k, v)),
+        decode_step=cpu_decode.DecodeStep,
+        name=f"cpu fused decode + gemv ({cpu_linear.backend()}), torch-reference prefill",
     )
 
 

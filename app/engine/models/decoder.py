@@ -85,6 +85,17 @@ class DecoderLM(nn.Module):
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, ops, dtype, device)
         self.tied_head = None  # packed copy of the embedding for the logits, where kernels pack weights
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope, cfg.max_position_embeddings, max_len, device)
+        self.fused_layers: list[Callable] | None = None  # whole-layer decode kernels, bound to a cache
+
+    def bind_cache(self, kv_caches: list[KVCache]) -> None:
+        """Where the kernels run whole layers for decode steps, binds them to the cache once."""
+        if self.ops.bind_decode_layer is None:
+            return
+        try:
+            self.fused_layers = [self.ops.bind_decode_layer(layer, k, v)
+                                 for layer, (k, v) in zip(self.model.layers, kv_caches)]
+        except ValueError:  # a shape or dtype the fused kernel does not take: the per-op path serves
+            self.fused_layers = None
 
     @property
     def needs_seq_lens(self) -> bool:
@@ -102,8 +113,13 @@ class DecoderLM(nn.Module):
         cos, sin = self.rotary(positions, seq_lens, self.dtype)
         x = self.model.embed_tokens(input_ids)
         residual = None
-        for layer, kv_cache in zip(self.model.layers, kv_caches):
-            x, residual = layer(x, residual, cos, sin, meta, kv_cache)
+        if self.fused_layers is not None and meta.num_decodes == meta.num_seqs:
+            step = self.ops.decode_step(cos, sin, meta.slot_mapping, meta.block_tables, meta.decode_context_lens)
+            for fused in self.fused_layers:
+                x, residual = fused(step, x, residual)
+        else:
+            for layer, kv_cache in zip(self.model.layers, kv_caches):
+                x, residual = layer(x, residual, cos, sin, meta, kv_cache)
         x, _ = self.model.norm(x, residual)
         return x
 
