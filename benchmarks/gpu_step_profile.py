@@ -1,0 +1,53 @@
+"""Where a batch-1 decode step's time goes on the GPU: graph replay alone vs the whole engine
+step (scheduling, staging, sampling, detokenization). Usage: python benchmarks/gpu_step_profile.py SHAPE"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from app.engine.bench_shapes import write_shape_folder
+from app.engine.config import EngineConfig, GenerationConfig
+from app.engine.engine_core import EngineCore
+from app.engine.loader.model_loader import load
+
+
+def main(shape: str, steps: int = 300) -> None:
+    folder = write_shape_folder(shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{shape}")
+    config = EngineConfig(model=folder, device="cuda", dtype="bfloat16", load_format="random", max_num_seqs=1,
+                          max_model_len=2048)
+    core = EngineCore(load(config, folder), config)
+    core.add_request(list(range(100, 228)), GenerationConfig(temperature=0, max_new_tokens=10_000, ignore_eos=True),
+                     lambda d: None)
+    for _ in range(20):
+        core.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        core.step()
+    step_ms = (time.perf_counter() - start) / steps * 1e3
+    graph, logits = core.runner.graphs.graphs[1]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        graph.replay()
+    torch.cuda.synchronize()
+    replay_ms = (time.perf_counter() - start) / steps * 1e3
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits.argmax(dim=-1).tolist()
+    sample_ms = (time.perf_counter() - start) / steps * 1e3
+    print(f"{shape}: engine step {step_ms:.3f} ms ({1e3 / step_ms:.0f} tok/s); graph replay alone {replay_ms:.3f} ms; "
+          f"argmax+tolist {sample_ms:.3f} ms; host overhead ~{step_ms - replay_ms:.3f} ms")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(50):
+            core.step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m")
