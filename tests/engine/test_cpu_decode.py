@@ -85,7 +85,7 @@ def make_batch(cfg: ModelConfig, dtype: torch.dtype, lens: list[int], seed: int)
         num_seqs=len(lens), num_decodes=len(lens), query_starts=list(range(len(lens))), query_lens=[1] * len(lens),
         context_lens=list(lens), slot_mapping=slots, block_tables=tables, decode_context_lens=torch.tensor(lens),
     )
-    rotary = RotaryEmbedding(cfg.head_dim, cfg.rope, cfg.max_position_embeddings, max(lens), torch.device("cpu"))
+    rotary = RotaryEmbedding(cfg.head_dim, cfg.rope, cfg.max_position_embeddings, max(lens), dtype, torch.device("cpu"))
     cos, sin = rotary(positions, None, dtype)
     shape = (sum(needed) + 5, BLOCK_SIZE, cfg.num_kv_heads, cfg.head_dim)
     return Batch(meta, cos, sin, nonzero(*shape, gen=gen, dtype=dtype), nonzero(*shape, gen=gen, dtype=dtype))

@@ -20,7 +20,7 @@ class Ops:
     rms_norm: Callable
     add_rms_norm: Callable
     silu_mul: Callable
-    apply_rotary: Callable
+    apply_rotary_qk: Callable  # (q, k, cos, sin) -> (q, k): one launch where kernels fuse it
     write_kv: Callable
     paged_attention: Callable
     # Linear weights: ``pack`` re-lays a loaded [out, in] weight once (None: keep it as is);
@@ -40,7 +40,7 @@ REFERENCE_OPS = Ops(
     rms_norm=reference.rms_norm,
     add_rms_norm=reference.add_rms_norm,
     silu_mul=reference.silu_mul,
-    apply_rotary=reference.apply_rotary,
+    apply_rotary_qk=reference.apply_rotary_qk,
     write_kv=reference.write_kv,
     paged_attention=reference.paged_attention,
 )
@@ -72,7 +72,7 @@ def _triton_ops() -> Ops:
         rms_norm=tk.rms_norm,
         add_rms_norm=tk.add_rms_norm,
         silu_mul=tk.silu_mul,
-        apply_rotary=tk.apply_rotary,
+        apply_rotary_qk=tk.apply_rotary_qk,
         write_kv=tk.write_kv,
         paged_attention=tk.paged_attention,
         name="triton",

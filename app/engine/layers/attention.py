@@ -45,8 +45,7 @@ class Attention(nn.Module):
         v = v.view(tokens, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = self.ops.apply_rotary(q, cos, sin)
-        k = self.ops.apply_rotary(k, cos, sin)
+        q, k = self.ops.apply_rotary_qk(q, k, cos, sin)
         k_cache, v_cache = kv_cache
         self.ops.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = self.ops.paged_attention(q, k, v, k_cache, v_cache, meta, self.scale, self.sliding_window)

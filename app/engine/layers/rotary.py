@@ -36,7 +36,10 @@ class RotaryEmbedding:
     context gets a larger base for the tokens computed in that step (as HF does per forward).
     """
 
-    def __init__(self, head_dim: int, rope: RopeConfig, max_position: int, table_len: int, device: torch.device):
+    def __init__(
+        self, head_dim: int, rope: RopeConfig, max_position: int, table_len: int, dtype: torch.dtype,
+        device: torch.device,
+    ):
         self.head_dim, self.rope, self.max_position = head_dim, rope, max_position
         inv_freq = _base_inv_freq(head_dim, rope.theta)
         if rope.type == "linear":
@@ -44,7 +47,8 @@ class RotaryEmbedding:
         elif rope.type == "llama3":
             inv_freq = _llama3_inv_freq(inv_freq, rope, max_position)
         freqs = torch.outer(torch.arange(table_len, dtype=torch.float32), inv_freq)
-        self._cos, self._sin = freqs.cos().to(device), freqs.sin().to(device)
+        # Computed in fp32, kept in the model dtype (the HF models cast the same way): one gather a step.
+        self._cos, self._sin = freqs.cos().to(device, dtype), freqs.sin().to(device, dtype)
 
     def __call__(
         self, positions: torch.Tensor, seq_lens: torch.Tensor | None, dtype: torch.dtype
@@ -53,7 +57,7 @@ class RotaryEmbedding:
         (only read by dynamic scaling)."""
         if self.rope.type == "dynamic" and seq_lens is not None:
             return self._dynamic(positions, seq_lens, dtype)
-        return self._cos[positions].to(dtype), self._sin[positions].to(dtype)
+        return self._cos[positions], self._sin[positions]
 
     def _dynamic(self, positions: torch.Tensor, seq_lens: torch.Tensor, dtype: torch.dtype):
         dim, factor = self.head_dim, self.rope.factor

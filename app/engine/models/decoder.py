@@ -84,7 +84,7 @@ class DecoderLM(nn.Module):
         self.ops = ops
         self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size, False, ops, dtype, device)
         self.tied_head = None  # packed copy of the embedding for the logits, where kernels pack weights
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope, cfg.max_position_embeddings, max_len, device)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope, cfg.max_position_embeddings, max_len, dtype, device)
         self.fused_layers: list[Callable] | None = None  # whole-layer decode kernels, bound to a cache
 
     def bind_cache(self, kv_caches: list[KVCache]) -> None:
