@@ -21,6 +21,12 @@ class IncrementalDetokenizer:
     ):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
+        # The Rust tokenizer decodes the same text without transformers' per-call Python layers
+        # (several times cheaper, and this runs twice per token); that layer only adds the
+        # optional clean-up of spaces, so keep it where a tokenizer asks for that.
+        rust = getattr(tokenizer, "_tokenizer", None)
+        use_rust = rust is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        self._backend_decode = rust.decode if use_rust else tokenizer.decode
         self.stop = [s for s in stop if s]
         self.ids = list(prompt_ids[-_CONTEXT_TOKENS:])
         self.prefix_offset, self.read_offset = 0, len(self.ids)
@@ -29,7 +35,7 @@ class IncrementalDetokenizer:
         self.stopped = False
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+        return self._backend_decode(ids, skip_special_tokens=self.skip_special_tokens)
 
     def add(self, token_id: int) -> str:
         """Takes one generated token; returns the newly final text (maybe empty)."""

@@ -59,3 +59,15 @@ def test_possible_stop_prefix_is_held_back_then_released(tokenizer) -> None:
     for t in tokenizer(" jumps", add_special_tokens=False)["input_ids"]:
         out += detok.add(t)
     assert out + detok.flush() == " The fox jumps"
+
+
+def test_streamed_text_equals_the_tokenizers_decode(tokenizer) -> None:
+    """Whatever path decodes, the streamed pieces add up to the tokenizer's own decode."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(20):
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randint(1, 30))]
+        detok = IncrementalDetokenizer(tokenizer, [], [])
+        text = "".join(detok.add(i) for i in ids) + detok.flush()
+        assert text == tokenizer.decode(ids, skip_special_tokens=True)
