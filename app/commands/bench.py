@@ -36,8 +36,15 @@ def run_bench(args: argparse.Namespace) -> int:
     report: dict = {"batch": [r.as_dict() for r in results]}
     device = torch.device(results[0].device)
     if args.limits:
-        report["limits"] = {"copy_bytes_per_s": bench.copy_bandwidth(device),
-                            "gemm_flops_per_s": bench.gemm_rate(device, getattr(torch, results[0].dtype))}
+        bandwidth = bench.copy_bandwidth(device)
+        # Each decode step reads every weight once: the batch-1 ceiling is bandwidth / weight bytes.
+        limit = bandwidth / results[0].weight_bytes
+        report["limits"] = {
+            "copy_bytes_per_s": bandwidth, "weight_bytes": results[0].weight_bytes,
+            "decode_limit_tokens_per_s": limit * spec.batch,
+            "decode_of_limit": results[0].decode_tokens_per_s / (limit * spec.batch),
+            "gemm_flops_per_s": bench.gemm_rate(device, getattr(torch, results[0].dtype)),
+        }
     if args.ttft:
         report["ttft_ms"] = {"prompt_len": args.ttft, "lmstation": bench.bench_ttft(spec, args.ttft)}
     if args.workload:

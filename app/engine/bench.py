@@ -47,6 +47,7 @@ class BenchResult:
     prefill_tokens_per_s: float
     decode_tokens_per_s: float  # summed over the batch
     output_tokens_per_s: float  # all generated tokens over the whole run, prefill included
+    weight_bytes: int = 0  # the engine's weights in memory (0 for the baseline)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +95,7 @@ def bench_engine(spec: BenchSpec) -> BenchResult:
         core.step()
     end = time.perf_counter()
     result = _result("lmstation", spec, core.loaded.device, core.loaded.dtype, prefilled - start, end - prefilled)
+    result.weight_bytes = core.loaded.model.weight_bytes()
     del core
     return result
 

@@ -130,6 +130,13 @@ class DecoderLM(nn.Module):
             return self.ops.packed_linear(hidden, self.tied_head).float()
         return F.linear(hidden, self.model.embed_tokens.weight).float()
 
+    def weight_bytes(self) -> int:
+        """Bytes of weights held, packed forms included: what a decode step streams, at most."""
+        total = sum(p.numel() * p.element_size() for p in self.parameters())
+        packed = [m.packed for m in self.modules() if isinstance(m, Linear) and m.packed is not None]
+        packed += [self.tied_head] if self.tied_head is not None else []
+        return total + sum(p.data.numel() * p.data.element_size() for p in packed)
+
     def pack_weights(self) -> None:
         """Once weights are loaded: re-lays every linear for the selected kernels, one at a time."""
         for module in self.modules():
