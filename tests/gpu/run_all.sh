@@ -7,16 +7,15 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 summary="$out/summary.txt"; : >"$summary"
 row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$summary"; }
 
-timeout 900 python3 -m pytest -q -p no:cacheprovider tests/engine/kernels tests/gpu 2>&1 | tee "$out/pytest.log"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/engine/kernels tests/gpu 2>&1 | tee "$out/pytest.log"
 row "GPU tests (kernels, engine vs HF)" "$(tail -n 1 "$out/pytest.log")"
 
 bench() {  # name, args...
   local name="$1"; shift
-  timeout 900 python3 -m app bench "$@" --json >"$out/$name.json" 2>"$out/$name.err" || { row "$name" "FAILED (see $name.err)"; return; }
+  timeout 200 python3 -m app bench "$@" --json >"$out/$name.json" 2>"$out/$name.err" || { row "$name" "FAILED (see $name.err)"; return; }
   row "$name" "$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); b=r['batch']; print(' | '.join(f\"{x['name']}: decode {x['decode_tokens_per_s']:.0f} tok/s\" for x in b), '|', {k: v for k, v in r.items() if k != 'batch'})" "$out/$name.json")"
 }
-bench llama8b-b1 --shape llama-3-8b --input-len 128 --output-len 256 --limits
+bench llama8b-b1 --shape llama-3-8b --input-len 128 --output-len 256 --limits --ttft 2048
 bench smollm-b1 --shape smollm2-135m --input-len 128 --output-len 256
-bench llama8b-b32-vs-hf --shape llama-3-8b --batch 32 --input-len 128 --output-len 128 --baseline hf
-bench llama8b-workload --shape llama-3-8b --output-len 2 --workload 1000 --ttft 2048
+bench llama8b-b32-hf-and-workload --shape llama-3-8b --batch 32 --input-len 128 --output-len 128 --baseline hf --workload 1000
 echo; echo "== summary =="; cat "$summary"
