@@ -8,6 +8,7 @@ and the device's own limits (copy bandwidth, GEMM rate) to judge the figures aga
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -70,6 +71,9 @@ def _result(name, spec, device, dtype, prefill_s, decode_s) -> BenchResult:
 
 
 def _core(spec: BenchSpec, **options) -> EngineCore:
+    gc.collect()  # earlier runs' models: give their memory back so the KV cache is sized alike
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     config = EngineConfig(model=spec.model_dir, device=spec.device, dtype=spec.dtype, load_format=spec.load_format,
                           enable_prefix_caching=False, **options)
     return EngineCore(load(config, spec.model_dir), config)
