@@ -84,8 +84,9 @@ def bench_engine(spec: BenchSpec) -> BenchResult:
                  prefill_chunk_size=max(spec.input_len, 16), max_model_len=spec.input_len + spec.output_len + 16)
     prompts = random_prompts(spec, core.loaded.config.vocab_size)
     gen = GenerationConfig(temperature=0.0, max_new_tokens=spec.output_len, ignore_eos=True)
-    # Warm-up: one short request through prefill and decode.
-    core.add_request(prompts[0][:16], GenerationConfig(temperature=0.0, max_new_tokens=8, ignore_eos=True), lambda d: None)
+    # Warm-up: one full-length request through prefill and decode, so kernels specialised on
+    # these lengths are compiled before the clock starts.
+    core.add_request(prompts[0], GenerationConfig(temperature=0.0, max_new_tokens=8, ignore_eos=True), lambda d: None)
     while core.has_work():
         core.step()
     awaiting_first_token: set[int] = set()

@@ -7,7 +7,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 summary="$out/summary.txt"; : >"$summary"
 row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$summary"; }
 
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/engine/kernels tests/gpu 2>&1 | tee "$out/pytest.log"
+timeout 480 python3 -m pytest -q -p no:cacheprovider tests/engine/kernels tests/gpu 2>&1 | tee "$out/pytest.log"
 row "GPU tests (kernels, engine vs HF)" "$(tail -n 1 "$out/pytest.log")"
 
 bench() {  # name, args...
