@@ -33,7 +33,7 @@ def _stream(engine: Engine, messages: list[dict], gen: GenerationConfig) -> tupl
 def run_chat(args: argparse.Namespace) -> int:
     try:
         model_dir = resolve_model(args.model)
-    except (ModelNotFound, FileNotFoundError) as exc:
+    except (ModelNotFound, FileNotFoundError, ValueError) as exc:  # ValueError: a GGUF that cannot be imported
         print(f"error: {exc}", file=sys.stderr)
         return 1
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -49,7 +49,8 @@ class RequestHandle:
         self.engine.cancel(self.request_id)
 
     def result(self) -> "Completion":
-        text, tokens, logits = [], [], []
+        text: list[str] = []
+        tokens: list[int] = []
         for delta in self:
             text.append(delta.text)
             tokens.extend(delta.token_ids)
