@@ -62,3 +62,13 @@ def write_tiny_model(out: Path, variant: str, seed: int = 0, dtype: torch.dtype 
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(dtype).eval()
     model.save_pretrained(out)
     return model
+
+
+def make_core(folder: Path, **options):
+    """A synchronous EngineCore on a checkpoint folder: CPU, fp32 unless ``options`` say otherwise."""
+    from app.engine.config import EngineConfig
+    from app.engine.engine_core import EngineCore
+    from app.engine.loader.model_loader import load
+
+    config = EngineConfig(**{"model": folder, "device": "cpu", "dtype": "float32", **options})
+    return EngineCore(load(config, folder), config)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.engine.config import EngineConfig, GenerationConfig
+from app.engine.config import GenerationConfig
 from app.engine.engine_core import EngineCore
-from app.engine.loader.model_loader import load
+from tests import tiny_models
 from tests.tiny_models import VARIANTS
 
 TOLERANCE = 1e-4
@@ -17,11 +17,9 @@ DECODE_STEPS = 32
 
 
 def make_core(folder, **overrides) -> EngineCore:
-    options = dict(model=folder, device="cpu", dtype="float32", block_size=16, prefill_chunk_size=16,
-                   max_num_batched_tokens=48, max_num_seqs=8, num_cache_blocks=96)
-    options.update(overrides)
-    config = EngineConfig(**options)
-    return EngineCore(load(config, folder), config)
+    defaults = dict(block_size=16, prefill_chunk_size=16, max_num_batched_tokens=48, max_num_seqs=8,
+                     num_cache_blocks=96)
+    return tiny_models.make_core(folder, **{**defaults, **overrides})
 
 
 def generate(core: EngineCore, prompts: list[list[int]]) -> list:

@@ -11,19 +11,17 @@ import random
 
 import pytest
 
-from app.engine.config import EngineConfig, GenerationConfig
+from app.engine.config import GenerationConfig
 from app.engine.engine_core import EngineCore
-from app.engine.loader.model_loader import load
+from tests import tiny_models
 
 NUM_REQUESTS = 200
 
 
 def make_core(folder, **overrides) -> EngineCore:
-    options = dict(model=folder, device="cpu", dtype="float32", block_size=8, prefill_chunk_size=16,
-                   max_num_batched_tokens=64, max_num_seqs=16, num_cache_blocks=24)
-    options.update(overrides)
-    config = EngineConfig(**options)
-    return EngineCore(load(config, folder), config)
+    defaults = dict(block_size=8, prefill_chunk_size=16, max_num_batched_tokens=64, max_num_seqs=16,
+                     num_cache_blocks=24)
+    return tiny_models.make_core(folder, **{**defaults, **overrides})
 
 
 def random_requests(vocab: int) -> list[tuple[list[int], int]]:
