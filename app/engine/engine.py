@@ -189,11 +189,11 @@ class Engine:
 
     def _do_load(self, config: EngineConfig) -> dict[str, Any]:
         model_dir = Path(config.model).expanduser()
-        model_loader.check_model_folder(model_dir, config.load_format)  # fails before the current model is touched
+        checked = model_loader.check_model_folder(model_dir, config.load_format)  # before the current model is touched
         self._do_unload()
         self._stats = {"state": "loading", "model": str(model_dir)}
         try:
-            self._core = EngineCore(model_loader.load(config, model_dir), config)
+            self._core = EngineCore(model_loader.load(config, model_dir, checked), config)
         except BaseException:
             self._stats = {"state": "empty"}
             _release_memory()

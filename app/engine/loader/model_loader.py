@@ -101,8 +101,9 @@ def _cache_blocks(cfg: ModelConfig, engine_cfg: EngineConfig, max_model_len: int
     return blocks
 
 
-def load(engine_cfg: EngineConfig, model_dir: Path) -> LoadedModel:
-    cfg = check_model_folder(model_dir, engine_cfg.load_format)
+def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None = None) -> LoadedModel:
+    """``checked``: the folder's config when check_model_folder already ran (it reads every weight header)."""
+    cfg = checked or check_model_folder(model_dir, engine_cfg.load_format)
     device = resolve_device(engine_cfg.device)
     dtype = resolve_dtype(engine_cfg.dtype, cfg.torch_dtype, device)
     tokenizer = load_tokenizer(model_dir)
