@@ -47,6 +47,11 @@ def main(shape: str, steps: int = 300) -> None:
         for _ in range(50):
             core.step()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            graph.replay()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
 
 
 if __name__ == "__main__":
