@@ -1,5 +1,6 @@
 """Where a batch-1 decode step's time goes on the GPU: graph replay alone vs the whole engine
-step (scheduling, staging, sampling, detokenization). Usage: python benchmarks/gpu_step_profile.py SHAPE"""
+step (scheduling, staging, sampling, detokenization), with the fused decode layers and without
+(the per-op kernels). Usage: python benchmarks/gpu_step_profile.py SHAPE"""
 
 from __future__ import annotations
 
@@ -14,9 +15,20 @@ from app.engine.bench_shapes import write_shape_folder
 from app.engine.config import EngineConfig, GenerationConfig
 from app.engine.engine_core import EngineCore
 from app.engine.loader.model_loader import load
+from app.engine.models.decoder import DecoderLM
 
 
 def main(shape: str, steps: int = 300) -> None:
+    profile(shape, steps, fused=True)
+    bind = DecoderLM.bind_cache
+    DecoderLM.bind_cache = lambda self, kv_caches: None  # no whole-layer kernels: the per-op path
+    try:
+        profile(shape, steps, fused=False)
+    finally:
+        DecoderLM.bind_cache = bind
+
+
+def profile(shape: str, steps: int, fused: bool) -> None:
     folder = write_shape_folder(shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{shape}")
     config = EngineConfig(model=folder, device="cuda", dtype="bfloat16", load_format="random", max_num_seqs=1,
                           max_model_len=2048)
@@ -41,7 +53,7 @@ def main(shape: str, steps: int = 300) -> None:
     for _ in range(steps):
         logits.argmax(dim=-1).tolist()
     sample_ms = (time.perf_counter() - start) / steps * 1e3
-    print(f"{shape}: engine step {step_ms:.3f} ms ({1e3 / step_ms:.0f} tok/s); graph replay alone {replay_ms:.3f} ms; "
+    print(f"{shape} ({'fused layers' if fused else 'per-op'}): engine step {step_ms:.3f} ms ({1e3 / step_ms:.0f} tok/s); graph replay alone {replay_ms:.3f} ms; "
           f"argmax+tolist {sample_ms:.3f} ms; host overhead ~{step_ms - replay_ms:.3f} ms")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(50):

@@ -14,7 +14,6 @@ import torch
 
 from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig, GenerationConfig
-from app.engine.cuda_graphs import DecodeGraphs
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import RequestError
 from app.engine.loader.model_loader import LoadedModel
@@ -40,17 +39,37 @@ class EngineCore:
         self.scheduler = Scheduler(
             self.blocks, config.max_num_seqs, config.max_num_batched_tokens, config.prefill_chunk_size
         )
-        self.runner = ModelRunner(loaded.model, loaded.cache, self._capture_graphs(loaded, config))
+        self.runner = ModelRunner(loaded.model, loaded.cache, self._graph_batch(loaded, config), loaded.max_model_len)
         self.requests: dict[int, _Request] = {}
         self.generated_tokens = 0
+        if loaded.device.type == "cuda":
+            self._warm_up()
 
     @staticmethod
-    def _capture_graphs(loaded: LoadedModel, config: EngineConfig) -> DecodeGraphs | None:
+    def _graph_batch(loaded: LoadedModel, config: EngineConfig) -> int:
+        """The largest decode batch replayed from CUDA graphs (0: none)."""
         if loaded.device.type != "cuda" or not config.cuda_graphs or not loaded.model.ops.graph_safe:
-            return None
-        graphs = DecodeGraphs(loaded.model, loaded.cache, min(config.max_num_seqs, 256), loaded.max_model_len)
-        graphs.capture()
-        return graphs
+            return 0
+        return min(config.max_num_seqs, 256)
+
+    def _warm_up(self) -> None:
+        """Runs each kind of step once (prefill; mixed steps over short and longer contexts;
+        decodes of several sequences, then of one) so the JIT kernels compile now, not seconds
+        into someone's chat. The prompts repeat the last token id, which no real prompt starts with."""
+        limit = self.loaded.max_model_len
+        token = self.loaded.config.vocab_size - 1
+
+        def run(prompt_len: int, new_tokens: int) -> None:
+            gen = GenerationConfig(temperature=0.0, max_new_tokens=new_tokens, ignore_eos=True)
+            self.add_request([token] * max(1, min(prompt_len, limit - new_tokens - 1)), gen, lambda d: None)
+            self.step()
+
+        run(5, 8)  # prefill alone
+        run(100, 2)  # a decode over 6 keys beside a prefill
+        run(5, 2)  # decodes over 7 and 101 keys beside a prefill
+        while self.has_work():
+            self.step()
+        self.generated_tokens = 0
 
     # ---- requests -----------------------------------------------------------------------
     def tokenize(self, prompt: str | None = None, messages: list[Message] | None = None) -> list[int]:

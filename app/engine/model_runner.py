@@ -25,10 +25,16 @@ class StepOutput:
 
 
 class ModelRunner:
-    def __init__(self, model: DecoderLM, cache: KVCache, graphs: DecodeGraphs | None = None):
-        self.model, self.cache, self.graphs = model, cache, graphs
+    def __init__(self, model: DecoderLM, cache: KVCache, graph_batch: int = 0, max_model_len: int = 0):
+        """graph_batch > 0: decode steps of up to that many sequences replay CUDA graphs,
+        captured here once the model is bound to its cache."""
+        self.model, self.cache = model, cache
         self.device = model.device
         model.bind_cache(cache.layers)
+        self.graphs: DecodeGraphs | None = None
+        if graph_batch > 0:
+            self.graphs = DecodeGraphs(model, cache, graph_batch, max_model_len)
+            self.graphs.capture()
 
     def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None]:
         block_size = self.cache.block_size

@@ -52,6 +52,7 @@ def run_engine(hf, folder, dtype: str, cuda_graphs: bool) -> list[tuple[list[int
     loaded.model.load_weights((name, t) for name, t in hf.state_dict().items())
     core = EngineCore(loaded, config)
     assert (core.runner.graphs is not None) == cuda_graphs
+    assert loaded.model.fused_layers is not None  # decode steps of <= 16 sequences run the fused layers
     g = torch.Generator().manual_seed(1)
     shared = torch.randint(100, 128000, (130,), generator=g).tolist()
     prompts = [shared + torch.randint(100, 128000, (20,), generator=g).tolist(),

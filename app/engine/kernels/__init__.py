@@ -29,7 +29,8 @@ class Ops:
     packed_linear: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
     # A whole decoder layer for decode-only steps in one call, where a device has it:
     # ``bind_decode_layer(layer, k_cache, v_cache)`` once -> fn(step, x, residual) -> (out, residual),
-    # with ``decode_step(cos, sin, slots, block_tables, context_lens)`` built once per step.
+    # with ``decode_step(cos, sin, slots, block_tables, context_lens)`` built once per step (None
+    # where the whole-layer kernels do not take this step: the per-op path runs it).
     bind_decode_layer: Callable | None = None
     decode_step: Callable | None = None
     name: str = "torch-reference"
@@ -67,6 +68,7 @@ def _cpu_ops() -> Ops:
 
 def _triton_ops() -> Ops:
     from app.engine.kernels import triton as tk
+    from app.engine.kernels.triton import fused_decode
 
     return Ops(
         rms_norm=tk.rms_norm,
@@ -75,6 +77,8 @@ def _triton_ops() -> Ops:
         apply_rotary_qk=tk.apply_rotary_qk,
         write_kv=tk.write_kv,
         paged_attention=tk.paged_attention,
+        bind_decode_layer=lambda layer, k, v: partial(fused_decode.run, fused_decode.DecodeLayer(layer, k, v)),
+        decode_step=fused_decode.decode_step,
         name="triton",
         graph_safe=True,
     )

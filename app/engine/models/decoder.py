@@ -113,8 +113,10 @@ class DecoderLM(nn.Module):
         cos, sin = self.rotary(positions, seq_lens, self.dtype)
         x = self.model.embed_tokens(input_ids)
         residual = None
+        step = None
         if self.fused_layers is not None and meta.num_decodes == meta.num_seqs:
             step = self.ops.decode_step(cos, sin, meta.slot_mapping, meta.block_tables, meta.decode_context_lens)
+        if step is not None:
             for fused in self.fused_layers:
                 x, residual = fused(step, x, residual)
         else:

@@ -19,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from app.engine.kernels.triton._common import cdiv, dot_in_fp32, next_pow2, sm_count
+from app.engine.kernels.triton._common import (
+    cdiv, dot_in_fp32, gdc_launch_dependents, gdc_wait, next_pow2, pdl_launch, sm_count,
+)
 
 LOG2E = 1.4426950408889634
 MIN_PARTITION = 64  # tokens; shorter partitions cost more in merging than they gain in parallelism
@@ -34,7 +36,7 @@ def _partition_of(span, wanted, min_partition, max_partition, BLOCK_N: tl.conste
     return tl.minimum(tl.maximum(size, min_partition), max_partition)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window", "num_slots", "wanted", "stride_bt"])
 def _decode_partition_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,
@@ -45,7 +47,11 @@ def _decode_partition_kernel(
     stride_bt, stride_ob, stride_oh,
     G: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:  # launched early (programmatic dependent launch): let the next kernel launch, wait for q
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     p = tl.program_id(2)
@@ -111,13 +117,17 @@ def _decode_partition_kernel(
         tl.store(o, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window", "num_slots", "wanted"])
 def _decode_merge_kernel(
     part_out_ptr, part_lse_ptr, context_lens_ptr, out_ptr,
     window, num_slots, wanted, min_partition, max_partition, stride_ob, stride_oh,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, SLIDING: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Merges one (row, head)'s partial outputs by their log-sum-exp (base 2)."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     length = tl.load(context_lens_ptr + b).to(tl.int32)
@@ -228,13 +238,13 @@ def paged_decode_attention(
         block_tables.stride(0), out.stride(0), out.stride(1),
         G=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=dim, BLOCK_SIZE=block_size,
         BLOCK_N=block_n, SLIDING=window is not None, SPLIT=split,
-        DOT_FP32=dot_in_fp32(q.dtype), num_warps=num_warps, num_stages=num_stages,
+        DOT_FP32=dot_in_fp32(q.dtype), num_warps=num_warps, num_stages=num_stages, **pdl_launch(q.device),
     )
     if split:
         _decode_merge_kernel[(batch, heads)](
             part_out, part_lse, context_lens, out, window or 0, slots, wanted, low, high,
             out.stride(0), out.stride(1),
-            HEAD_DIM=dim, BLOCK_N=block_n, BLOCK_P=min(16, next_pow2(slots)), SLIDING=window is not None,
-            num_warps=1 if dim <= 64 else 2,
+            HEAD_DIM=dim, BLOCK_N=block_n, BLOCK_P=16, SLIDING=window is not None,
+            num_warps=1 if dim <= 64 else 2, **pdl_launch(q.device),
         )
     return out

@@ -9,7 +9,7 @@ import triton.language as tl
 from app.engine.kernels.triton._common import next_pow2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     n_rows, heads, n_cols, eps,

@@ -62,7 +62,10 @@ def _attend_tile(
     return m_new, l_i, acc
 
 
-@triton.jit
+# The tables, starts and lengths are row slices of the batch's (after its decodes): their
+# alignment and the tables' width change every step, so neither may pick a compiled variant.
+@triton.jit(do_not_specialize=["window", "stride_bt"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "query_start_loc_ptr", "context_lens_ptr"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, context_lens_ptr, out_ptr,
     qk_scale, window,
