@@ -10,7 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from app.engine import bench
 from app.engine.bench_shapes import write_shape_folder
