@@ -1,6 +1,6 @@
 """Where the offline workload's time goes: steps by kind (graph-replayed decodes, eager mixed
 prefill+decode, prefill only), their count, tokens and wall time, and the host time outside the
-model runner. Usage: python benchmarks/gpu_workload_profile.py [SHAPE] [NUM_REQUESTS]"""
+model runner. Usage: python benchmarks/gpu_workload_profile.py [SHAPE] [NUM_REQUESTS] [MAX_NUM_SEQS]"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from app.engine import bench
 from app.engine.bench_shapes import write_shape_folder
 
 
-def main(shape: str, num_requests: int) -> None:
+def main(shape: str, num_requests: int, max_num_seqs: int) -> None:
     folder = write_shape_folder(shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{shape}")
     spec = bench.BenchSpec(folder, device="cuda", dtype="bfloat16", load_format="random")
     stats: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0, 0.0])  # steps, tokens, seconds
@@ -50,7 +50,7 @@ def main(shape: str, num_requests: int) -> None:
         return core
 
     bench._core = instrumented_core
-    result = bench.bench_workload(spec, num_requests)
+    result = bench.bench_workload(spec, num_requests, max_num_seqs)
     print(result.as_dict())
     total = sum(v[2] for v in stats.values())
     print(f"{'step kind':24}{'steps':>8}{'tokens':>10}{'seconds':>10}{'ms/step':>10}")
@@ -62,4 +62,6 @@ def main(shape: str, num_requests: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "llama-3-8b", int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
+    args = sys.argv[1:]
+    main(args[0] if args else "llama-3-8b", int(args[1]) if len(args) > 1 else 1000,
+         int(args[2]) if len(args) > 2 else 256)
