@@ -1,6 +1,6 @@
 """Where a batch-1 decode step's time goes on the GPU: graph replay alone vs the whole engine
 step (scheduling, staging, sampling, detokenization), with the fused decode layers and without
-(the per-op kernels). Usage: python benchmarks/gpu_step_profile.py SHAPE"""
+(the per-op kernels; batch 1 only). Usage: python benchmarks/gpu_step_profile.py SHAPE [BATCH] [PROMPT_LEN]"""
 
 from __future__ import annotations
 
@@ -18,31 +18,38 @@ from app.engine.loader.model_loader import load
 from app.engine.models.decoder import DecoderLM
 
 
-def main(shape: str, steps: int = 300) -> None:
-    profile(shape, steps, fused=True)
+def main(shape: str, batch: int, prompt_len: int, steps: int = 300) -> None:
+    profile(shape, batch, prompt_len, steps, fused=True)
+    if batch > 1:
+        return
     bind = DecoderLM.bind_cache
     DecoderLM.bind_cache = lambda self, kv_caches: None  # no whole-layer kernels: the per-op path
     try:
-        profile(shape, steps, fused=False)
+        profile(shape, batch, prompt_len, steps, fused=False)
     finally:
         DecoderLM.bind_cache = bind
 
 
-def profile(shape: str, steps: int, fused: bool) -> None:
+def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) -> None:
     folder = write_shape_folder(shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{shape}")
-    config = EngineConfig(model=folder, device="cuda", dtype="bfloat16", load_format="random", max_num_seqs=1,
-                          max_model_len=2048)
+    config = EngineConfig(model=folder, device="cuda", dtype="bfloat16", load_format="random", max_num_seqs=batch,
+                          max_num_batched_tokens=max(2048, prompt_len), prefill_chunk_size=prompt_len,
+                          max_model_len=prompt_len + 1024, enable_prefix_caching=False)
     core = EngineCore(load(config, folder), config)
-    core.add_request(list(range(100, 228)), GenerationConfig(temperature=0, max_new_tokens=10_000, ignore_eos=True),
-                     lambda d: None)
-    for _ in range(20):
+    for i in range(batch):
+        core.add_request([100 + (i + j) % 1000 for j in range(prompt_len)],
+                         GenerationConfig(temperature=0, max_new_tokens=1000, ignore_eos=True), lambda d: None)
+    while any(s.num_computed_tokens < s.num_prompt_tokens for s in core.scheduler.running) or core.scheduler.waiting:
         core.step()
+    for _ in range(5):
+        core.step()
+    steps = min(steps, 1000 - 10)
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
         core.step()
     step_ms = (time.perf_counter() - start) / steps * 1e3
-    graph, logits = core.runner.graphs.graphs[1]
+    graph, logits = core.runner.graphs.graphs[batch]
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
@@ -53,8 +60,8 @@ def profile(shape: str, steps: int, fused: bool) -> None:
     for _ in range(steps):
         logits.argmax(dim=-1).tolist()
     sample_ms = (time.perf_counter() - start) / steps * 1e3
-    print(f"{shape} ({'fused layers' if fused else 'per-op'}): engine step {step_ms:.3f} ms ({1e3 / step_ms:.0f} tok/s); graph replay alone {replay_ms:.3f} ms; "
-          f"argmax+tolist {sample_ms:.3f} ms; host overhead ~{step_ms - replay_ms:.3f} ms")
+    print(f"{shape} batch {batch} ({'fused layers' if fused else 'per-op'}): engine step {step_ms:.3f} ms "
+          f"({batch * 1e3 / step_ms:.0f} tok/s); graph replay alone {replay_ms:.3f} ms; argmax+tolist {sample_ms:.3f} ms; host overhead ~{step_ms - replay_ms:.3f} ms")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(50):
             core.step()
@@ -67,4 +74,6 @@ def profile(shape: str, steps: int, fused: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m")
+    args = sys.argv[1:]
+    main(args[0] if args else "smollm2-135m", int(args[1]) if len(args) > 1 else 1,
+         int(args[2]) if len(args) > 2 else 128)

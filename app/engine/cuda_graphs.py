@@ -9,6 +9,8 @@ batch may change completely from one step to the next.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from app.engine.attention_metadata import AttentionMetadata
@@ -85,11 +87,14 @@ class DecodeGraphs:
         self.lens_i32.copy_(self.lens)
 
     def run(self, ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
-            lens: list[int]) -> torch.Tensor:
-        """Logits [len(ids), vocab] for one decode step of len(ids) <= max_batch sequences."""
+            lens: list[int], resolve: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits [len(ids), vocab] for one decode step of len(ids) <= max_batch sequences.
+        resolve: turns placeholder ids into tokens on the device (see ModelRunner)."""
         n = len(ids)
         bs = next(b for b in self.buckets if b >= n)
         self._fill(ids, positions, slots, tables, lens)
+        if resolve is not None:
+            self.ids[:n] = resolve(self.ids[:n])
         graph, logits = self.graphs[bs]
         graph.replay()
         return logits[:n]

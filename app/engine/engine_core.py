@@ -17,11 +17,21 @@ from app.engine.config import EngineConfig, GenerationConfig
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import RequestError
 from app.engine.loader.model_loader import LoadedModel
-from app.engine.model_runner import ModelRunner
+from app.engine.model_runner import ModelRunner, StepOutput
 from app.engine.outputs import Delta, RequestStats
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import Sequence
 from app.engine.tokenizer import encode_chat, encode_prompt, Message
+
+
+@dataclass
+class _InFlight:
+    """A launched step: its output, the (sequence, placeholder position) of each sampled token
+    in row order, and every sequence it computed."""
+
+    out: StepOutput
+    sampled: list[tuple[Sequence, int]]
+    seqs: list[Sequence]
 
 
 @dataclass(eq=False)
@@ -42,6 +52,7 @@ class EngineCore:
         self.runner = ModelRunner(loaded.model, loaded.cache, self._graph_batch(loaded, config), loaded.max_model_len)
         self.requests: dict[int, _Request] = {}
         self.generated_tokens = 0
+        self._in_flight: _InFlight | None = None
         if loaded.device.type == "cuda":
             self._warm_up()
 
@@ -97,7 +108,8 @@ class EngineCore:
         stop_ids = set(gen.stop_token_ids)
         if not gen.ignore_eos:
             stop_ids |= self.loaded.eos_token_ids
-        seq = Sequence(list(token_ids), gen, stop_token_ids=frozenset(stop_ids))
+        seq = Sequence(list(token_ids), gen, stop_token_ids=frozenset(stop_ids),
+                       max_tokens=min(len(token_ids) + gen.max_new_tokens, limit))
         if request_id is not None:
             seq.seq_id = request_id
         seq.seed = gen.seed if gen.seed is not None else random.getrandbits(63)
@@ -118,34 +130,59 @@ class EngineCore:
             self._finish(req, "error", error=message)
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._in_flight is not None
 
     # ---- the step -----------------------------------------------------------------------
+    # Steps overlap with the host: step() launches the next step before reading back the
+    # previous one's tokens, which the device already feeds into it (placeholders, see
+    # Sequence). So scheduling, detokenizing and streaming happen while the device computes.
+    # A sequence that ends at step k has one token too many computed in step k + 1, never shown.
+
     def step(self) -> int:
-        """Runs one scheduled step; returns the number of tokens it computed."""
+        """Launches one scheduled step, then finishes the one before it; returns the number of
+        tokens launched."""
         batch = self.scheduler.schedule()
-        if not batch.items:
-            return 0
+        launched = None
+        if batch.items:
+            try:
+                out = self.runner.step(batch)
+            except Exception as exc:  # e.g. out of memory: fail this batch, keep serving the rest
+                self._fail([item.seq for item in batch.items], exc)
+            else:
+                sampling = [item.seq for item in batch.items if item.samples]
+                self.scheduler.complete_step(batch)
+                sampled = []
+                for row, seq in enumerate(sampling):
+                    sampled.append((seq, seq.num_tokens))
+                    seq.token_ids.append(-(row + 1))
+                launched = _InFlight(out, sampled, [item.seq for item in batch.items])
+        previous, self._in_flight = self._in_flight, launched
+        if previous is not None:
+            self._complete(previous)
+            if launched is not None:  # its placeholders resolved just now, so its blocks can be shared
+                self.scheduler.commit(launched.seqs)
+        return batch.num_tokens
+
+    def _complete(self, done: _InFlight) -> None:
+        """Reads back a step's tokens, puts them in place of their placeholders, streams them."""
         try:
-            out = self.runner.step(batch)
-        except Exception as exc:  # e.g. out of memory: fail this batch, keep serving the rest
-            for item in batch.items:
-                req = self.requests.get(item.seq.seq_id)
-                if req is not None:
-                    self._finish(req, "error", error=f"generation failed: {exc}")
-            return 0
-        sampling = [item.seq for item in batch.items if item.samples]
-        self.scheduler.complete_step(batch)
+            tokens = done.out.tokens()
+        except Exception as exc:
+            self._fail([seq for seq, _ in done.sampled], exc)
+            return
+        self.scheduler.commit(done.seqs)
         now = time.perf_counter()
-        for seq, token, logits in zip(sampling, out.sampled, out.logits):
+        for (seq, position), token, logits in zip(done.sampled, tokens, done.out.logits):
+            if seq.is_finished:  # cancelled, or ended a step earlier
+                continue
+            seq.token_ids[position] = token
             req = self.requests[seq.seq_id]
-            seq.token_ids.append(token)
             self.generated_tokens += 1
             if seq.first_token_time is None:
                 seq.first_token_time = now
             if logits is not None:
                 req.logits.append(logits)
-            reason = self._finish_reason(seq, token)
+            reason = self._finish_reason(seq, token, position + 1)
             text = "" if token in seq.stop_token_ids else req.detok.add(token)
             if req.detok.stopped:
                 reason = "stop"
@@ -153,18 +190,26 @@ class EngineCore:
                 req.emit(Delta(seq.seq_id, text=text, token_ids=[token]))
                 continue
             self._finish(req, reason, text=text, token_ids=[token])
-        return batch.num_tokens
 
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+    def _fail(self, seqs: list[Sequence], exc: Exception) -> None:
+        for seq in seqs:
+            req = self.requests.get(seq.seq_id)
+            if req is not None:
+                self._finish(req, "error", error=f"generation failed: {exc}")
+
+    def _finish_reason(self, seq: Sequence, token: int, length: int) -> str | None:
+        """Why the sequence ends with this token (its length counted up to it), if it does."""
         if token in seq.stop_token_ids:  # the sampler kept them out until min_new_tokens
             return "stop"
-        if seq.num_generated >= seq.gen.max_new_tokens or seq.num_tokens >= self.loaded.max_model_len:
+        if length >= seq.max_tokens:
             return "length"
         return None
 
     def _finish(self, req: _Request, reason: str, text: str = "", token_ids: list[int] | None = None,
                 error: str | None = None) -> None:
         seq = req.seq
+        if seq.token_ids[-1] < 0:  # a token still being computed, never to be shown
+            seq.token_ids.pop()
         self.scheduler.finish(seq, reason)
         del self.requests[seq.seq_id]
         if error is None:

@@ -6,7 +6,7 @@ text; a future tensor-parallel rank runs the same steps on its shard.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,8 +20,21 @@ from app.engine.scheduler import Batch
 
 @dataclass
 class StepOutput:
-    sampled: list[int]  # one token per item of the batch that samples, in batch order
-    logits: list[torch.Tensor | None]  # the same rows' logits where the request asked for them
+    """A launched step's samples (one token per batch item that samples, in batch order). The
+    device may still be computing them: tokens() waits for them and reads them back."""
+
+    device_tokens: torch.Tensor | None = None
+    logits: list[torch.Tensor | None] = field(default_factory=list)  # where a request asked for them
+    host: torch.Tensor | None = None  # pinned copy target, with the event that marks it filled
+    ready: torch.cuda.Event | None = None
+
+    def tokens(self) -> list[int]:
+        if self.device_tokens is None:
+            return []
+        if self.ready is None:
+            return self.device_tokens.tolist()
+        self.ready.synchronize()
+        return self.host[: self.device_tokens.shape[0]].tolist()
 
 
 class ModelRunner:
@@ -31,6 +44,11 @@ class ModelRunner:
         self.model, self.cache = model, cache
         self.device = model.device
         model.bind_cache(cache.layers)
+        # The tokens the last step sampled, on the device: placeholder ids in the next step's input
+        # (see Sequence) resolve to them there, so a step launches before the host reads them.
+        self.last_sampled: torch.Tensor | None = None
+        self._host_buffers: list[torch.Tensor | None] = [None, None]  # pinned; two steps in flight at most
+        self._next_buffer = 0
         self.graphs: DecodeGraphs | None = None
         if graph_batch > 0:
             self.graphs = DecodeGraphs(model, cache, graph_batch, max_model_len)
@@ -72,12 +90,14 @@ class ModelRunner:
         seq_lens = None
         if self.model.needs_seq_lens:
             seq_lens = torch.repeat_interleave(torch.tensor(ctx_lens, device=dev), torch.tensor(lens, device=dev))
-        return (
-            torch.tensor(ids, dtype=torch.long, device=dev),
-            torch.tensor(positions, dtype=torch.long, device=dev),
-            meta,
-            seq_lens,
-        )
+        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
+        if min(ids) < 0:
+            input_ids = self._resolve(input_ids)
+        return input_ids, torch.tensor(positions, dtype=torch.long, device=dev), meta, seq_lens
+
+    def _resolve(self, ids: torch.Tensor) -> torch.Tensor:
+        """Placeholder ids -> the tokens the previous step sampled (device to device)."""
+        return torch.where(ids < 0, self.last_sampled[(-ids - 1).clamp(min=0)], ids)
 
     @torch.inference_mode()
     def step(self, batch: Batch) -> StepOutput:
@@ -87,7 +107,7 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, meta, self.cache.layers, seq_lens)
         sampling = [i for i, item in enumerate(batch.items) if item.samples]
         if not sampling:
-            return StepOutput([], [])
+            return StepOutput()
         last_rows = torch.tensor(
             [meta.query_starts[i] + meta.query_lens[i] - 1 for i in sampling], device=self.device
         )
@@ -106,10 +126,26 @@ class ModelRunner:
             slots.append(seq.block_table[pos // block_size] * block_size + pos % block_size)
             tables.append(seq.block_table)
             lens.append(pos + 1)
-        logits = self.graphs.run(ids, positions, slots, tables, lens)
+        logits = self.graphs.run(ids, positions, slots, tables, lens, self._resolve if min(ids) < 0 else None)
         return self._sample(logits, [item.seq for item in batch.items])
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, seqs: list) -> StepOutput:
+    def _sample(self, logits: torch.Tensor, seqs: list) -> StepOutput:
+        """Samples on the device and starts copying the tokens back; returns without waiting."""
         kept = [logits[j].clone() if seq.gen.output_logits else None for j, seq in enumerate(seqs)]
-        return StepOutput(sample(logits, seqs), kept)
+        tokens = sample(logits, seqs, self.last_sampled, self.model.ops.sample_race)
+        self.last_sampled = tokens
+        if tokens.device.type != "cuda":
+            return StepOutput(tokens, kept)
+        host = self._host_buffer(tokens.shape[0])
+        host[: tokens.shape[0]].copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return StepOutput(tokens, kept, host, ready)
+
+    def _host_buffer(self, n: int) -> torch.Tensor:
+        i = self._next_buffer
+        self._next_buffer ^= 1
+        buffer = self._host_buffers[i]
+        if buffer is None or buffer.numel() < n:
+            buffer = self._host_buffers[i] = torch.empty(max(n, 256), dtype=torch.long, pin_memory=True)
+        return buffer

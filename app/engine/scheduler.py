@@ -77,7 +77,7 @@ class Scheduler:
             seq = self.running[i]
             remaining = seq.num_tokens - seq.num_computed_tokens
             n = 1 if remaining == 1 else min(remaining, self.prefill_chunk_size, budget)
-            if n == 0:
+            if n == 0 or seq.num_tokens >= seq.max_tokens:  # the latter: its last token is out, it ends
                 i += 1
                 continue
             if not self._reserve(seq, n):  # preempted itself: nothing left to free
@@ -122,7 +122,13 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def complete_step(self, batch: Batch) -> None:
-        """After the forward pass: the scheduled tokens are in the cache now."""
+        """Once the step is launched: its tokens count as computed (the device runs steps in
+        order). Their blocks become reusable prefixes only with commit(), once no placeholder
+        token is left among them."""
         for item in batch.items:
             item.seq.num_computed_tokens += item.num_tokens
-            self.blocks.commit_full_blocks(item.seq)
+
+    def commit(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            if not seq.is_finished:
+                self.blocks.commit_full_blocks(seq)

@@ -25,6 +25,8 @@ class Sequence:
     stop_token_ids: frozenset[int] = frozenset()
     seq_id: int = field(default_factory=lambda: next(_ids))
     num_prompt_tokens: int = 0
+    # Longest the sequence may grow (prompt + max_new_tokens, within the model's context).
+    max_tokens: int = 1 << 62
     # Tokens whose keys/values are in the cache. The last sampled token is not, until the next step.
     num_computed_tokens: int = 0
     num_cached_prompt_tokens: int = 0  # prompt tokens served from the prefix cache
@@ -39,6 +41,9 @@ class Sequence:
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = self.num_prompt_tokens or len(self.token_ids)
+
+    # token_ids may end in a placeholder: a token sampled by the step still on the device, as
+    # -(its row in that step's samples + 1). Only the newest token can be one (see EngineCore).
 
     @property
     def num_tokens(self) -> int:

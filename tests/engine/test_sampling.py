@@ -8,7 +8,8 @@ from transformers import (MinPLogitsWarper, RepetitionPenaltyLogitsProcessor, Te
                           TopKLogitsWarper, TopPLogitsWarper)
 
 from app.engine.config import GenerationConfig
-from app.engine.sampling import apply_repetition_penalty, filter_sorted, sample, suppress_stop_tokens, uniform_noise
+from app.engine.sampling import (CANDIDATES, apply_repetition_penalty, keep_floors, sample, suppress_stop_tokens,
+                                 uniform_noise)
 from app.engine.sequence import Sequence
 
 
@@ -28,24 +29,48 @@ def test_repetition_penalty_matches_hf() -> None:
         torch.testing.assert_close(ours[i], ref[0])
 
 
+def test_repetition_penalty_counts_tokens_still_on_the_device() -> None:
+    """A placeholder (-(row + 1): a token the step in flight sampled) is penalised as the token it stands for."""
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(5)) * 3
+    pending = torch.tensor([7, 9])
+    ours = logits.clone()
+    apply_repetition_penalty(ours, [seq((1, 4, -2), repetition_penalty=1.3)], pending)
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor([[1, 4, 9]]), logits.clone())
+    torch.testing.assert_close(ours, ref)
+
+
+def _hf_kept(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float) -> set[int]:
+    ref = logits[None] / temperature
+    for warper in ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1 else []) + \
+                  ([MinPLogitsWarper(min_p)] if min_p else []):
+        ref = warper(None, ref)
+    return set(torch.nonzero(ref[0] > float("-inf")).flatten().tolist())
+
+
 @pytest.mark.parametrize("settings", [dict(top_k=5), dict(top_p=0.7), dict(min_p=0.1),
                                       dict(top_k=8, top_p=0.5, min_p=0.05, temperature=0.7)])
 def test_filters_keep_the_same_tokens_as_hf(settings) -> None:
     logits = torch.randn(200, generator=torch.Generator().manual_seed(1)) * 2
-    s = seq(**settings)
-    temperature = settings.get("temperature", 1.0)
-    probs = torch.softmax(logits / temperature, -1)
-    sorted_probs, order = probs.sort(descending=True)
-    g = s.gen
-    filtered = filter_sorted(sorted_probs[None], torch.tensor([g.top_k]), torch.tensor([g.top_p]), torch.tensor([g.min_p]))
-    kept = set(order[filtered[0] > 0].tolist())
-    ref = logits[None] / temperature
-    for warper in ([TopKLogitsWarper(s.gen.top_k)] if s.gen.top_k else []) + \
-                  ([TopPLogitsWarper(s.gen.top_p)] if s.gen.top_p < 1 else []) + \
-                  ([MinPLogitsWarper(s.gen.min_p)] if s.gen.min_p else []):
-        ref = warper(None, ref)
-    assert kept == set(torch.nonzero(ref[0] > float("-inf")).flatten().tolist())
+    g = seq(**settings).gen
+    scaled = logits[None] / g.temperature
+    floor = keep_floors(scaled, [g.top_k], [g.top_p], [g.min_p])[0]
+    kept = set(torch.nonzero(scaled[0] >= floor).flatten().tolist())
+    assert kept == _hf_kept(logits, g.temperature, g.top_k, g.top_p, g.min_p)
     assert 0 < len(kept) < 200
+
+
+@pytest.mark.parametrize("settings", [dict(top_p=0.98), dict(top_k=CANDIDATES + 500, top_p=0.9)])
+def test_filters_reach_past_the_candidates(settings) -> None:
+    """A flat distribution whose top-p set is larger than the candidates topk looks at (the
+    full-sort fallback), and a top-k beyond them, keep exactly HF's tokens too."""
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(3)) * 0.1
+    g = seq(**settings).gen
+    floors = keep_floors(torch.stack([logits, logits * 20]), [g.top_k] * 2, [g.top_p] * 2, [g.min_p] * 2)
+    kept = set(torch.nonzero(logits >= floors[0]).flatten().tolist())
+    assert kept == _hf_kept(logits, 1.0, g.top_k, g.top_p, g.min_p)
+    assert len(kept) > CANDIDATES
+    sharp = set(torch.nonzero(logits * 20 >= floors[1]).flatten().tolist())  # the other row: the fast path
+    assert sharp == _hf_kept(logits * 20, 1.0, g.top_k, g.top_p, g.min_p)
 
 
 def test_samples_follow_the_distribution() -> None:
@@ -56,7 +81,7 @@ def test_samples_follow_the_distribution() -> None:
     counts = torch.zeros(5)
     for step in range(4000):
         s.token_ids.append(0)  # one more generated token: the next step's noise
-        counts[sample(logits[None].clone(), [s])[0]] += 1
+        counts[int(sample(logits[None].clone(), [s])[0])] += 1
     assert (counts / 4000 - probs).abs().max() < 0.03
 
 
@@ -73,7 +98,7 @@ def test_noise_is_uniform_and_keyed() -> None:
 def test_temperature_zero_is_argmax_and_top_k_one_too() -> None:
     logits = torch.randn(3, 100, generator=torch.Generator().manual_seed(2))
     seqs = [seq(temperature=0), seq(temperature=1.5, top_k=1), seq(temperature=0, repetition_penalty=1.0)]
-    assert sample(logits.clone(), seqs) == logits.argmax(-1).tolist()
+    assert sample(logits.clone(), seqs).tolist() == logits.argmax(-1).tolist()
 
 
 def test_min_new_tokens_suppresses_stop_tokens() -> None:
@@ -94,7 +119,7 @@ def test_seeded_sampling_is_independent_of_batch_mates() -> None:
         batch_logits = torch.cat([logits] + [torch.randn(1, 300) for _ in others])
         row = []
         for _ in range(10):
-            row.append(sample(batch_logits.clone(), [s] + others)[0])
+            row.append(int(sample(batch_logits.clone(), [s] + others)[0]))
             s.token_ids.append(row[-1])
         draws.append(row)
     assert draws[0] == draws[1]

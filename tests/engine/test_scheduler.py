@@ -127,3 +127,34 @@ def test_prefill_shares_steps_with_decodes(setup) -> None:
     chunked = batches[1:]
     assert all(b.num_decodes == 1 for b in chunked)
     assert [b.items[-1].num_tokens for b in chunked[:7]] == [16] * 7  # 120 tokens in 16-token chunks
+
+
+def test_steps_launch_before_the_previous_tokens_are_read(setup) -> None:
+    """The device gets step k + 1 before the host reads step k's tokens: after a step, each
+    decoding sequence ends in a placeholder for its newest token, the next step feeds it in on
+    the device, and a request ending on a stop token shows nothing of the step after it."""
+    folder, requests, expected = setup
+    i = next(i for i, (_, n) in enumerate(requests) if n >= 6 and expected[i][0] != expected[i][1])
+    core = make_core(folder)
+    deltas: list = []
+    core.add_request(requests[i][0], gen_config(6), deltas.append)
+    core.step()
+    seq = core.scheduler.running[0]
+    assert seq.token_ids[-1] < 0 and core.has_work() and not deltas  # sampled, not yet read
+    core.step()
+    assert seq.token_ids[-1] < 0 and seq.token_ids[-2] >= 0 and len(deltas) == 1
+    while core.has_work():
+        core.step()
+    assert [t for d in deltas for t in d.token_ids] == expected[i][:6]
+    assert deltas[-1].stats.completion_tokens == 6 and min(seq.token_ids) >= 0
+
+    # Stopping on the second token: the third, already launched, is dropped.
+    deltas.clear()
+    stop = expected[i][1]
+    core.add_request(requests[i][0], GenerationConfig(temperature=0, max_new_tokens=6, ignore_eos=True,
+                                                      stop_token_ids=[stop]), deltas.append)
+    while core.has_work():
+        core.step()
+    assert [t for d in deltas for t in d.token_ids] == expected[i][:2] and deltas[-1].finish_reason == "stop"
+    assert deltas[-1].stats.completion_tokens == 2
+    assert core.blocks.num_free_blocks == core.blocks.num_blocks

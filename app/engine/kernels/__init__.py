@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from app.engine import sampling
 from app.engine.kernels import reference
 
 
@@ -23,6 +24,8 @@ class Ops:
     apply_rotary_qk: Callable  # (q, k, cos, sin) -> (q, k): one launch where kernels fuse it
     write_kv: Callable
     paged_attention: Callable
+    # The sampling draw (see app.engine.sampling.race): (scaled logits, floors, row keys) -> tokens.
+    sample_race: Callable
     # Linear weights: ``pack`` re-lays a loaded [out, in] weight once (None: keep it as is);
     # ``packed_linear(x, packed)`` then computes x @ W^T from the packed form.
     pack_linear: Callable[[torch.Tensor], Any] | None = None
@@ -44,6 +47,7 @@ REFERENCE_OPS = Ops(
     apply_rotary_qk=reference.apply_rotary_qk,
     write_kv=reference.write_kv,
     paged_attention=reference.paged_attention,
+    sample_race=sampling.race,
 )
 
 
@@ -77,6 +81,7 @@ def _triton_ops() -> Ops:
         apply_rotary_qk=tk.apply_rotary_qk,
         write_kv=tk.write_kv,
         paged_attention=tk.paged_attention,
+        sample_race=tk.sample_race,
         bind_decode_layer=lambda layer, k, v: partial(fused_decode.run, fused_decode.DecodeLayer(layer, k, v)),
         decode_step=fused_decode.decode_step,
         name="triton",

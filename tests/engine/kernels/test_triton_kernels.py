@@ -350,3 +350,24 @@ def test_prefill_attention_large(dtype, dim, window):
         window,
     )
     check(out, ref, dtype)
+
+
+# --- sampling ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows, vocab", [(5, 3000), pytest.param(64, 128256, marks=gpu)])
+def test_sample_race_draws_the_reference_tokens(rows, vocab):
+    """Same hash, same Gumbel formula: the Triton race picks the torch race's token in every row,
+    with rows that keep everything, rows with a floor, and a row whose top token dominates."""
+    from app.engine import sampling
+
+    scaled = nonzero(rows, vocab, dtype=torch.float32, seed=20, scale=2.0)
+    scaled[-1, 17] = 50.0
+    floors = torch.full((rows,), float("-inf"), device=DEVICE)
+    floors[1::2] = scaled[1::2].quantile(0.99, dim=1)
+    keys = torch.randint(0, 1 << 32, (rows,), generator=torch.Generator().manual_seed(21)).to(DEVICE)
+    ours = tk.sample_race(scaled, floors, keys)
+    ref = sampling.race(scaled, floors, keys)
+    assert ours.tolist() == ref.tolist()
+    assert int(ours[-1]) == 17
+    assert all(scaled[i, t] >= floors[i] for i, t in enumerate(ours.tolist()))

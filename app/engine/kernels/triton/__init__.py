@@ -29,6 +29,7 @@ if importlib.util.find_spec("triton") is not None:
     from app.engine.kernels.triton.norm import add_rms_norm, rms_norm
     from app.engine.kernels.triton.prefill_attention import paged_prefill_attention
     from app.engine.kernels.triton.rotary import apply_rotary, apply_rotary_qk
+    from app.engine.kernels.triton.sampling import race as sample_race
 
     def paged_attention(q, k, v, k_cache, v_cache, meta, scale, sliding_window=None):
         """Ops.paged_attention on the Triton kernels: the decodes (first num_decodes rows, one token
@@ -51,5 +52,5 @@ if importlib.util.find_spec("triton") is not None:
 
 __all__ = [
     "available", "rms_norm", "add_rms_norm", "apply_rotary", "apply_rotary_qk", "silu_mul", "write_kv",
-    "paged_decode_attention", "paged_prefill_attention", "paged_attention",
+    "paged_decode_attention", "paged_prefill_attention", "paged_attention", "sample_race",
 ]
