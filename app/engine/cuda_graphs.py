@@ -27,10 +27,12 @@ class DecodeGraphs:
         self.max_batch = max_batch
         self.max_blocks = -(-max_model_len // cache.block_size)
         dev = model.device
-        # Host staging (pinned): one copy per step moves the whole batch description.
-        self._host = torch.zeros(4 * max_batch + max_batch * self.max_blocks, dtype=torch.int64).pin_memory()
-        self._host_np = self._host.numpy()
-        self._device = torch.zeros_like(self._host, device=dev)
+        # Host staging (pinned): one copy per step moves the whole batch description. Two, used in
+        # turn: a step is filled while the device may not yet have copied the previous one's.
+        size = 4 * max_batch + max_batch * self.max_blocks
+        self._hosts = [torch.zeros(size, dtype=torch.int64).pin_memory() for _ in range(2)]
+        self._turn = 0
+        self._device = torch.zeros(size, dtype=torch.int64, device=dev)
         d = self._device
         self.ids, self.positions = d[:max_batch], d[max_batch : 2 * max_batch]
         self.slots, self.lens = d[2 * max_batch : 3 * max_batch], d[3 * max_batch : 4 * max_batch]
@@ -73,7 +75,9 @@ class DecodeGraphs:
         """Writes the batch into the staging buffer and moves the used part in one copy. Rows
         past the batch keep stale block ids: valid blocks, and padding reads only one token."""
         n, mb = len(ids), self.max_batch
-        host = self._host_np
+        staging = self._hosts[self._turn]
+        self._turn ^= 1
+        host = staging.numpy()
         host[0:n], host[mb : mb + n] = ids, positions
         host[2 * mb : 3 * mb] = -1  # padding rows write nowhere
         host[2 * mb : 2 * mb + n] = slots
@@ -83,7 +87,7 @@ class DecodeGraphs:
         for row, table in enumerate(tables):
             table_view[row, : len(table)] = table
         used = 4 * mb + n * self.max_blocks
-        self._device[:used].copy_(self._host[:used], non_blocking=True)
+        self._device[:used].copy_(staging[:used], non_blocking=True)
         self.lens_i32.copy_(self.lens)
 
     def run(self, ids: list[int], positions: list[int], slots: list[int], tables: list[list[int]],
