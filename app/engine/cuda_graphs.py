@@ -79,6 +79,7 @@ class DecodeGraphs:
         self._turn ^= 1
         host = staging.numpy()
         host[0:n], host[mb : mb + n] = ids, positions
+        host[n:mb] = 0  # padding rows read token 0: a stale id could be a placeholder (negative)
         host[2 * mb : 3 * mb] = -1  # padding rows write nowhere
         host[2 * mb : 2 * mb + n] = slots
         host[3 * mb : 4 * mb] = 1  # and attend to a single cached token
