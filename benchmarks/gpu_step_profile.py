@@ -71,6 +71,17 @@ def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) ->
             graph.replay()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+    if batch > 1:  # a mixed step: these decodes plus one 512-token prompt, eager
+        core.add_request([100 + j % 1000 for j in range(512)], GenerationConfig(temperature=0, max_new_tokens=4),
+                         lambda d: None)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            core.step()
+            torch.cuda.synchronize()
+            mixed_ms = (time.perf_counter() - start) * 1e3
+        print(f"mixed step ({batch} decodes + 512 prompt tokens): {mixed_ms:.2f} ms")
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
 
 
 if __name__ == "__main__":
