@@ -32,7 +32,7 @@ def main(shape: str, batch: int, prompt_len: int, steps: int = 300) -> None:
 
 def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) -> None:
     folder = write_shape_folder(shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{shape}")
-    config = EngineConfig(model=folder, device="cuda", dtype="bfloat16", load_format="random", max_num_seqs=batch,
+    config = EngineConfig(model=folder, device="cuda", dtype="bfloat16", load_format="random", max_num_seqs=batch + 1,
                           max_num_batched_tokens=max(2048, prompt_len), prefill_chunk_size=prompt_len,
                           max_model_len=prompt_len + 1024, enable_prefix_caching=False)
     core = EngineCore(load(config, folder), config)
@@ -49,7 +49,7 @@ def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) ->
     for _ in range(steps):
         core.step()
     step_ms = (time.perf_counter() - start) / steps * 1e3
-    graph, logits = core.runner.graphs.graphs[batch]
+    graph, logits = core.runner.graphs.graphs[next(b for b in core.runner.graphs.buckets if b >= batch)]
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
@@ -82,6 +82,16 @@ def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) ->
             mixed_ms = (time.perf_counter() - start) * 1e3
         print(f"mixed step ({batch} decodes + 512 prompt tokens): {mixed_ms:.2f} ms")
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+        import cProfile
+        import pstats
+
+        core.add_request([200 + j % 1000 for j in range(512)], GenerationConfig(temperature=0, max_new_tokens=4),
+                         lambda d: None)
+        torch.cuda.synchronize()
+        with cProfile.Profile() as host:
+            core.step()
+            torch.cuda.synchronize()
+        pstats.Stats(host).sort_stats("tottime").print_stats(18)
 
 
 if __name__ == "__main__":
