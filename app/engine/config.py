@@ -30,6 +30,9 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     prefill_chunk_size: int = 512  # longest prompt slice prefilled in one step
+    # While 32 or more sequences decode, new requests join every this many steps, together (a
+    # step mixing prompts in cannot replay a CUDA graph). Fewer decoding: they join at once.
+    prefill_interval: int = 8
     max_model_len: int | None = None  # defaults to the model's context length
     cuda_graphs: bool = True  # replay decode steps from captured graphs (CUDA only)
     kernels: str = "auto"  # auto | torch | triton (see kernels.ops_for)
@@ -41,8 +44,8 @@ class EngineConfig:
             raise ValueError(f"kernels must be auto, torch or triton, got {self.kernels!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.block_size < 1 or self.prefill_chunk_size < 1 or self.max_num_seqs < 1:
-            raise ValueError("block_size, prefill_chunk_size and max_num_seqs must be positive")
+        if min(self.block_size, self.prefill_chunk_size, self.max_num_seqs, self.prefill_interval) < 1:
+            raise ValueError("block_size, prefill_chunk_size, max_num_seqs and prefill_interval must be positive")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must be at least max_num_seqs (one token each)")
         if self.cache_memory_fraction is not None and not 0.0 < self.cache_memory_fraction <= 1.0:

@@ -47,7 +47,8 @@ class EngineCore:
         self.loaded, self.config = loaded, config
         self.blocks = BlockManager(loaded.cache.num_blocks, loaded.cache.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
-            self.blocks, config.max_num_seqs, config.max_num_batched_tokens, config.prefill_chunk_size
+            self.blocks, config.max_num_seqs, config.max_num_batched_tokens, config.prefill_chunk_size,
+            config.prefill_interval,
         )
         self.runner = ModelRunner(loaded.model, loaded.cache, self._graph_batch(loaded, config), loaded.max_model_len)
         self.requests: dict[int, _Request] = {}

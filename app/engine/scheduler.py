@@ -2,7 +2,7 @@
 
 Every step: running decodes first (one token each), then running prompts continue in chunks,
 then waiting requests are admitted while the token budget, the sequence limit and the free
-blocks allow. A long prompt is prefilled chunk by chunk, sharing steps with decodes, so it
+blocks allow (under load, every few steps: see prefill_interval). A long prompt is prefilled chunk by chunk, sharing steps with decodes, so it
 never stalls other chats. When blocks run out, the newest running sequence is preempted and
 later recomputed (its blocks usually come back from the prefix cache).
 """
@@ -44,11 +44,18 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         prefill_chunk_size: int,
+        prefill_interval: int = 1,
+        busy_decodes: int = 32,
     ):
         self.blocks = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.prefill_chunk_size = prefill_chunk_size
+        # Under load (busy_decodes or more sequences decoding) waiting requests are admitted only
+        # every prefill_interval steps, together: the steps between are pure decodes (replayed
+        # from CUDA graphs) instead of each one mixing in a prompt and running eagerly.
+        self.prefill_interval, self.busy_decodes = prefill_interval, busy_decodes
+        self._steps_since_admission = 0
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # in admission order
 
@@ -85,7 +92,10 @@ class Scheduler:
             (decodes if remaining == 1 else prefills).append(ScheduledSeq(seq, n))
             budget -= n
             i += 1
-        self._admit(prefills, budget)
+        self._steps_since_admission += 1
+        if len(decodes) < self.busy_decodes or self._steps_since_admission >= self.prefill_interval:
+            if self._admit(prefills, budget):
+                self._steps_since_admission = 0
         return Batch(items=decodes + prefills, num_decodes=len(decodes))
 
     def _reserve(self, seq: Sequence, n: int) -> bool:
@@ -99,7 +109,9 @@ class Scheduler:
         self.blocks.allocate(seq, seq.num_computed_tokens + n)
         return True
 
-    def _admit(self, prefills: list[ScheduledSeq], budget: int) -> None:
+    def _admit(self, prefills: list[ScheduledSeq], budget: int) -> bool:
+        """Admits waiting requests while they fit; returns whether any was."""
+        admitted = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             self.blocks.match_prefix(seq)
@@ -113,6 +125,8 @@ class Scheduler:
             self.running.append(seq)
             prefills.append(ScheduledSeq(seq, n))
             budget -= n
+            admitted = True
+        return admitted
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -158,3 +158,26 @@ def test_steps_launch_before_the_previous_tokens_are_read(setup) -> None:
     assert [t for d in deltas for t in d.token_ids] == expected[i][:2] and deltas[-1].finish_reason == "stop"
     assert deltas[-1].stats.completion_tokens == 2
     assert core.blocks.num_free_blocks == core.blocks.num_blocks
+
+
+def test_under_load_requests_join_together_every_few_steps(setup) -> None:
+    """With 32+ sequences decoding, waiting requests are admitted every prefill_interval steps
+    (so the steps between are pure decodes); with fewer, at once."""
+    folder, requests, _ = setup
+    core = make_core(folder, max_num_seqs=48, max_num_batched_tokens=256, num_cache_blocks=400, prefill_interval=4)
+    batches = []
+    schedule = core.scheduler.schedule
+    core.scheduler.schedule = lambda: batches.append(schedule()) or batches[-1]
+    for i in range(40):
+        core.add_request(requests[i][0][:6], gen_config(60), lambda d: None)
+    while len(core.scheduler.running) < 40 or any(b.num_decodes < len(b.items) for b in batches[-1:]):
+        core.step()
+    assert batches[-1].num_decodes == 40
+    joined = []
+    for _ in range(12):
+        core.add_request([5, 6, 7], gen_config(60), lambda d: None)
+        core.step()
+        joined.append(len(batches[-1].items) - batches[-1].num_decodes)
+    steps = [i for i, n in enumerate(joined) if n]
+    assert all(b - a == 4 for a, b in zip(steps, steps[1:])), joined  # together, every 4th step
+    assert max(joined) == 4 and sum(joined) == 8, joined  # up to max_num_seqs (48)
