@@ -1,6 +1,6 @@
 """Where the offline workload's time goes: steps by kind (graph-replayed decodes, eager mixed
 prefill+decode, prefill only), their count, tokens and wall time, and the host time outside the
-model runner. Usage: python benchmarks/gpu_workload_profile.py [SHAPE] [NUM_REQUESTS] [MAX_NUM_SEQS]"""
+model runner. Usage: python benchmarks/gpu_workload_profile.py [SHAPE] [NUM_REQUESTS] [MAX_NUM_SEQS] [PREFILL_INTERVAL]"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from app.engine import bench
 from app.engine.bench_shapes import write_shape_folder
 
 
-def main(shape: str, num_requests: int, max_num_seqs: int) -> None:
+def main(shape: str, num_requests: int, max_num_seqs: int, prefill_interval: int | None) -> None:
     folder = write_shape_folder(shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{shape}")
     spec = bench.BenchSpec(folder, device="cuda", dtype="bfloat16", load_format="random")
     stats: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0, 0.0])  # steps, tokens, seconds
@@ -23,6 +23,8 @@ def main(shape: str, num_requests: int, max_num_seqs: int) -> None:
     original_core = bench._core
 
     def instrumented_core(*args, **kwargs):
+        if prefill_interval is not None:
+            kwargs["prefill_interval"] = prefill_interval
         core = original_core(*args, **kwargs)
         runner_step, core_step = core.runner.step, core.step
 
@@ -64,4 +66,4 @@ def main(shape: str, num_requests: int, max_num_seqs: int) -> None:
 if __name__ == "__main__":
     args = sys.argv[1:]
     main(args[0] if args else "llama-3-8b", int(args[1]) if len(args) > 1 else 1000,
-         int(args[2]) if len(args) > 2 else 256)
+         int(args[2]) if len(args) > 2 else 256, int(args[3]) if len(args) > 3 else None)
