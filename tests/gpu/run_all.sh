@@ -12,7 +12,7 @@ row "GPU tests (kernels, engine vs HF)" "$(tail -n 1 "$out/pytest.log")"
 
 bench() {  # name, args...
   local name="$1"; shift
-  timeout 200 python3 -m app bench "$@" --json >"$out/$name.json" 2>"$out/$name.err" || { row "$name" "FAILED (see $name.err)"; return; }
+  timeout 300 python3 -m app bench "$@" --json >"$out/$name.json" 2>"$out/$name.err" || { row "$name" "FAILED (see $name.err)"; return; }
   row "$name" "$(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); b=r['batch']; print(' | '.join(f\"{x['name']}: decode {x['decode_tokens_per_s']:.0f} tok/s\" for x in b), '|', {k: v for k, v in r.items() if k != 'batch'})" "$out/$name.json")"
 }
 bench llama8b-b1 --shape llama-3-8b --input-len 128 --output-len 256 --limits --ttft 2048
