@@ -139,3 +139,30 @@ def test_graphs_follow_a_batch_that_changes_every_step(tiny_model_factory) -> No
     assert graphed == eager
     assert all(len(graphed[i]) == 3 + 2 * i for i in range(9))
     assert run(True, range(4, 5))[4] == graphed[4]
+
+
+def test_seeded_sampling_on_the_gpu_ignores_batch_mates(tiny_model_factory) -> None:
+    """Top-k/top-p/min-p sampling through the Triton race: a seeded request draws the same
+    tokens alone and beside other sampling requests, with and without CUDA graphs."""
+    from tests.tiny_models import make_core
+
+    folder, _ = tiny_model_factory("llama-bias")
+    prompt = list(range(3, 30))
+    gen = GenerationConfig(temperature=0.9, top_p=0.9, top_k=40, min_p=0.02, seed=7, max_new_tokens=24,
+                           ignore_eos=True)
+
+    def run(cuda_graphs: bool, mates: int) -> list[int]:
+        core = make_core(folder, device="cuda", cuda_graphs=cuda_graphs, block_size=16, num_cache_blocks=64)
+        assert core.loaded.model.ops.name == "triton"
+        out: list[int] = []
+        core.add_request(prompt, gen, lambda d: out.extend(d.token_ids))
+        for i in range(mates):
+            core.add_request(prompt[i:], GenerationConfig(temperature=1.2, seed=i, max_new_tokens=30), lambda d: None)
+        while core.has_work():
+            core.step()
+        return out
+
+    alone = run(True, 0)
+    assert len(alone) == 24 and len(set(alone)) > 3
+    assert run(True, 5) == alone
+    assert run(False, 5) == alone
