@@ -43,14 +43,16 @@ def _load_input(x_ptr, res_ptr, k, K, HAS_RES: tl.constexpr):
 
 
 @triton.jit
-def _inv_rms(x_ptr, res_ptr, res_out_ptr, store_res, K, eps, HAS_RES: tl.constexpr, BLOCK_K: tl.constexpr):
-    """1 / rms of x + residual; stores that sum to res_out where store_res."""
+def _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES: tl.constexpr, BLOCK_K: tl.constexpr):
+    """1 / rms of x + residual; program 0 stores that sum to res_out."""
     squares = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         x = _load_input(x_ptr, res_ptr, k, K, HAS_RES)
         if HAS_RES:
-            tl.store(res_out_ptr + k, x.to(res_out_ptr.dtype.element_ty), mask=(k < K) & store_res)
+            # Masks are built elementwise: newer interpreters reject a vector & scalar mask.
+            first = k * 0 + tl.program_id(0) == 0
+            tl.store(res_out_ptr + k, x.to(res_out_ptr.dtype.element_ty), mask=(k < K) & first)
         squares += x * x
     return tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
 
@@ -80,7 +82,7 @@ def _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, rows_a, rows
     if PDL:
         gdc_wait()
     if NORM:
-        inv = _inv_rms(x_ptr, res_ptr, res_out_ptr, tl.program_id(0) == 0, K, eps, HAS_RES, BLOCK_K)
+        inv = _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES, BLOCK_K)
     part_a = tl.zeros([BLOCK_R, BLOCK_K], tl.float32)
     part_b = tl.zeros([BLOCK_R, BLOCK_K], tl.float32)
     dtype = w_ptr.dtype.element_ty
@@ -150,7 +152,7 @@ def _qkv_kernel(
         tl.store(q + HALF, hi.to(q_out_ptr.dtype.element_ty))
     else:
         slot = tl.load(slots_ptr).to(tl.int64)
-        ok = (j >= 0) & (slot >= 0)  # a negative slot is CUDA-graph padding: write nowhere
+        ok = j * 0 + slot >= 0  # a negative slot is CUDA-graph padding: write nowhere
         if head < HQ + HKV:
             dst = k_cache_ptr + (slot * HKV + head - HQ) * 2 * HALF + j
         else:
