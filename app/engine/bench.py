@@ -168,7 +168,7 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def bench_workload(spec: BenchSpec, num_requests: int = 1000, max_num_seqs: int = 256) -> WorkloadResult:
+def bench_workload(spec: BenchSpec, num_requests: int = 1000, max_num_seqs: int = 384) -> WorkloadResult:
     """All requests submitted at once (offline), served with continuous batching."""
     core = _core(spec, max_num_seqs=max_num_seqs, max_num_batched_tokens=8192, prefill_chunk_size=2048,
                  max_model_len=2048 + 16)

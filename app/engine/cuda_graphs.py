@@ -17,7 +17,7 @@ from app.engine.attention_metadata import AttentionMetadata
 from app.engine.kv_cache import KVCache
 from app.engine.models.decoder import DecoderLM
 
-BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 
 
 class DecodeGraphs:

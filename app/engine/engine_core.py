@@ -14,6 +14,7 @@ import torch
 
 from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig, GenerationConfig
+from app.engine.cuda_graphs import BUCKETS
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import RequestError
 from app.engine.loader.model_loader import LoadedModel
@@ -62,7 +63,7 @@ class EngineCore:
         """The largest decode batch replayed from CUDA graphs (0: none)."""
         if loaded.device.type != "cuda" or not config.cuda_graphs or not loaded.model.ops.graph_safe:
             return 0
-        return min(config.max_num_seqs, 256)
+        return min(config.max_num_seqs, BUCKETS[-1])
 
     def _warm_up(self) -> None:
         """Runs each kind of step once (prefill; mixed steps over short and longer contexts;
