@@ -1,0 +1,1 @@
+"""Conversations and their storage (no Qt, no torch)."""
