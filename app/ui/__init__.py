@@ -1,0 +1,1 @@
+"""The desktop app (PySide6 widgets). Imports no torch: the engine is reached through engine_bridge."""

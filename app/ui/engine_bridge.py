@@ -1,0 +1,129 @@
+"""The GUI's one door to the engine: a QObject living in its own QThread, owning the Engine.
+
+The GUI asks through the request signals (load, generate, stop, unload); each runs in the
+bridge's thread, never in the GUI's. Answers come back as signals carrying plain values (text,
+ints, dicts of numbers and strings), queued to the GUI thread by Qt, so the window keeps painting
+while a model loads or a reply streams. No tensor ever crosses this boundary.
+
+Replies are keyed by an int the GUI picks (``reply``), so the GUI can stop one before the
+engine has even seen it.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import fields
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from app.engine import Engine, EngineConfig, GenerationConfig
+from app.engine.outputs import Delta
+
+
+class EngineBridge(QObject):
+    # requests (emit from any thread; the slots run in the bridge's thread)
+    request_load = Signal(dict)  # EngineConfig fields
+    request_generate = Signal(int, list, dict)  # reply key, chat messages, GenerationConfig fields
+    request_stop = Signal(int)  # reply key
+    request_unload = Signal()
+
+    # answers
+    state_changed = Signal(str)  # "empty" | "loading" | "ready"
+    loaded = Signal(dict)  # the engine's stats: model, device, dtype, kernels, cache tokens, ...
+    load_failed = Signal(str)
+    delta = Signal(int, str, int)  # reply key, new text, new tokens
+    finished = Signal(int, dict)  # reply key, {"finish_reason", "error", "stats"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._engine: Engine | None = None
+        self._handles: dict[int, int] = {}  # reply key -> engine request id
+        self._stopped: set[int] = set()  # keys stopped before the engine saw them
+        self.request_load.connect(self._load)
+        self.request_generate.connect(self._generate)
+        self.request_stop.connect(self._stop)
+        self.request_unload.connect(self._unload)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:  # created in the bridge's thread, on first use
+            self._engine = Engine()
+        return self._engine
+
+    @Slot(dict)
+    def _load(self, options: dict) -> None:
+        known = {f.name for f in fields(EngineConfig)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            self.load_failed.emit(f"unknown engine settings: {', '.join(unknown)}")
+            return
+        self.state_changed.emit("loading")
+        self.engine.load(EngineConfig(**options)).add_done_callback(self._on_loaded)
+
+    def _on_loaded(self, future: Future) -> None:  # runs on the engine thread
+        error = future.exception()
+        if error is None:
+            self.state_changed.emit("ready")
+            self.loaded.emit(future.result())
+        else:  # the engine keeps the model it had, if any
+            self.state_changed.emit("empty" if self.engine.stats().get("state") == "empty" else "ready")
+            self.load_failed.emit(str(error))
+
+    @Slot(int, list, dict)
+    def _generate(self, reply: int, messages: list, options: dict) -> None:
+        if reply in self._stopped:
+            self._stopped.discard(reply)
+            self.finished.emit(reply, {"finish_reason": "cancelled", "error": None, "stats": None})
+            return
+        try:
+            gen = GenerationConfig(**options)
+        except TypeError as exc:
+            self.finished.emit(reply, {"finish_reason": "error", "error": str(exc), "stats": None})
+            return
+
+        def on_delta(d: Delta) -> None:  # runs on the engine thread: emit and return
+            if d.text or d.token_ids:
+                self.delta.emit(reply, d.text, len(d.token_ids))
+            if d.finished:
+                self._handles.pop(reply, None)
+                stats = d.stats.as_dict() if d.stats is not None else None
+                self.finished.emit(reply, {"finish_reason": d.finish_reason, "error": d.error, "stats": stats})
+
+        handle = self.engine.submit(messages=messages, gen=gen, on_delta=on_delta)
+        self._handles[reply] = handle.request_id
+
+    @Slot(int)
+    def _stop(self, reply: int) -> None:
+        request_id = self._handles.get(reply)
+        if request_id is None:
+            self._stopped.add(reply)
+        else:
+            self.engine.cancel(request_id)
+
+    @Slot()
+    def _unload(self) -> None:
+        if self._engine is not None:
+            self._engine.unload().result()
+        self.state_changed.emit("empty")
+
+    def shutdown(self) -> None:
+        """Stops the engine thread (call from the bridge's thread, or after its QThread ended)."""
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None
+
+
+def start_bridge() -> tuple[EngineBridge, QThread]:
+    """A bridge moved to a new, started QThread. Stop with stop_bridge()."""
+    thread = QThread()
+    thread.setObjectName("lmstation-engine-bridge")
+    bridge = EngineBridge()
+    bridge.moveToThread(thread)
+    thread.start()
+    return bridge, thread
+
+
+def stop_bridge(bridge: EngineBridge, thread: QThread) -> None:
+    thread.quit()
+    thread.wait()
+    bridge.shutdown()
