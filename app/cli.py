@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmstation", description="LM Station: local LLMs, fast.")
     sub = parser.add_subparsers(dest="command")
 
-    chat = sub.add_parser("chat", help="chat in the terminal, or answer one --prompt and exit")
+    chat = sub.add_parser("chat", help="chat in the terminal, or answer one --prompt and exit (no command: the window)")
     _add_model_args(chat)
     chat.add_argument("--prompt", help="answer this prompt and exit")
     chat.add_argument("--system", help="system prompt")
@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command is None:  # until the desktop window lands, the app is the terminal chat
-        args = build_parser().parse_args(["chat"])
     try:
+        if args.command is None:
+            from app.ui.app import run_app
+
+            return run_app()
         if args.command == "chat":
             from app.commands.chat import run_chat
 

@@ -22,7 +22,7 @@ from app.engine.outputs import Delta
 
 class EngineBridge(QObject):
     # requests (emit from any thread; the slots run in the bridge's thread)
-    request_load = Signal(dict)  # EngineConfig fields
+    request_load = Signal(dict)  # EngineConfig fields; model None: the starter model
     request_generate = Signal(int, list, dict)  # reply key, chat messages, GenerationConfig fields
     request_stop = Signal(int)  # reply key
     request_unload = Signal()
@@ -58,6 +58,15 @@ class EngineBridge(QObject):
             self.load_failed.emit(f"unknown engine settings: {', '.join(unknown)}")
             return
         self.state_changed.emit("loading")
+        if options.get("model") is None:  # the starter model, converted here on first use (slow)
+            from app.library import resolve_model
+
+            try:
+                options = {**options, "model": resolve_model(None)}
+            except (OSError, ValueError) as exc:
+                self.state_changed.emit("empty" if self.engine.stats().get("state") == "empty" else "ready")
+                self.load_failed.emit(f"the starter model is not available: {exc}")
+                return
         self.engine.load(EngineConfig(**options)).add_done_callback(self._on_loaded)
 
     def _on_loaded(self, future: Future) -> None:  # runs on the engine thread

@@ -1,0 +1,232 @@
+"""The chat page: conversations on the left, the selected one's messages and the input on the right.
+
+A reply streams into its bubble: deltas from the bridge collect in a buffer that a timer
+renders at most every RENDER_MS, so a fast engine never floods the GUI thread with repaints.
+Every message is stored when sent; the reply as it grows (ReplyWriter), and whole at the end.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QScrollArea,
+    QSizePolicy, QSplitter, QVBoxLayout, QWidget,
+)
+
+from app.chats.store import ChatStore, Message, ReplyWriter
+from app.ui.engine_bridge import EngineBridge
+
+RENDER_MS = 33
+DEFAULT_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 1024}
+
+
+class MessageBubble(QLabel):
+    """One message, rendered as Markdown; selectable."""
+
+    def __init__(self, role: str, text: str = ""):
+        super().__init__()
+        self.role = role
+        self.setTextFormat(Qt.TextFormat.MarkdownText)
+        self.setWordWrap(True)
+        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        self.setObjectName("userBubble" if role == "user" else "assistantBubble")
+        self.setContentsMargins(12, 8, 12, 8)
+        self.setText(text)
+
+
+class ChatPage(QWidget):
+    reply_finished = Signal(dict)  # the finish info of the reply that just ended
+
+    def __init__(self, store: ChatStore, bridge: EngineBridge):
+        super().__init__()
+        self.store, self.bridge = store, bridge
+        self.conversation_id: int | None = None
+        self.generation = dict(DEFAULT_GENERATION)  # GenerationConfig fields for the next reply
+        self._engine_ready = False
+        self._reply_key = 0
+        self._active: tuple[int, MessageBubble, ReplyWriter] | None = None  # streaming reply
+        self._pending = ""
+        self._render = QTimer(self, interval=RENDER_MS, timeout=self._flush_pending)
+
+        self.search = QLineEdit(placeholderText="Search chats")
+        self.conversation_list = QListWidget()
+        new_button = QPushButton("New chat")
+        self.delete_button = QPushButton("Delete")
+        left = QVBoxLayout()
+        left.addWidget(new_button)
+        left.addWidget(self.search)
+        left.addWidget(self.conversation_list, 1)
+        left.addWidget(self.delete_button)
+        left_panel = QWidget()
+        left_panel.setLayout(left)
+
+        self.messages_box = QVBoxLayout()
+        self.messages_box.addStretch(1)
+        holder = QWidget()
+        holder.setLayout(self.messages_box)
+        self.scroll = QScrollArea(widgetResizable=True)
+        self.scroll.setWidget(holder)
+        self.input = QPlainTextEdit(placeholderText="Message the model (Ctrl+Enter sends)")
+        self.input.setFixedHeight(90)
+        self.send_button = QPushButton("Send", enabled=False)
+        self.stop_button = QPushButton("Stop", enabled=False)
+        self.stats_label = QLabel("")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.stats_label, 1)
+        buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.send_button)
+        right = QVBoxLayout()
+        right.addWidget(self.scroll, 1)
+        right.addWidget(self.input)
+        right.addLayout(buttons)
+        right_panel = QWidget()
+        right_panel.setLayout(right)
+
+        splitter = QSplitter()
+        splitter.addWidget(left_panel)
+        splitter.addWidget(right_panel)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([240, 760])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(splitter)
+
+        new_button.clicked.connect(self.new_conversation)
+        self.delete_button.clicked.connect(self.delete_conversation)
+        self.search.textChanged.connect(self.refresh_list)
+        self.conversation_list.currentItemChanged.connect(self._on_select)
+        self.send_button.clicked.connect(self.send)
+        self.stop_button.clicked.connect(self.stop)
+        bridge.delta.connect(self._on_delta)
+        bridge.finished.connect(self._on_finished)
+        self.refresh_list()
+
+    # ---- conversations ---------------------------------------------------------------------------
+    def refresh_list(self) -> None:
+        current = self.conversation_id
+        self.conversation_list.blockSignals(True)
+        self.conversation_list.clear()
+        for conv in self.store.conversations(self.search.text().strip()):
+            item = QListWidgetItem(conv.title)
+            item.setData(Qt.ItemDataRole.UserRole, conv.id)
+            self.conversation_list.addItem(item)
+            if conv.id == current:
+                self.conversation_list.setCurrentItem(item)
+        self.conversation_list.blockSignals(False)
+
+    def new_conversation(self) -> None:
+        conv = self.store.new_conversation()
+        self.search.clear()
+        self.open_conversation(conv.id)
+
+    def delete_conversation(self) -> None:
+        if self.conversation_id is not None and self._active is None:
+            self.store.delete(self.conversation_id)
+            self.conversation_id = None
+            self._show_messages([])
+            self.refresh_list()
+
+    def _on_select(self, item: QListWidgetItem | None) -> None:
+        if item is not None and self._active is None:
+            self.open_conversation(item.data(Qt.ItemDataRole.UserRole))
+
+    def open_conversation(self, conversation_id: int) -> None:
+        self.conversation_id = conversation_id
+        self._show_messages(self.store.messages(conversation_id))
+        self.refresh_list()
+
+    def _show_messages(self, messages: list[Message]) -> None:
+        while self.messages_box.count() > 1:
+            widget = self.messages_box.takeAt(0).widget()
+            widget.deleteLater()
+        for m in messages:
+            self._add_bubble(m.role, m.content)
+
+    def _add_bubble(self, role: str, text: str) -> MessageBubble:
+        bubble = MessageBubble(role, text)
+        self.messages_box.insertWidget(self.messages_box.count() - 1, bubble)
+        QTimer.singleShot(0, lambda: self.scroll.verticalScrollBar().setValue(self.scroll.verticalScrollBar().maximum()))
+        return bubble
+
+    def bubbles(self) -> list[MessageBubble]:
+        return [self.messages_box.itemAt(i).widget() for i in range(self.messages_box.count() - 1)]
+
+    # ---- sending and streaming ----------------------------------------------------------------------
+    def send(self) -> None:
+        text = self.input.toPlainText().strip()
+        if not text or self._active is not None or not self._engine_ready:
+            return
+        if self.conversation_id is None:
+            self.conversation_id = self.store.new_conversation(title=text[:40]).id
+        elif not self.store.messages(self.conversation_id):
+            self.store.rename(self.conversation_id, text[:40])
+        self.input.clear()
+        self.store.add_message(self.conversation_id, "user", text)
+        self._add_bubble("user", text)
+        self.refresh_list()
+        self._start_reply()
+
+    def _start_reply(self) -> None:
+        conv = self.store.conversation(self.conversation_id)
+        chat = [{"role": m.role, "content": m.content} for m in self.store.messages(self.conversation_id)]
+        if conv.system_prompt:
+            chat.insert(0, {"role": "system", "content": conv.system_prompt})
+        reply = self.store.add_message(self.conversation_id, "assistant", "", complete=False)
+        self._reply_key += 1
+        self._active = (self._reply_key, self._add_bubble("assistant", ""), self.store.reply_writer(reply.id))
+        self._pending = ""
+        self.send_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.stats_label.setText("Generating…")
+        self._render.start()
+        self.bridge.request_generate.emit(self._reply_key, chat, dict(self.generation))
+
+    def stop(self) -> None:
+        if self._active is not None:
+            self.bridge.request_stop.emit(self._active[0])
+
+    def _on_delta(self, key: int, text: str, _tokens: int) -> None:
+        if self._active is not None and key == self._active[0]:
+            self._pending += text
+            self._active[2].append(text)
+
+    def _flush_pending(self) -> None:
+        if self._active is not None and self._pending:
+            bubble = self._active[1]
+            bubble.setText(bubble.text() + self._pending)
+            self._pending = ""
+
+    def _on_finished(self, key: int, info: dict) -> None:
+        if self._active is None or key != self._active[0]:
+            return
+        self._flush_pending()
+        _, bubble, writer = self._active
+        self._active = None
+        self._render.stop()
+        writer.finish(stats=info.get("stats"), complete=info.get("finish_reason") != "error")
+        if info.get("error"):
+            bubble.setText(bubble.text() + f"\n\n*Error: {info['error']}*")
+        self.stats_label.setText(_describe(info))
+        self.send_button.setEnabled(self._engine_ready)
+        self.stop_button.setEnabled(False)
+        self.reply_finished.emit(info)
+
+    def set_engine_ready(self, ready: bool) -> None:
+        """Sending needs a loaded model; a reply in progress keeps Send off until it ends."""
+        self._engine_ready = ready
+        self.send_button.setEnabled(ready and self._active is None)
+
+
+def _describe(info: dict) -> str:
+    stats = info.get("stats") or {}
+    parts = []
+    if stats.get("ttft_s") is not None:
+        parts.append(f"first token {stats['ttft_s'] * 1e3:.0f} ms")
+    if stats.get("decode_tokens_per_s"):
+        parts.append(f"{stats['decode_tokens_per_s']:.1f} tok/s")
+    if stats.get("completion_tokens") is not None:
+        parts.append(f"{stats['prompt_tokens']} prompt + {stats['completion_tokens']} reply tokens")
+    if info.get("finish_reason") == "cancelled":
+        parts.append("stopped")
+    return " · ".join(parts)

@@ -1,0 +1,87 @@
+"""The real window, offscreen, with a real engine: send, stream, stop, persistence."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytest.importorskip("PySide6")
+
+from PySide6.QtCore import Qt  # noqa: E402
+
+from app.chats.store import ChatStore  # noqa: E402
+from app.ui.engine_bridge import start_bridge, stop_bridge  # noqa: E402
+from app.ui.main_window import MainWindow  # noqa: E402
+
+CPU = {"device": "cpu", "dtype": "float32", "block_size": 16, "num_cache_blocks": 256}
+
+
+@pytest.fixture
+def open_window(qtbot, tmp_path):
+    opened = []
+
+    def open_(model, store_dir=tmp_path / "chats"):
+        store = ChatStore(store_dir)
+        bridge, thread = start_bridge()
+        window = MainWindow(store, bridge, model, CPU)
+        qtbot.addWidget(window)
+        with qtbot.waitSignal(bridge.loaded, timeout=120_000):
+            window.show()
+        opened.append((window, bridge, thread, store))
+        return window
+
+    yield open_
+    for window, bridge, thread, store in opened:
+        window.close()
+        stop_bridge(bridge, thread)
+        store.close()
+
+
+def send(qtbot, window: MainWindow, text: str, **generation) -> dict:
+    chat = window.chat
+    chat.generation.update(generation)
+    qtbot.keyClicks(chat.input, text)
+    updates = []
+    chat.messages_box.parentWidget()  # the bubbles' holder exists
+    with qtbot.waitSignal(chat.reply_finished, timeout=120_000) as done:
+        qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
+        while chat._active is not None:
+            updates.append(chat.bubbles()[-1].text())
+            qtbot.wait(20)
+    return {"info": done.args[0], "updates": [u for i, u in enumerate(updates) if u and u != updates[i - 1]]}
+
+
+def test_starter_model_answers_paris_in_a_streamed_reply(qtbot, open_window, starter_model) -> None:
+    window = open_window(starter_model)
+    result = send(qtbot, window, "What is the capital of France?", temperature=0.0, max_new_tokens=48)
+    assert result["info"]["finish_reason"] in ("stop", "length")
+    assert len(result["updates"]) > 1, "the reply arrived in one piece"
+    bubbles = window.chat.bubbles()
+    assert [b.role for b in bubbles] == ["user", "assistant"] and "Paris" in bubbles[-1].text()
+    assert "tok/s" in window.chat.stats_label.text()
+
+
+def test_stop_keeps_the_partial_reply_and_chats_survive_a_restart(qtbot, open_window, tiny_model_factory,
+                                                                  tmp_path) -> None:
+    folder, _ = tiny_model_factory("llama")
+    window = open_window(folder)
+    chat = window.chat
+    chat.generation.update(temperature=0.8, max_new_tokens=100_000, ignore_eos=True)
+    qtbot.keyClicks(chat.input, "Tell me everything")
+    qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(chat.bubbles()[-1].text()) > 20, timeout=60_000)
+    start = time.perf_counter()
+    with qtbot.waitSignal(chat.reply_finished, timeout=5_000) as done:
+        qtbot.mouseClick(chat.stop_button, Qt.MouseButton.LeftButton)
+    assert time.perf_counter() - start < 0.5 and done.args[0]["finish_reason"] == "cancelled"
+    partial = chat.bubbles()[-1].text()
+    conversation = chat.conversation_id
+    window.close()
+
+    again = open_window(folder)
+    titles = [again.chat.conversation_list.item(i).text() for i in range(again.chat.conversation_list.count())]
+    assert titles == ["Tell me everything"]
+    again.chat.open_conversation(conversation)
+    user, reply = again.chat.bubbles()
+    assert user.text() == "Tell me everything" and reply.text() == partial and len(partial) > 20
