@@ -23,9 +23,9 @@ DEFAULT_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 1024}
 class MessageBubble(QLabel):
     """One message, rendered as Markdown; selectable."""
 
-    def __init__(self, role: str, text: str = ""):
+    def __init__(self, role: str, text: str = "", message_id: int | None = None):
         super().__init__()
-        self.role = role
+        self.role, self.message_id = role, message_id
         self.setTextFormat(Qt.TextFormat.MarkdownText)
         self.setWordWrap(True)
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -71,9 +71,13 @@ class ChatPage(QWidget):
         self.input.setFixedHeight(90)
         self.send_button = QPushButton("Send", enabled=False)
         self.stop_button = QPushButton("Stop", enabled=False)
+        self.regenerate_button = QPushButton("Regenerate", enabled=False)
+        self.edit_button = QPushButton("Edit last", enabled=False)
         self.stats_label = QLabel("")
         buttons = QHBoxLayout()
         buttons.addWidget(self.stats_label, 1)
+        buttons.addWidget(self.edit_button)
+        buttons.addWidget(self.regenerate_button)
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.send_button)
         right = QVBoxLayout()
@@ -98,6 +102,8 @@ class ChatPage(QWidget):
         self.conversation_list.currentItemChanged.connect(self._on_select)
         self.send_button.clicked.connect(self.send)
         self.stop_button.clicked.connect(self.stop)
+        self.regenerate_button.clicked.connect(self.regenerate)
+        self.edit_button.clicked.connect(self.edit_last)
         bridge.delta.connect(self._on_delta)
         bridge.finished.connect(self._on_finished)
         self.refresh_list()
@@ -141,10 +147,11 @@ class ChatPage(QWidget):
             widget = self.messages_box.takeAt(0).widget()
             widget.deleteLater()
         for m in messages:
-            self._add_bubble(m.role, m.content)
+            self._add_bubble(m.role, m.content, m.id)
+        self._update_actions()
 
-    def _add_bubble(self, role: str, text: str) -> MessageBubble:
-        bubble = MessageBubble(role, text)
+    def _add_bubble(self, role: str, text: str, message_id: int | None = None) -> MessageBubble:
+        bubble = MessageBubble(role, text, message_id)
         self.messages_box.insertWidget(self.messages_box.count() - 1, bubble)
         QTimer.singleShot(0, lambda: self.scroll.verticalScrollBar().setValue(self.scroll.verticalScrollBar().maximum()))
         return bubble
@@ -162,10 +169,28 @@ class ChatPage(QWidget):
         elif not self.store.messages(self.conversation_id):
             self.store.rename(self.conversation_id, text[:40])
         self.input.clear()
-        self.store.add_message(self.conversation_id, "user", text)
-        self._add_bubble("user", text)
+        message = self.store.add_message(self.conversation_id, "user", text)
+        self._add_bubble("user", text, message.id)
         self.refresh_list()
         self._start_reply()
+
+    def regenerate(self) -> None:
+        """Drops the last reply and asks again."""
+        bubbles = self.bubbles()
+        if self._active is not None or not self._engine_ready or not bubbles or bubbles[-1].role != "assistant":
+            return
+        self.store.truncate_from(self.conversation_id, bubbles[-1].message_id)
+        self._show_messages(self.store.messages(self.conversation_id))
+        self._start_reply()
+
+    def edit_last(self) -> None:
+        """Takes the last question back into the input (its reply goes too); Send resends it."""
+        users = [b for b in self.bubbles() if b.role == "user"]
+        if self._active is not None or not users:
+            return
+        self.store.truncate_from(self.conversation_id, users[-1].message_id)
+        self._show_messages(self.store.messages(self.conversation_id))
+        self.input.setPlainText(users[-1].text())
 
     def _start_reply(self) -> None:
         conv = self.store.conversation(self.conversation_id)
@@ -174,11 +199,10 @@ class ChatPage(QWidget):
             chat.insert(0, {"role": "system", "content": conv.system_prompt})
         reply = self.store.add_message(self.conversation_id, "assistant", "", complete=False)
         self._reply_key += 1
-        self._active = (self._reply_key, self._add_bubble("assistant", ""), self.store.reply_writer(reply.id))
+        self._active = (self._reply_key, self._add_bubble("assistant", "", reply.id), self.store.reply_writer(reply.id))
         self._pending = ""
-        self.send_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
         self.stats_label.setText("Generating…")
+        self._update_actions()
         self._render.start()
         self.bridge.request_generate.emit(self._reply_key, chat, dict(self.generation))
 
@@ -208,14 +232,21 @@ class ChatPage(QWidget):
         if info.get("error"):
             bubble.setText(bubble.text() + f"\n\n*Error: {info['error']}*")
         self.stats_label.setText(_describe(info))
-        self.send_button.setEnabled(self._engine_ready)
-        self.stop_button.setEnabled(False)
+        self._update_actions()
         self.reply_finished.emit(info)
 
     def set_engine_ready(self, ready: bool) -> None:
         """Sending needs a loaded model; a reply in progress keeps Send off until it ends."""
         self._engine_ready = ready
-        self.send_button.setEnabled(ready and self._active is None)
+        self._update_actions()
+
+    def _update_actions(self) -> None:
+        idle = self._active is None
+        bubbles = self.bubbles()
+        self.send_button.setEnabled(self._engine_ready and idle)
+        self.stop_button.setEnabled(not idle)
+        self.regenerate_button.setEnabled(self._engine_ready and idle and bool(bubbles) and bubbles[-1].role == "assistant")
+        self.edit_button.setEnabled(idle and any(b.role == "user" for b in bubbles))
 
 
 def _describe(info: dict) -> str:

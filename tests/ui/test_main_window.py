@@ -85,3 +85,30 @@ def test_stop_keeps_the_partial_reply_and_chats_survive_a_restart(qtbot, open_wi
     again.chat.open_conversation(conversation)
     user, reply = again.chat.bubbles()
     assert user.text() == "Tell me everything" and reply.text() == partial and len(partial) > 20
+
+
+def test_regenerate_edit_and_resend_and_a_responsive_window(qtbot, open_window, tiny_model_factory) -> None:
+    from tests.ui.test_engine_bridge import Heartbeat
+
+    folder, _ = tiny_model_factory("llama")
+    window = open_window(folder)
+    chat = window.chat
+    beat = Heartbeat()
+    first = send(qtbot, window, "Hello there", temperature=0.0, max_new_tokens=60, ignore_eos=True)
+    assert beat.longest < 0.1, f"the GUI thread stalled {beat.longest * 1e3:.0f} ms while a reply streamed"
+    assert first["info"]["stats"]["completion_tokens"] == 60
+    reply = chat.bubbles()[-1].text()
+
+    with qtbot.waitSignal(chat.reply_finished, timeout=60_000):
+        qtbot.mouseClick(chat.regenerate_button, Qt.MouseButton.LeftButton)
+    assert [b.role for b in chat.bubbles()] == ["user", "assistant"] and chat.bubbles()[-1].text() == reply
+    stored = chat.store.messages(chat.conversation_id)
+    assert [m.content for m in stored] == ["Hello there", reply] and stored[-1].complete
+
+    qtbot.mouseClick(chat.edit_button, Qt.MouseButton.LeftButton)
+    assert chat.input.toPlainText() == "Hello there" and chat.bubbles() == []
+    chat.input.setPlainText("Hello again")
+    with qtbot.waitSignal(chat.reply_finished, timeout=60_000):
+        qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
+    assert [m.content for m in chat.store.messages(chat.conversation_id)][0] == "Hello again"
+    assert [b.role for b in chat.bubbles()] == ["user", "assistant"]
