@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
-    QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QPushButton, QScrollArea,
-    QSizePolicy, QSplitter, QVBoxLayout, QWidget,
+    QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
+    QScrollArea, QSizePolicy, QSplitter, QVBoxLayout, QWidget,
 )
 
 from app.chats.store import ChatStore, Message, ReplyWriter
 from app.ui.engine_bridge import EngineBridge
+from app.ui.sampling_panel import SamplingPanel
 
 RENDER_MS = 33
-DEFAULT_GENERATION = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 1024}
 
 
 class MessageBubble(QLabel):
@@ -42,7 +42,8 @@ class ChatPage(QWidget):
         super().__init__()
         self.store, self.bridge = store, bridge
         self.conversation_id: int | None = None
-        self.generation = dict(DEFAULT_GENERATION)  # GenerationConfig fields for the next reply
+        self.sampling = SamplingPanel()
+        self.extra_generation: dict = {}  # GenerationConfig fields the panel has no control for
         self._engine_ready = False
         self._reply_key = 0
         self._active: tuple[int, MessageBubble, ReplyWriter] | None = None  # streaming reply
@@ -87,11 +88,21 @@ class ChatPage(QWidget):
         right_panel = QWidget()
         right_panel.setLayout(right)
 
+        self.context_meter = QProgressBar(minimum=0, maximum=1, value=0)
+        self.context_meter.setFormat("context: %v of %m tokens")
+        side = QVBoxLayout()
+        side.addWidget(self.sampling)
+        side.addWidget(self.context_meter)
+        side.addStretch(1)
+        side_panel = QWidget()
+        side_panel.setLayout(side)
+
         splitter = QSplitter()
         splitter.addWidget(left_panel)
         splitter.addWidget(right_panel)
+        splitter.addWidget(side_panel)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([240, 760])
+        splitter.setSizes([220, 760, 260])
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(splitter)
@@ -104,6 +115,7 @@ class ChatPage(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.regenerate_button.clicked.connect(self.regenerate)
         self.edit_button.clicked.connect(self.edit_last)
+        self.sampling.system_prompt_edited.connect(self._on_system_prompt)
         bridge.delta.connect(self._on_delta)
         bridge.finished.connect(self._on_finished)
         self.refresh_list()
@@ -139,8 +151,26 @@ class ChatPage(QWidget):
 
     def open_conversation(self, conversation_id: int) -> None:
         self.conversation_id = conversation_id
-        self._show_messages(self.store.messages(conversation_id))
+        self.sampling.system_prompt.setText(self.store.conversation(conversation_id).system_prompt)
+        messages = self.store.messages(conversation_id)
+        self._show_messages(messages)
+        last = next((m.stats for m in reversed(messages) if m.stats), None)
+        self._show_context(last)
         self.refresh_list()
+
+    def _on_system_prompt(self, text: str) -> None:
+        if self.conversation_id is None:
+            self.conversation_id = self.store.new_conversation(system_prompt=text).id
+            self.refresh_list()
+        else:
+            self.store.set_system_prompt(self.conversation_id, text)
+
+    def set_context_limit(self, tokens: int) -> None:
+        self.context_meter.setMaximum(max(1, tokens))
+
+    def _show_context(self, stats: dict | None) -> None:
+        used = (stats["prompt_tokens"] + stats["completion_tokens"]) if stats else 0
+        self.context_meter.setValue(min(used, self.context_meter.maximum()))
 
     def _show_messages(self, messages: list[Message]) -> None:
         while self.messages_box.count() > 1:
@@ -204,7 +234,7 @@ class ChatPage(QWidget):
         self.stats_label.setText("Generating…")
         self._update_actions()
         self._render.start()
-        self.bridge.request_generate.emit(self._reply_key, chat, dict(self.generation))
+        self.bridge.request_generate.emit(self._reply_key, chat, {**self.sampling.generation(), **self.extra_generation})
 
     def stop(self) -> None:
         if self._active is not None:
@@ -232,6 +262,8 @@ class ChatPage(QWidget):
         if info.get("error"):
             bubble.setText(bubble.text() + f"\n\n*Error: {info['error']}*")
         self.stats_label.setText(_describe(info))
+        if info.get("stats"):
+            self._show_context(info["stats"])
         self._update_actions()
         self.reply_finished.emit(info)
 

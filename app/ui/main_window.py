@@ -71,5 +71,6 @@ class MainWindow(QMainWindow):
 
     def _on_loaded(self, stats: dict) -> None:
         self.model_label.setText(Path(stats.get("model", "")).name)
+        self.chat.set_context_limit(stats.get("max_model_len", 0))
         self.device_label.setText(f"{stats.get('device', '')} · {stats.get('dtype', '')} · "
                                   f"{stats.get('cache_tokens', 0):,} cache tokens")

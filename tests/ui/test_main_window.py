@@ -38,12 +38,20 @@ def open_window(qtbot, tmp_path):
         store.close()
 
 
+def set_generation(chat, temperature=None, max_new_tokens=None, **extra) -> None:
+    """Through the sampling panel's own controls; the rest (ignore_eos) as extra settings."""
+    if temperature is not None:
+        chat.sampling.temperature.setValue(temperature)
+    if max_new_tokens is not None:
+        chat.sampling.max_new_tokens.setValue(max_new_tokens)
+    chat.extra_generation.update(extra)
+
+
 def send(qtbot, window: MainWindow, text: str, **generation) -> dict:
     chat = window.chat
-    chat.generation.update(generation)
+    set_generation(chat, **generation)
     qtbot.keyClicks(chat.input, text)
     updates = []
-    chat.messages_box.parentWidget()  # the bubbles' holder exists
     with qtbot.waitSignal(chat.reply_finished, timeout=120_000) as done:
         qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
         while chat._active is not None:
@@ -64,10 +72,10 @@ def test_starter_model_answers_paris_in_a_streamed_reply(qtbot, open_window, sta
 
 def test_stop_keeps_the_partial_reply_and_chats_survive_a_restart(qtbot, open_window, tiny_model_factory,
                                                                   tmp_path) -> None:
-    folder, _ = tiny_model_factory("llama")
+    folder, _ = tiny_model_factory("llama", max_position_embeddings=32768)  # a reply that cannot end soon
     window = open_window(folder)
     chat = window.chat
-    chat.generation.update(temperature=0.8, max_new_tokens=100_000, ignore_eos=True)
+    set_generation(chat, temperature=0.8, max_new_tokens=30_000, ignore_eos=True)
     qtbot.keyClicks(chat.input, "Tell me everything")
     qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: len(chat.bubbles()[-1].text()) > 20, timeout=60_000)
@@ -96,14 +104,21 @@ def test_regenerate_edit_and_resend_and_a_responsive_window(qtbot, open_window, 
     beat = Heartbeat()
     first = send(qtbot, window, "Hello there", temperature=0.0, max_new_tokens=60, ignore_eos=True)
     assert beat.longest < 0.1, f"the GUI thread stalled {beat.longest * 1e3:.0f} ms while a reply streamed"
-    assert first["info"]["stats"]["completion_tokens"] == 60
+    stats = first["info"]["stats"]
+    assert stats["completion_tokens"] == 60
+    assert chat.context_meter.value() == stats["prompt_tokens"] + 60 and chat.context_meter.maximum() == 256
     reply = chat.bubbles()[-1].text()
+    chat.sampling.system_prompt.setText("Answer in French.")
+    chat.sampling.system_prompt.editingFinished.emit()
+    assert chat.store.conversation(chat.conversation_id).system_prompt == "Answer in French."
 
-    with qtbot.waitSignal(chat.reply_finished, timeout=60_000):
+    with qtbot.waitSignal(chat.reply_finished, timeout=60_000) as done:
         qtbot.mouseClick(chat.regenerate_button, Qt.MouseButton.LeftButton)
-    assert [b.role for b in chat.bubbles()] == ["user", "assistant"] and chat.bubbles()[-1].text() == reply
+    regenerated = chat.bubbles()[-1].text()
+    assert [b.role for b in chat.bubbles()] == ["user", "assistant"] and regenerated and regenerated != reply
+    assert done.args[0]["stats"]["prompt_tokens"] > stats["prompt_tokens"]  # the system prompt went in
     stored = chat.store.messages(chat.conversation_id)
-    assert [m.content for m in stored] == ["Hello there", reply] and stored[-1].complete
+    assert [m.content for m in stored] == ["Hello there", regenerated] and stored[-1].complete
 
     qtbot.mouseClick(chat.edit_button, Qt.MouseButton.LeftButton)
     assert chat.input.toPlainText() == "Hello there" and chat.bubbles() == []
