@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from pathlib import Path
+
+import psutil
 
 
 def run_app(model: Path | None = None) -> int:
@@ -11,15 +15,22 @@ def run_app(model: Path | None = None) -> int:
 
     from app import paths
     from app.chats.store import ChatStore
-    from app.ui.engine_bridge import start_bridge, stop_bridge
-    from app.ui.main_window import MainWindow
+    from app.ui.logging_setup import install_exception_dialog, setup_logging
 
+    setup_logging()
+    log = logging.getLogger("lmstation")
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("LM Station")
+    install_exception_dialog()
+    from app.ui.engine_bridge import start_bridge, stop_bridge  # the engine itself loads in the bridge's thread
+    from app.ui.main_window import MainWindow
+
     store = ChatStore(paths.data_dir() / "chats")
     bridge, thread = start_bridge()
     window = MainWindow(store, bridge, model)
     window.show()
+    app.processEvents()
+    log.info("window shown %.0f ms after the process started", (time.time() - psutil.Process().create_time()) * 1e3)
     try:
         return app.exec()
     finally:

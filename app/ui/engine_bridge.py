@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
 
-from app.engine import Engine, EngineConfig, GenerationConfig
-from app.engine.outputs import Delta
+if TYPE_CHECKING:  # the engine (and torch) load in the bridge's thread, after the window shows
+    from app.engine import Engine
+    from app.engine.outputs import Delta
 
 
 class EngineBridge(QObject):
@@ -47,11 +49,15 @@ class EngineBridge(QObject):
     @property
     def engine(self) -> Engine:
         if self._engine is None:  # created in the bridge's thread, on first use
+            from app.engine import Engine
+
             self._engine = Engine()
         return self._engine
 
     @Slot(dict)
     def _load(self, options: dict) -> None:
+        from app.engine import EngineConfig
+
         known = {f.name for f in fields(EngineConfig)}
         unknown = sorted(set(options) - known)
         if unknown:
@@ -84,6 +90,8 @@ class EngineBridge(QObject):
             self._stopped.discard(reply)
             self.finished.emit(reply, {"finish_reason": "cancelled", "error": None, "stats": None})
             return
+        from app.engine import GenerationConfig
+
         try:
             gen = GenerationConfig(**options)
         except TypeError as exc:
