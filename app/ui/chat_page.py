@@ -7,12 +7,16 @@ Every message is stored when sent; the reply as it grows (ReplyWriter), and whol
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from pathlib import Path
+
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMimeData, Qt, QTimer, Signal
+from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
-    QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar, QPushButton,
-    QScrollArea, QSizePolicy, QSplitter, QVBoxLayout, QWidget,
+    QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
+    QPushButton, QScrollArea, QSizePolicy, QSplitter, QToolButton, QVBoxLayout, QWidget,
 )
 
+from app.chats.images import CheckedImage, ImageRejected, check_image
 from app.chats.store import ChatStore, Message, ReplyWriter
 from app.ui.engine_bridge import EngineBridge
 from app.ui.sampling_panel import SamplingPanel
@@ -33,6 +37,47 @@ class MessageBubble(QLabel):
         self.setObjectName("userBubble" if role == "user" else "assistantBubble")
         self.setContentsMargins(12, 8, 12, 8)
         self.setText(text)
+
+
+class ChatInput(QPlainTextEdit):
+    """The message box; a pasted picture becomes an attachment instead of text."""
+
+    image_pasted = Signal(bytes)
+
+    def canInsertFromMimeData(self, source: QMimeData) -> bool:
+        return source.hasImage() or super().canInsertFromMimeData(source)
+
+    def insertFromMimeData(self, source: QMimeData) -> None:
+        if source.hasImage():
+            self.image_pasted.emit(_png_bytes(QImage(source.imageData())))
+        else:
+            super().insertFromMimeData(source)
+
+
+def _png_bytes(image: QImage) -> bytes:
+    data = QByteArray()
+    buffer = QBuffer(data)
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    image.save(buffer, "PNG")
+    return bytes(data.data())
+
+
+class Thumbnail(QWidget):
+    """A picture waiting to be sent, with its remove button."""
+
+    def __init__(self, image: CheckedImage, on_remove):
+        super().__init__()
+        pixmap = QPixmap()
+        pixmap.loadFromData(image.data)
+        picture = QLabel()
+        picture.setPixmap(pixmap.scaled(64, 64, Qt.AspectRatioMode.KeepAspectRatio,
+                                        Qt.TransformationMode.SmoothTransformation))
+        self.remove_button = QToolButton(text="×", toolTip="Remove")
+        self.remove_button.clicked.connect(on_remove)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(picture)
+        layout.addWidget(self.remove_button)
 
 
 class ChatPage(QWidget):
@@ -68,8 +113,14 @@ class ChatPage(QWidget):
         holder.setLayout(self.messages_box)
         self.scroll = QScrollArea(widgetResizable=True)
         self.scroll.setWidget(holder)
-        self.input = QPlainTextEdit(placeholderText="Message the model (Ctrl+Enter sends)")
+        self.input = ChatInput(placeholderText="Message the model; drop or paste pictures here")
         self.input.setFixedHeight(90)
+        self.attachments: list[CheckedImage] = []
+        self.thumbnails = QHBoxLayout()
+        self.thumbnails.addStretch(1)
+        self.notice = QLabel("", objectName="notice", wordWrap=True)
+        self.attach_button = QPushButton("Image…")
+        self.setAcceptDrops(True)
         self.send_button = QPushButton("Send", enabled=False)
         self.stop_button = QPushButton("Stop", enabled=False)
         self.regenerate_button = QPushButton("Regenerate", enabled=False)
@@ -77,12 +128,15 @@ class ChatPage(QWidget):
         self.stats_label = QLabel("")
         buttons = QHBoxLayout()
         buttons.addWidget(self.stats_label, 1)
+        buttons.addWidget(self.attach_button)
         buttons.addWidget(self.edit_button)
         buttons.addWidget(self.regenerate_button)
         buttons.addWidget(self.stop_button)
         buttons.addWidget(self.send_button)
         right = QVBoxLayout()
         right.addWidget(self.scroll, 1)
+        right.addLayout(self.thumbnails)
+        right.addWidget(self.notice)
         right.addWidget(self.input)
         right.addLayout(buttons)
         right_panel = QWidget()
@@ -116,6 +170,8 @@ class ChatPage(QWidget):
         self.regenerate_button.clicked.connect(self.regenerate)
         self.edit_button.clicked.connect(self.edit_last)
         self.sampling.system_prompt_edited.connect(self._on_system_prompt)
+        self.attach_button.clicked.connect(self._pick_images)
+        self.input.image_pasted.connect(lambda data: self.attach_data(data, "the pasted picture"))
         bridge.delta.connect(self._on_delta)
         bridge.finished.connect(self._on_finished)
         self.refresh_list()
@@ -189,10 +245,58 @@ class ChatPage(QWidget):
     def bubbles(self) -> list[MessageBubble]:
         return [self.messages_box.itemAt(i).widget() for i in range(self.messages_box.count() - 1)]
 
+    # ---- pictures ------------------------------------------------------------------------------------
+    def _pick_images(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Attach pictures", "",
+                                                "Pictures (*.png *.jpg *.jpeg *.webp *.gif *.bmp)")
+        self.attach_files([Path(f) for f in files])
+
+    def attach_files(self, files: list[Path]) -> None:
+        for path in files:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                self.notice.setText(f"{path.name} could not be read: {exc.strerror or exc}")
+                continue
+            self.attach_data(data, path.name)
+
+    def attach_data(self, data: bytes, name: str) -> None:
+        """Checks a picture and shows it above the input, or says why it cannot come along."""
+        try:
+            image = check_image(data, name)
+        except ImageRejected as exc:
+            self.notice.setText(str(exc))
+            return
+        self.notice.setText("")
+        self.attachments.append(image)
+        thumb = Thumbnail(image, lambda: self._remove_attachment(image, thumb))
+        self.thumbnails.insertWidget(self.thumbnails.count() - 1, thumb)
+
+    def _remove_attachment(self, image: CheckedImage, thumb: QWidget) -> None:
+        self.attachments.remove(image)
+        self.thumbnails.removeWidget(thumb)
+        thumb.deleteLater()
+
+    def dragEnterEvent(self, event) -> None:
+        if event.mimeData().hasUrls() or event.mimeData().hasImage():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event) -> None:
+        mime = event.mimeData()
+        if mime.hasUrls():
+            self.attach_files([Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()])
+        elif mime.hasImage():
+            self.attach_data(_png_bytes(QImage(mime.imageData())), "the dropped picture")
+        event.acceptProposedAction()
+
     # ---- sending and streaming ----------------------------------------------------------------------
     def send(self) -> None:
         text = self.input.toPlainText().strip()
         if not text or self._active is not None or not self._engine_ready:
+            return
+        if self.attachments:  # vision models arrive in a later version; never drop pictures silently
+            self.notice.setText("The loaded model reads text only, so it cannot see pictures. "
+                                "Remove them to send the message.")
             return
         if self.conversation_id is None:
             self.conversation_id = self.store.new_conversation(title=text[:40]).id

@@ -1,0 +1,90 @@
+"""Pictures on the chat page: pick, drop and paste real files; the right thumbnail or message."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+pytest.importorskip("PySide6")
+
+from PIL import Image  # noqa: E402
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent, QImage  # noqa: E402
+
+from app.chats.store import ChatStore  # noqa: E402
+from app.ui.chat_page import ChatPage, Thumbnail  # noqa: E402
+from app.ui.engine_bridge import EngineBridge  # noqa: E402
+
+
+@pytest.fixture
+def page(qtbot, tmp_path):
+    store = ChatStore(tmp_path / "chats")
+    chat = ChatPage(store, EngineBridge())  # no engine started: nothing here generates
+    qtbot.addWidget(chat)
+    chat.show()
+    yield chat
+    store.close()
+
+
+def write(tmp_path, name: str, kind: str, size=(40, 30), mode="RGB") -> object:
+    out = io.BytesIO()
+    Image.new(mode, size, color=0).save(out, format=kind)
+    path = tmp_path / name
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def thumbnails(chat: ChatPage) -> list[Thumbnail]:
+    items = (chat.thumbnails.itemAt(i).widget() for i in range(chat.thumbnails.count()))
+    return [w for w in items if isinstance(w, Thumbnail)]
+
+
+def test_picked_files_become_thumbnails_or_clear_messages(page: ChatPage, tmp_path, qtbot) -> None:
+    good = [write(tmp_path, "a.png", "PNG"), write(tmp_path, "b.jpg", "JPEG"), write(tmp_path, "c.webp", "WEBP")]
+    page.attach_files(good)
+    assert len(thumbnails(page)) == 3 and [a.suffix for a in page.attachments] == [".png", ".jpg", ".webp"]
+    assert page.notice.text() == ""
+
+    noisy = io.BytesIO()
+    Image.effect_noise((300, 300), 64).save(noisy, format="PNG")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(noisy.getvalue()[: len(noisy.getvalue()) // 2])
+    page.attach_files([truncated])
+    assert "cut.png is damaged or incomplete" in page.notice.text()
+    page.attach_files([write(tmp_path, "huge.png", "PNG", size=(20_000, 10_000), mode="1")])
+    assert "huge.png is too large (200 megapixels)" in page.notice.text()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    page.attach_files([text])
+    assert "notes.txt is not a picture" in page.notice.text()
+    assert len(thumbnails(page)) == 3  # none of those came along
+
+    qtbot.mouseClick(thumbnails(page)[0].remove_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(thumbnails(page)) == 2)
+    assert [a.suffix for a in page.attachments] == [".jpg", ".webp"]
+
+
+def test_dropped_and_pasted_pictures(page: ChatPage, tmp_path) -> None:
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(write(tmp_path, "drop.png", "PNG")))])
+    drop = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                      Qt.KeyboardModifier.NoModifier)
+    page.dropEvent(drop)
+    pasted = QMimeData()
+    image = QImage(20, 10, QImage.Format.Format_RGB32)
+    image.fill(0xFF3366)
+    pasted.setImageData(image)
+    page.input.insertFromMimeData(pasted)
+    assert [(a.suffix, a.width, a.height) for a in page.attachments] == [(".png", 40, 30), (".png", 20, 10)]
+    assert page.input.toPlainText() == ""  # the picture did not become text
+
+
+def test_a_text_only_model_says_so_and_sends_nothing(page: ChatPage, tmp_path) -> None:
+    page.set_engine_ready(True)
+    page.attach_files([write(tmp_path, "a.png", "PNG")])
+    page.input.setPlainText("What is in this picture?")
+    page.send()
+    assert "reads text only" in page.notice.text()
+    assert page.store.conversations() == [] and page.input.toPlainText() == "What is in this picture?"
+    assert len(page.attachments) == 1
