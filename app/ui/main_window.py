@@ -62,12 +62,15 @@ class MainWindow(QMainWindow):
             self.statusBar().addPermanentWidget(label)
         bridge.state_changed.connect(self._on_state)
         bridge.loaded.connect(self._on_loaded)
-        bridge.load_failed.connect(lambda message: self.statusBar().showMessage(f"Could not load the model: {message}"))
+        bridge.load_failed.connect(self._on_load_failed)  # methods, not lambdas: they run on the GUI thread
         bridge.request_load.emit({**(engine_options or {}), "model": str(model) if model else None})
 
     def _on_state(self, state: str) -> None:
         self.state_label.setText({"loading": "Loading model…", "ready": "Ready", "empty": "No model"}.get(state, state))
         self.chat.set_engine_ready(state == "ready")
+
+    def _on_load_failed(self, message: str) -> None:
+        self.statusBar().showMessage(f"Could not load the model: {message}")
 
     def _on_loaded(self, stats: dict) -> None:
         self.model_label.setText(Path(stats.get("model", "")).name)

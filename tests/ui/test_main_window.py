@@ -127,3 +127,19 @@ def test_regenerate_edit_and_resend_and_a_responsive_window(qtbot, open_window, 
         qtbot.mouseClick(chat.send_button, Qt.MouseButton.LeftButton)
     assert [m.content for m in chat.store.messages(chat.conversation_id)][0] == "Hello again"
     assert [b.role for b in chat.bubbles()] == ["user", "assistant"]
+
+
+def test_a_model_that_cannot_load_is_reported_and_nothing_can_be_sent(qtbot, tmp_path) -> None:
+    store = ChatStore(tmp_path / "chats")
+    bridge, thread = start_bridge()
+    try:
+        window = MainWindow(store, bridge, tmp_path / "no-such-model", CPU)
+        qtbot.addWidget(window)
+        window.show()
+        qtbot.waitUntil(lambda: "Could not load the model" in window.statusBar().currentMessage(), timeout=60_000)
+        assert "no-such-model" in window.statusBar().currentMessage()
+        assert window.state_label.text() == "No model" and not window.chat.send_button.isEnabled()
+    finally:
+        window.close()
+        stop_bridge(bridge, thread)
+        store.close()
