@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMimeData, Qt, QTimer, Signal
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMimeData, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
@@ -172,8 +172,9 @@ class ChatPage(QWidget):
         self.sampling.system_prompt_edited.connect(self._on_system_prompt)
         self.attach_button.clicked.connect(self._pick_images)
         self.input.image_pasted.connect(lambda data: self.attach_data(data, "the pasted picture"))
-        bridge.delta.connect(self._on_delta)
-        bridge.finished.connect(self._on_finished)
+        # Queued to the GUI thread: the engine thread emits these.
+        bridge.delta.connect(self._on_delta, Qt.ConnectionType.QueuedConnection)
+        bridge.finished.connect(self._on_finished, Qt.ConnectionType.QueuedConnection)
         self.refresh_list()
 
     # ---- conversations ---------------------------------------------------------------------------
@@ -344,6 +345,7 @@ class ChatPage(QWidget):
         if self._active is not None:
             self.bridge.request_stop.emit(self._active[0])
 
+    @Slot(int, str, int)
     def _on_delta(self, key: int, text: str, _tokens: int) -> None:
         if self._active is not None and key == self._active[0]:
             self._pending += text
@@ -355,6 +357,7 @@ class ChatPage(QWidget):
             bubble.setText(bubble.text() + self._pending)
             self._pending = ""
 
+    @Slot(int, dict)
     def _on_finished(self, key: int, info: dict) -> None:
         if self._active is None or key != self._active[0]:
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QVBoxLayout, QWidget
 
 from app.chats.store import ChatStore
@@ -60,18 +61,23 @@ class MainWindow(QMainWindow):
         self.device_label, self.model_label, self.state_label = QLabel(), QLabel("No model"), QLabel("Starting")
         for label in (self.state_label, self.model_label, self.device_label):
             self.statusBar().addPermanentWidget(label)
-        bridge.state_changed.connect(self._on_state)
-        bridge.loaded.connect(self._on_loaded)
-        bridge.load_failed.connect(self._on_load_failed)  # methods, not lambdas: they run on the GUI thread
+        # Queued to this window's (the GUI) thread: the bridge emits from its own and the engine's threads.
+        queued = Qt.ConnectionType.QueuedConnection
+        bridge.state_changed.connect(self._on_state, queued)
+        bridge.loaded.connect(self._on_loaded, queued)
+        bridge.load_failed.connect(self._on_load_failed, queued)
         bridge.request_load.emit({**(engine_options or {}), "model": str(model) if model else None})
 
+    @Slot(str)
     def _on_state(self, state: str) -> None:
         self.state_label.setText({"loading": "Loading model…", "ready": "Ready", "empty": "No model"}.get(state, state))
         self.chat.set_engine_ready(state == "ready")
 
+    @Slot(str)
     def _on_load_failed(self, message: str) -> None:
         self.statusBar().showMessage(f"Could not load the model: {message}")
 
+    @Slot(dict)
     def _on_loaded(self, stats: dict) -> None:
         self.model_label.setText(Path(stats.get("model", "")).name)
         self.chat.set_context_limit(stats.get("max_model_len", 0))

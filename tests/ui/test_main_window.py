@@ -26,8 +26,10 @@ def open_window(qtbot, tmp_path):
         bridge, thread = start_bridge()
         window = MainWindow(store, bridge, model, CPU)
         qtbot.addWidget(window)
-        with qtbot.waitSignal(bridge.loaded, timeout=120_000):
-            window.show()
+        window.show()
+        # The window's own state, not the bridge's signal: waitSignal may see that before the
+        # window's queued slots have run.
+        qtbot.waitUntil(lambda: window.state_label.text() == "Ready", timeout=120_000)
         opened.append((window, bridge, thread, store))
         return window
 
