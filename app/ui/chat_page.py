@@ -165,6 +165,7 @@ class ChatPage(QWidget):
         self.delete_button.clicked.connect(self.delete_conversation)
         self.search.textChanged.connect(self.refresh_list)
         self.conversation_list.currentItemChanged.connect(self._on_select)
+        self.conversation_list.itemChanged.connect(self._on_renamed)
         self.send_button.clicked.connect(self.send)
         self.stop_button.clicked.connect(self.stop)
         self.regenerate_button.clicked.connect(self.regenerate)
@@ -185,6 +186,7 @@ class ChatPage(QWidget):
         for conv in self.store.conversations(self.search.text().strip()):
             item = QListWidgetItem(conv.title)
             item.setData(Qt.ItemDataRole.UserRole, conv.id)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)  # double-click renames
             self.conversation_list.addItem(item)
             if conv.id == current:
                 self.conversation_list.setCurrentItem(item)
@@ -201,6 +203,16 @@ class ChatPage(QWidget):
             self.conversation_id = None
             self._show_messages([])
             self.refresh_list()
+
+    def _on_renamed(self, item: QListWidgetItem) -> None:
+        title = item.text().strip()
+        conversation_id = item.data(Qt.ItemDataRole.UserRole)
+        if title:
+            self.store.rename(conversation_id, title)
+        else:  # an empty name is not a name: keep the old one
+            self.conversation_list.blockSignals(True)
+            item.setText(self.store.conversation(conversation_id).title)
+            self.conversation_list.blockSignals(False)
 
     def _on_select(self, item: QListWidgetItem | None) -> None:
         if item is not None and self._active is None:

@@ -88,3 +88,23 @@ def test_a_text_only_model_says_so_and_sends_nothing(page: ChatPage, tmp_path) -
     assert "reads text only" in page.notice.text()
     assert page.store.conversations() == [] and page.input.toPlainText() == "What is in this picture?"
     assert len(page.attachments) == 1
+
+
+def test_conversations_rename_in_place_search_and_delete(page: ChatPage, qtbot) -> None:
+    first = page.store.new_conversation("Trip to Lyon")
+    page.store.add_message(first.id, "user", "What should I see in Lyon?")
+    page.store.new_conversation("Snow poem")
+    page.refresh_list()
+    assert [page.conversation_list.item(i).text() for i in range(2)] == ["Snow poem", "Trip to Lyon"]
+    item = page.conversation_list.item(1)
+    assert item.flags() & Qt.ItemFlag.ItemIsEditable  # double-click edits the name in place
+    item.setText("Lyon weekend")  # what the in-place editor commits
+    assert page.store.conversation(first.id).title == "Lyon weekend"
+    item.setText("  ")  # an empty name is refused
+    assert item.text() == "Lyon weekend" and page.store.conversation(first.id).title == "Lyon weekend"
+    page.search.setText("see in lyon")  # message text is searched too
+    assert [page.conversation_list.item(i).text() for i in range(page.conversation_list.count())] == ["Lyon weekend"]
+    page.conversation_list.setCurrentRow(0)
+    assert page.conversation_id == first.id
+    qtbot.mouseClick(page.delete_button, Qt.MouseButton.LeftButton)
+    assert [c.title for c in page.store.conversations()] == ["Snow poem"]
