@@ -12,7 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMimeData, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
-    QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
+    QApplication, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
     QPushButton, QScrollArea, QSizePolicy, QSplitter, QToolButton, QVBoxLayout, QWidget,
 )
 
@@ -24,19 +24,31 @@ from app.ui.sampling_panel import SamplingPanel
 RENDER_MS = 33
 
 
-class MessageBubble(QLabel):
-    """One message, rendered as Markdown; selectable."""
+class MessageBubble(QFrame):
+    """One message: its text rendered as Markdown (selectable) and a button copying the text."""
 
     def __init__(self, role: str, text: str = "", message_id: int | None = None):
         super().__init__()
         self.role, self.message_id = role, message_id
-        self.setTextFormat(Qt.TextFormat.MarkdownText)
-        self.setWordWrap(True)
-        self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.setObjectName("userBubble" if role == "user" else "assistantBubble")
-        self.setContentsMargins(12, 8, 12, 8)
+        self.label = QLabel()
+        self.label.setTextFormat(Qt.TextFormat.MarkdownText)
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        self.copy_button = QToolButton(text="Copy", toolTip="Copy this message")
+        self.copy_button.clicked.connect(lambda: QApplication.clipboard().setText(self.text()))
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 8, 12, 8)
+        layout.addWidget(self.label, 1)
+        layout.addWidget(self.copy_button, 0, Qt.AlignmentFlag.AlignTop)
         self.setText(text)
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's naming, as QLabel)
+        self.label.setText(text)
 
 
 class ChatInput(QPlainTextEdit):

@@ -1,4 +1,4 @@
-"""Pictures on the chat page: pick, drop and paste real files; the right thumbnail or message."""
+"""The chat page on its own: pictures (pick, drop, paste of real files), conversations, copying."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ pytest.importorskip("PySide6")
 from PIL import Image  # noqa: E402
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent, QImage  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from app.chats.store import ChatStore  # noqa: E402
 from app.ui.chat_page import ChatPage, Thumbnail  # noqa: E402
@@ -108,3 +109,15 @@ def test_conversations_rename_in_place_search_and_delete(page: ChatPage, qtbot) 
     assert page.conversation_id == first.id
     qtbot.mouseClick(page.delete_button, Qt.MouseButton.LeftButton)
     assert [c.title for c in page.store.conversations()] == ["Snow poem"]
+
+
+def test_each_message_copies_its_text(page: ChatPage, qtbot) -> None:
+    conv = page.store.new_conversation()
+    page.store.add_message(conv.id, "user", "Show me code")
+    page.store.add_message(conv.id, "assistant", "Here:\n\n```python\nprint('hi')\n```")
+    page.open_conversation(conv.id)
+    user, reply = page.bubbles()
+    qtbot.mouseClick(reply.copy_button, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text() == "Here:\n\n```python\nprint('hi')\n```"
+    qtbot.mouseClick(user.copy_button, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text() == "Show me code"
