@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from app.chats.store import ChatStore
+from tests.processes import kill_after_marker
 
 
 @pytest.fixture
@@ -75,6 +74,7 @@ def test_survives_reopening_and_exports(tmp_path: Path) -> None:
 _STREAMER = """
 import sys, time
 from app.chats.store import ChatStore
+from tests.processes import kill_after_marker
 store = ChatStore(sys.argv[1])
 c = store.new_conversation()
 store.add_message(c.id, "user", "Tell me a long story")
@@ -89,16 +89,7 @@ for i in range(100000):
 
 
 def test_kill_9_mid_reply_keeps_the_question_and_the_partial_reply(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", _STREAMER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert proc.stdout.readline().strip() == "streaming"
-        time.sleep(0.3)
-        proc.kill()  # SIGKILL: no cleanup, no flush
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_marker([sys.executable, "-c", _STREAMER, str(tmp_path)], "streaming", then_s=0.3)
     store = ChatStore(tmp_path)
     (conv,) = store.conversations()
     question, reply = store.messages(conv.id)

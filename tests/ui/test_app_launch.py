@@ -9,9 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("PySide6")
 
 
 def test_window_shows_within_two_seconds_and_stays_up(lmstation_home, starter_model) -> None:

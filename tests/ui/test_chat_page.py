@@ -6,16 +6,14 @@ import io
 
 import pytest
 
-pytest.importorskip("PySide6")
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent, QImage
+from PySide6.QtWidgets import QApplication
 
-from PIL import Image  # noqa: E402
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
-from PySide6.QtGui import QDropEvent, QImage  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
-
-from app.chats.store import ChatStore  # noqa: E402
-from app.ui.chat_page import ChatPage, Thumbnail  # noqa: E402
-from app.ui.engine_bridge import EngineBridge  # noqa: E402
+from app.chats.store import ChatStore
+from app.ui.chat_page import ChatPage, Thumbnail
+from app.ui.engine_bridge import EngineBridge
 
 
 @pytest.fixture

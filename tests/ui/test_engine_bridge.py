@@ -6,30 +6,11 @@ import time
 
 import pytest
 
-pytest.importorskip("PySide6")
 
-from PySide6.QtCore import QTimer  # noqa: E402
-
-from app.ui.engine_bridge import start_bridge, stop_bridge  # noqa: E402
+from app.ui.engine_bridge import start_bridge, stop_bridge
+from tests.ui.heartbeat import Heartbeat
 
 CHAT = [{"role": "user", "content": "The quick brown fox"}]
-
-
-class Heartbeat:
-    """The longest gap between ticks of a 10 ms timer on the GUI thread: how long it stalled."""
-
-    def __init__(self) -> None:
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.last = time.perf_counter()
-        self.longest = 0.0
-        self.timer.timeout.connect(self._tick)
-        self.timer.start()
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.longest = max(self.longest, now - self.last)
-        self.last = now
 
 
 @pytest.fixture

@@ -4,16 +4,11 @@ the reply streamed so far (the window, bridge, engine and store are the real one
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-import pytest
 
-pytest.importorskip("PySide6")
-
-from app.chats.store import ChatStore  # noqa: E402
+from app.chats.store import ChatStore
+from tests.processes import kill_after_marker
 
 APP = """
 import sys
@@ -56,16 +51,8 @@ app.exec()
 def test_kill_9_mid_reply_keeps_the_question_and_the_partial_reply(tmp_path, tiny_model_factory) -> None:
     folder, _ = tiny_model_factory("llama", max_position_embeddings=32768)
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    proc = subprocess.Popen([sys.executable, "-c", APP, str(folder), str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True, env=env, cwd=Path(__file__).resolve().parents[2])
-    try:
-        assert proc.stdout.readline().strip() == "streaming"
-        time.sleep(1.2)  # more than a flush interval
-        proc.kill()  # SIGKILL: nothing gets to clean up
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_after_marker([sys.executable, "-c", APP, str(folder), str(tmp_path)], "streaming", then_s=1.2,
+                      env=env)  # 1.2 s: more than a flush interval
     store = ChatStore(tmp_path)
     (conversation,) = store.conversations()
     question, reply = store.messages(conversation.id)

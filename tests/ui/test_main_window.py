@@ -6,13 +6,12 @@ import time
 
 import pytest
 
-pytest.importorskip("PySide6")
+from PySide6.QtCore import Qt
 
-from PySide6.QtCore import Qt  # noqa: E402
-
-from app.chats.store import ChatStore  # noqa: E402
-from app.ui.engine_bridge import start_bridge, stop_bridge  # noqa: E402
-from app.ui.main_window import MainWindow  # noqa: E402
+from app.chats.store import ChatStore
+from app.ui.engine_bridge import start_bridge, stop_bridge
+from app.ui.main_window import MainWindow
+from tests.ui.heartbeat import Heartbeat
 
 CPU = {"device": "cpu", "dtype": "float32", "block_size": 16, "num_cache_blocks": 256}
 
@@ -98,8 +97,6 @@ def test_stop_keeps_the_partial_reply_and_chats_survive_a_restart(qtbot, open_wi
 
 
 def test_regenerate_edit_and_resend_and_a_responsive_window(qtbot, open_window, tiny_model_factory) -> None:
-    from tests.ui.test_engine_bridge import Heartbeat
-
     folder, _ = tiny_model_factory("llama")
     window = open_window(folder)
     chat = window.chat

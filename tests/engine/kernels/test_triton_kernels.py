@@ -8,6 +8,7 @@ Errors are norm-wise, ||out - ref|| / ||ref||, on random inputs that are never z
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -15,14 +16,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere below
 
-pytest.importorskip("triton")
+if sys.platform != "linux":  # the test extra installs Triton on Linux only; CI is Linux
+    pytest.skip("Triton is installed on Linux only", allow_module_level=True)
 
 from app.engine.attention_metadata import AttentionMetadata  # noqa: E402
 from app.engine.kernels import reference  # noqa: E402
 from app.engine.kernels import triton as tk  # noqa: E402
 
-if not tk.available():
-    pytest.skip("triton cannot run here (no CUDA device, interpreter off)", allow_module_level=True)
+assert tk.available()  # a CUDA device, or the interpreter switched on above
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 1e-4}

@@ -21,16 +21,17 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _pdl_capable(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (9, 0)
+def _pdl_on(index: int) -> bool:
+    """Read once per device: the launch path asks for every kernel."""
+    return os.environ.get("LMSTATION_PDL", "1") != "0" and torch.cuda.get_device_capability(index) >= (9, 0)
 
 
 def pdl_launch(device: torch.device) -> dict:
     """Launch options for kernels written for programmatic dependent launch (a PDL constexpr):
     on Hopper and later a kernel may start while the one before it finishes (it loads what does
-    not depend on it, then waits with gdc_wait). LMSTATION_PDL=0 turns it off."""
-    on = (device.type == "cuda" and not interpreting() and os.environ.get("LMSTATION_PDL", "1") != "0"
-          and _pdl_capable(device.index if device.index is not None else torch.cuda.current_device()))
+    not depend on it, then waits with gdc_wait). LMSTATION_PDL=0 (set before start) turns it off."""
+    on = (device.type == "cuda" and not interpreting()
+          and _pdl_on(device.index if device.index is not None else torch.cuda.current_device()))
     return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
 
 

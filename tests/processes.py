@@ -1,0 +1,23 @@
+"""Killing a real process at a chosen moment, for the tests that check what survives a kill -9."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kill_after_marker(args: list[str], marker: str, then_s: float, env: dict | None = None) -> None:
+    """Runs ``args`` from the repository root, waits for it to print ``marker``, lets it go on for
+    ``then_s`` seconds, then kills it (SIGKILL: nothing gets to clean up or flush)."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == marker
+        time.sleep(then_s)
+        proc.kill()
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
