@@ -185,7 +185,8 @@ class Engine:
             ids = cmd.token_ids if cmd.token_ids is not None else self._core.tokenize(cmd.prompt, cmd.messages)
             self._core.add_request(ids, cmd.gen, emit, request_id=handle.request_id)
         except EngineError as exc:
-            emit(Delta(handle.request_id, finished=True, finish_reason="error", error=str(exc)))
+            emit(Delta(handle.request_id, finished=True, finish_reason="error", error=str(exc),
+                       error_type=type(exc).__name__))
 
     def _do_load(self, config: EngineConfig) -> dict[str, Any]:
         model_dir = Path(config.model).expanduser()

@@ -16,7 +16,7 @@ from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig, GenerationConfig
 from app.engine.cuda_graphs import BUCKETS
 from app.engine.detokenizer import IncrementalDetokenizer
-from app.engine.errors import RequestError
+from app.engine.errors import ContextOverflowError, RequestError
 from app.engine.loader.model_loader import LoadedModel
 from app.engine.model_runner import ModelRunner, StepOutput
 from app.engine.outputs import Delta, RequestStats
@@ -100,7 +100,7 @@ class EngineCore:
         if not token_ids:
             raise RequestError("the prompt is empty")
         if len(token_ids) >= limit:
-            raise RequestError(
+            raise ContextOverflowError(
                 f"the prompt has {len(token_ids)} tokens; this model's context holds {limit} "
                 f"(prompt and reply together). Shorten the prompt or start a new conversation."
             )

@@ -21,5 +21,9 @@ class RequestError(EngineError):
     """A request cannot be served (prompt too long, bad sampling values...)."""
 
 
+class ContextOverflowError(RequestError):
+    """The prompt does not fit the model's context window."""
+
+
 class NoModelLoadedError(EngineError):
     """A request arrived while no model is loaded."""

@@ -31,5 +31,6 @@ class Delta:
     finished: bool = False
     finish_reason: str | None = None  # stop | length | cancelled | error
     error: str | None = None
+    error_type: str | None = None  # the EngineError subclass's name, e.g. "ContextOverflowError"
     stats: RequestStats | None = None
     logits: list[torch.Tensor] | None = None  # per step, when GenerationConfig.output_logits

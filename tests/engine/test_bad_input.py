@@ -96,14 +96,14 @@ def test_prompt_longer_than_context(engine) -> None:
     running = long_request(engine)
     too_long = engine.submit(token_ids=[5] * 500, gen=GenerationConfig(max_new_tokens=4))
     final = list(too_long)[-1]
-    assert final.finish_reason == "error"
+    assert final.finish_reason == "error" and final.error_type == "ContextOverflowError"  # the app says so plainly
     assert "500 tokens" in final.error and "128" in final.error
     assert_still_serving(engine, running)
 
 
 def test_bad_sampling_values(engine) -> None:
     final = list(engine.submit("hi", gen=GenerationConfig(top_p=0.0)))[-1]
-    assert final.finish_reason == "error" and "top_p" in final.error
+    assert final.finish_reason == "error" and "top_p" in final.error and final.error_type == "RequestError"
 
 
 def test_no_model_loaded() -> None:
