@@ -9,87 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMimeData, Qt, QTimer, Signal, Slot
-from PySide6.QtGui import QImage, QPixmap
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QImage
 from PySide6.QtWidgets import (
-    QApplication, QFileDialog, QFrame, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPlainTextEdit, QProgressBar,
-    QPushButton, QScrollArea, QSizePolicy, QSplitter, QToolButton, QVBoxLayout, QWidget,
+    QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton,
+    QScrollArea, QSplitter, QVBoxLayout, QWidget,
 )
 
-from app.chats.images import CheckedImage, ImageRejected, check_image
 from app.chats.store import ChatStore, Message, ReplyWriter
+from app.ui.attachments import PICTURE_FILTER, AttachmentTray, ChatInput, png_bytes
 from app.ui.engine_bridge import EngineBridge
+from app.ui.message_bubble import MessageBubble
 from app.ui.sampling_panel import SamplingPanel
 
 RENDER_MS = 33
-
-
-class MessageBubble(QFrame):
-    """One message: its text rendered as Markdown (selectable) and a button copying the text."""
-
-    def __init__(self, role: str, text: str = "", message_id: int | None = None):
-        super().__init__()
-        self.role, self.message_id = role, message_id
-        self.setObjectName("userBubble" if role == "user" else "assistantBubble")
-        self.label = QLabel()
-        self.label.setTextFormat(Qt.TextFormat.MarkdownText)
-        self.label.setWordWrap(True)
-        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
-        self.copy_button = QToolButton(text="Copy", toolTip="Copy this message")
-        self.copy_button.clicked.connect(lambda: QApplication.clipboard().setText(self.text()))
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(12, 8, 12, 8)
-        layout.addWidget(self.label, 1)
-        layout.addWidget(self.copy_button, 0, Qt.AlignmentFlag.AlignTop)
-        self.setText(text)
-
-    def text(self) -> str:
-        return self.label.text()
-
-    def setText(self, text: str) -> None:  # noqa: N802 (Qt's naming, as QLabel)
-        self.label.setText(text)
-
-
-class ChatInput(QPlainTextEdit):
-    """The message box; a pasted picture becomes an attachment instead of text."""
-
-    image_pasted = Signal(bytes)
-
-    def canInsertFromMimeData(self, source: QMimeData) -> bool:
-        return source.hasImage() or super().canInsertFromMimeData(source)
-
-    def insertFromMimeData(self, source: QMimeData) -> None:
-        if source.hasImage():
-            self.image_pasted.emit(_png_bytes(QImage(source.imageData())))
-        else:
-            super().insertFromMimeData(source)
-
-
-def _png_bytes(image: QImage) -> bytes:
-    data = QByteArray()
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    image.save(buffer, "PNG")
-    return bytes(data.data())
-
-
-class Thumbnail(QWidget):
-    """A picture waiting to be sent, with its remove button."""
-
-    def __init__(self, image: CheckedImage, on_remove):
-        super().__init__()
-        pixmap = QPixmap()
-        pixmap.loadFromData(image.data)
-        picture = QLabel()
-        picture.setPixmap(pixmap.scaled(64, 64, Qt.AspectRatioMode.KeepAspectRatio,
-                                        Qt.TransformationMode.SmoothTransformation))
-        self.remove_button = QToolButton(text="×", toolTip="Remove")
-        self.remove_button.clicked.connect(on_remove)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(picture)
-        layout.addWidget(self.remove_button)
 
 
 class ChatPage(QWidget):
@@ -127,9 +60,7 @@ class ChatPage(QWidget):
         self.scroll.setWidget(holder)
         self.input = ChatInput(placeholderText="Message the model; drop or paste pictures here")
         self.input.setFixedHeight(90)
-        self.attachments: list[CheckedImage] = []
-        self.thumbnails = QHBoxLayout()
-        self.thumbnails.addStretch(1)
+        self.tray = AttachmentTray()
         self.notice = QLabel("", objectName="notice", wordWrap=True)
         self.attach_button = QPushButton("Image…")
         self.setAcceptDrops(True)
@@ -147,7 +78,7 @@ class ChatPage(QWidget):
         buttons.addWidget(self.send_button)
         right = QVBoxLayout()
         right.addWidget(self.scroll, 1)
-        right.addLayout(self.thumbnails)
+        right.addWidget(self.tray)
         right.addWidget(self.notice)
         right.addWidget(self.input)
         right.addLayout(buttons)
@@ -185,6 +116,7 @@ class ChatPage(QWidget):
         self.sampling.system_prompt_edited.connect(self._on_system_prompt)
         self.attach_button.clicked.connect(self._pick_images)
         self.input.image_pasted.connect(lambda data: self.attach_data(data, "the pasted picture"))
+        self.tray.rejected.connect(self.notice.setText)
         # Queued to the GUI thread: the engine thread emits these.
         bridge.delta.connect(self._on_delta, Qt.ConnectionType.QueuedConnection)
         bridge.finished.connect(self._on_finished, Qt.ConnectionType.QueuedConnection)
@@ -210,7 +142,11 @@ class ChatPage(QWidget):
         self.open_conversation(conv.id)
 
     def delete_conversation(self) -> None:
-        if self.conversation_id is not None and self._active is None:
+        if self.conversation_id is None or self._active is not None:
+            return
+        title = self.store.conversation(self.conversation_id).title
+        answer = QMessageBox.question(self, "Delete chat", f"Delete “{title}” and all its messages? This cannot be undone.")
+        if answer == QMessageBox.StandardButton.Yes:
             self.store.delete(self.conversation_id)
             self.conversation_id = None
             self._show_messages([])
@@ -271,36 +207,21 @@ class ChatPage(QWidget):
         return [self.messages_box.itemAt(i).widget() for i in range(self.messages_box.count() - 1)]
 
     # ---- pictures ------------------------------------------------------------------------------------
+    @property
+    def attachments(self) -> list:
+        return self.tray.images
+
     def _pick_images(self) -> None:
-        files, _ = QFileDialog.getOpenFileNames(self, "Attach pictures", "",
-                                                "Pictures (*.png *.jpg *.jpeg *.webp *.gif *.bmp)")
+        files, _ = QFileDialog.getOpenFileNames(self, "Attach pictures", "", PICTURE_FILTER)
         self.attach_files([Path(f) for f in files])
 
     def attach_files(self, files: list[Path]) -> None:
-        for path in files:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                self.notice.setText(f"{path.name} could not be read: {exc.strerror or exc}")
-                continue
-            self.attach_data(data, path.name)
+        self.notice.setText("")
+        self.tray.attach_files(files)
 
     def attach_data(self, data: bytes, name: str) -> None:
-        """Checks a picture and shows it above the input, or says why it cannot come along."""
-        try:
-            image = check_image(data, name)
-        except ImageRejected as exc:
-            self.notice.setText(str(exc))
-            return
         self.notice.setText("")
-        self.attachments.append(image)
-        thumb = Thumbnail(image, lambda: self._remove_attachment(image, thumb))
-        self.thumbnails.insertWidget(self.thumbnails.count() - 1, thumb)
-
-    def _remove_attachment(self, image: CheckedImage, thumb: QWidget) -> None:
-        self.attachments.remove(image)
-        self.thumbnails.removeWidget(thumb)
-        thumb.deleteLater()
+        self.tray.attach_data(data, name)
 
     def dragEnterEvent(self, event) -> None:
         if event.mimeData().hasUrls() or event.mimeData().hasImage():
@@ -311,7 +232,7 @@ class ChatPage(QWidget):
         if mime.hasUrls():
             self.attach_files([Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()])
         elif mime.hasImage():
-            self.attach_data(_png_bytes(QImage(mime.imageData())), "the dropped picture")
+            self.attach_data(png_bytes(QImage(mime.imageData())), "the dropped picture")
         event.acceptProposedAction()
 
     # ---- sending and streaming ----------------------------------------------------------------------
@@ -393,10 +314,23 @@ class ChatPage(QWidget):
         if info.get("error"):
             bubble.setText(bubble.text() + f"\n\n*Error: {info['error']}*")
         self.stats_label.setText(_describe(info))
+        self.notice.setText(self._context_notice(info))
         if info.get("stats"):
             self._show_context(info["stats"])
         self._update_actions()
         self.reply_finished.emit(info)
+
+    def _context_notice(self, info: dict) -> str:
+        """Says plainly when the conversation has outgrown the model's context (else nothing)."""
+        limit = self.context_meter.maximum()
+        if info.get("error_type") == "ContextOverflowError":
+            return (f"This conversation no longer fits the model's context ({limit:,} tokens). "
+                    "Start a new chat, or use Edit last to shorten your message.")
+        stats = info.get("stats")
+        if info.get("finish_reason") == "length" and stats and stats["prompt_tokens"] + stats["completion_tokens"] >= limit:
+            return (f"The reply stopped because the conversation filled the model's context ({limit:,} tokens). "
+                    "Start a new chat to go on.")
+        return ""
 
     def set_engine_ready(self, ready: bool) -> None:
         """Sending needs a loaded model; a reply in progress keeps Send off until it ends."""

@@ -34,7 +34,7 @@ class EngineBridge(QObject):
     loaded = Signal(dict)  # the engine's stats: model, device, dtype, kernels, cache tokens, ...
     load_failed = Signal(str)
     delta = Signal(int, str, int)  # reply key, new text, new tokens
-    finished = Signal(int, dict)  # reply key, {"finish_reason", "error", "stats"}
+    finished = Signal(int, dict)  # reply key, {"finish_reason", "error", "error_type", "stats"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,7 +104,8 @@ class EngineBridge(QObject):
             if d.finished:
                 self._handles.pop(reply, None)
                 stats = d.stats.as_dict() if d.stats is not None else None
-                self.finished.emit(reply, {"finish_reason": d.finish_reason, "error": d.error, "stats": stats})
+                self.finished.emit(reply, {"finish_reason": d.finish_reason, "error": d.error,
+                                           "error_type": d.error_type, "stats": stats})
 
         handle = self.engine.submit(messages=messages, gen=gen, on_delta=on_delta)
         self._handles[reply] = handle.request_id

@@ -9,11 +9,15 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent, QImage
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication, QLabel, QMessageBox
 
 from app.chats.store import ChatStore
-from app.ui.chat_page import ChatPage, Thumbnail
+from app.ui.attachments import Thumbnail
+from app.ui.chat_page import ChatPage
 from app.ui.engine_bridge import EngineBridge
+from app.ui.markdown_view import split_segments
+from app.ui.message_bubble import MessageBubble
 
 
 @pytest.fixture
@@ -35,8 +39,23 @@ def write(tmp_path, name: str, kind: str, size=(40, 30), mode="RGB") -> object:
 
 
 def thumbnails(chat: ChatPage) -> list[Thumbnail]:
-    items = (chat.thumbnails.itemAt(i).widget() for i in range(chat.thumbnails.count()))
-    return [w for w in items if isinstance(w, Thumbnail)]
+    return chat.tray.thumbnails()
+
+
+def answer_next_dialog(qtbot, button: QMessageBox.StandardButton) -> list[str]:
+    """Presses a button of the next modal message box (a real one, shown by the code under test)."""
+    seen = []
+
+    def press() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(10, press)
+            return
+        seen.append(box.text())
+        box.button(button).click()
+
+    QTimer.singleShot(0, press)
+    return seen
 
 
 def test_picked_files_become_thumbnails_or_clear_messages(page: ChatPage, tmp_path, qtbot) -> None:
@@ -105,6 +124,11 @@ def test_conversations_rename_in_place_search_and_delete(page: ChatPage, qtbot) 
     assert [page.conversation_list.item(i).text() for i in range(page.conversation_list.count())] == ["Lyon weekend"]
     page.conversation_list.setCurrentRow(0)
     assert page.conversation_id == first.id
+    asked = answer_next_dialog(qtbot, QMessageBox.StandardButton.No)
+    qtbot.mouseClick(page.delete_button, Qt.MouseButton.LeftButton)
+    assert asked == ["Delete “Lyon weekend” and all its messages? This cannot be undone."]
+    assert len(page.store.conversations()) == 2 and page.conversation_id == first.id  # No keeps it
+    answer_next_dialog(qtbot, QMessageBox.StandardButton.Yes)
     qtbot.mouseClick(page.delete_button, Qt.MouseButton.LeftButton)
     assert [c.title for c in page.store.conversations()] == ["Snow poem"]
 
@@ -119,3 +143,35 @@ def test_each_message_copies_its_text(page: ChatPage, qtbot) -> None:
     assert QApplication.clipboard().text() == "Here:\n\n```python\nprint('hi')\n```"
     qtbot.mouseClick(user.copy_button, Qt.MouseButton.LeftButton)
     assert QApplication.clipboard().text() == "Show me code"
+
+
+def test_code_blocks_are_highlighted_and_each_copies_its_code(page: ChatPage, qtbot) -> None:
+    reply = ("Two ways:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nor in a shell:\n\n"
+             "~~~bash\necho $((1 + 2))\n~~~\n\nBoth print **3**.")
+    conv = page.store.new_conversation()
+    page.store.add_message(conv.id, "assistant", reply)
+    page.open_conversation(conv.id)
+    view = page.bubbles()[0].view
+    python, shell = view.code_blocks()
+    assert python.language_label.text() == "python" and shell.language_label.text() == "bash"
+    colours = python.code_label.text()
+    assert "<span style=" in colours and "def" in colours  # pygments coloured the keywords
+    qtbot.mouseClick(python.copy_button, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text() == "def add(a, b):\n    return a + b"
+    qtbot.mouseClick(shell.copy_button, Qt.MouseButton.LeftButton)
+    assert QApplication.clipboard().text() == "echo $((1 + 2))"
+    prose = [w.text() for w in view.findChildren(QLabel) if w.textFormat() == Qt.TextFormat.MarkdownText]
+    assert prose == ["Two ways:", "or in a shell:", "Both print **3**."]
+
+
+def test_a_streaming_code_block_redraws_only_its_own_piece(page: ChatPage) -> None:
+    bubble = MessageBubble("assistant")
+    text = ""
+    for piece in ["Here", " it is:\n\n```py", "thon\nx = 1\n", "y = 2\n", "```\n\nDone."]:
+        text += piece
+        bubble.setText(text)
+        if piece == "y = 2\n":  # the fence is still open: the code runs to the end
+            first_block = bubble.view.code_blocks()[0]
+            assert first_block.segment.text == "x = 1\ny = 2"
+    assert bubble.view.code_blocks() == [first_block]  # the same widget, updated in place
+    assert [s.kind for s in split_segments(text)] == ["prose", "code", "prose"]

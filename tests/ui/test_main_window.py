@@ -20,10 +20,10 @@ CPU = {"device": "cpu", "dtype": "float32", "block_size": 16, "num_cache_blocks"
 def open_window(qtbot, tmp_path):
     opened = []
 
-    def open_(model, store_dir=tmp_path / "chats"):
+    def open_(model, store_dir=tmp_path / "chats", **options):
         store = ChatStore(store_dir)
         bridge, thread = start_bridge()
-        window = MainWindow(store, bridge, model, CPU)
+        window = MainWindow(store, bridge, model, {**CPU, **options})
         qtbot.addWidget(window)
         window.show()
         # The window's own state, not the bridge's signal: waitSignal may see that before the
@@ -142,3 +142,17 @@ def test_a_model_that_cannot_load_is_reported_and_nothing_can_be_sent(qtbot, tmp
         window.close()
         stop_bridge(bridge, thread)
         store.close()
+
+
+def test_a_conversation_that_outgrows_the_context_is_told_so(qtbot, open_window, starter_model) -> None:
+    window = open_window(starter_model, max_model_len=64)
+    chat = window.chat
+    first = send(qtbot, window, "Tell me a long story about a dragon.", temperature=0.0, max_new_tokens=500,
+                 ignore_eos=True)
+    assert first["info"]["finish_reason"] == "length"
+    assert "filled the model's context (64 tokens)" in chat.notice.text()
+    assert chat.context_meter.value() == 64
+    second = send(qtbot, window, "Go on.")
+    assert second["info"]["error_type"] == "ContextOverflowError"
+    assert "no longer fits the model's context (64 tokens)" in chat.notice.text()
+    assert "Edit last" in chat.notice.text() and chat.edit_button.isEnabled()
