@@ -18,7 +18,16 @@ def data_dir() -> Path:
     return root
 
 
+_models_dir_override: Path | None = None
+
+
+def use_models_dir(path: Path | None) -> None:
+    """Where models live from now on (the app's Settings); None: the default under data_dir()."""
+    global _models_dir_override
+    _models_dir_override = Path(path).expanduser() if path else None
+
+
 def models_dir() -> Path:
-    path = data_dir() / "models"
+    path = _models_dir_override or data_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path

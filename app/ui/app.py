@@ -24,10 +24,14 @@ def run_app(model: Path | None = None) -> int:
     install_exception_dialog()
     from app.ui.engine_bridge import start_bridge, stop_bridge  # the engine itself loads in the bridge's thread
     from app.ui.main_window import MainWindow
+    from app.ui.settings import AppSettings
+    from app.ui.theme import apply_theme
 
+    settings = AppSettings()
+    apply_theme(app, settings.theme)
     store = ChatStore(paths.data_dir() / "chats")
     bridge, thread = start_bridge()
-    window = MainWindow(store, bridge, model)
+    window = MainWindow(store, bridge, model, settings=settings)
     window.show()
     app.processEvents()
     log.info("window shown %.0f ms after the process started", (time.time() - psutil.Process().create_time()) * 1e3)

@@ -11,8 +11,10 @@ engine has even seen it.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QThread, Signal, Slot
@@ -28,12 +30,18 @@ class EngineBridge(QObject):
     request_generate = Signal(int, list, dict)  # reply key, chat messages, GenerationConfig fields
     request_stop = Signal(int)  # reply key
     request_unload = Signal()
+    request_import_gguf = Signal(str)  # a .gguf file; answered by ``gguf_imported``
+    request_devices = Signal()
+    request_memory = Signal(str)  # device id ("cpu", "cuda:0"); answered by ``memory``
 
     # answers
     state_changed = Signal(str)  # "empty" | "loading" | "ready"
     loaded = Signal(dict)  # the engine's stats: model, device, dtype, kernels, cache tokens, ...
     load_failed = Signal(str)
     delta = Signal(int, str, int)  # reply key, new text, new tokens
+    gguf_imported = Signal(str, str)  # the new model folder (or ""), the error (or "")
+    devices = Signal(list)  # [{"id", "name", "memory_bytes"}], GPUs first, the CPU last
+    memory = Signal(dict)  # {"device", "used_bytes", "total_bytes"}
     finished = Signal(int, dict)  # reply key, {"finish_reason", "error", "error_type", "stats"}
 
     def __init__(self) -> None:
@@ -45,6 +53,9 @@ class EngineBridge(QObject):
         self.request_generate.connect(self._generate)
         self.request_stop.connect(self._stop)
         self.request_unload.connect(self._unload)
+        self.request_import_gguf.connect(self._import_gguf)
+        self.request_devices.connect(self._devices)
+        self.request_memory.connect(self._memory)
 
     @property
     def engine(self) -> Engine:
@@ -123,6 +134,33 @@ class EngineBridge(QObject):
         if self._engine is not None:
             self._engine.unload().result()
         self.state_changed.emit("empty")
+
+    @Slot(str)
+    def _import_gguf(self, file: str) -> None:
+        """Converts on a thread of its own: a large file takes minutes, and replies keep streaming."""
+
+        def convert() -> None:
+            from app.engine.errors import EngineError
+            from app.library import import_gguf
+
+            try:
+                self.gguf_imported.emit(str(import_gguf(Path(file))), "")
+            except (OSError, ValueError, EngineError) as exc:
+                self.gguf_imported.emit("", str(exc))
+
+        threading.Thread(target=convert, name="lmstation-gguf-import", daemon=True).start()
+
+    @Slot()
+    def _devices(self) -> None:
+        from app.engine.devices import list_devices
+
+        self.devices.emit(list_devices())
+
+    @Slot(str)
+    def _memory(self, device: str) -> None:
+        from app.engine.devices import memory_in_use
+
+        self.memory.emit(memory_in_use(device))
 
     def shutdown(self) -> None:
         """Stops the engine thread (call from the bridge's thread, or after its QThread ended)."""

@@ -1,4 +1,5 @@
-"""The main window: a sidebar of pages, the pages, and a status bar (device, model, engine state).
+"""The main window: a sidebar of pages, the pages, and a status bar (engine state, model, device
+and its memory).
 
 Pages that arrive with later versions say what they will do and that they are not here yet.
 The engine loads in the background: the window shows at once and stays responsive.
@@ -8,46 +9,62 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Slot
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtWidgets import QApplication, QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QVBoxLayout, QWidget
 
 from app.chats.store import ChatStore
 from app.ui.chat_page import ChatPage
 from app.ui.engine_bridge import EngineBridge
+from app.ui.models_page import ModelsPage
+from app.ui.settings import AppSettings
+from app.ui.settings_page import SettingsPage
+from app.ui.theme import apply_theme
 
+MEMORY_POLL_MS = 2000
 COMING = {
-    "Models": "Your local models with their size and memory needs, downloads from Hugging Face and "
-              "ModelScope, and import of folders and GGUF files.",
-    "Quantize": "One-click 4-bit AWQ quantization of a model, with a before/after quality report.",
-    "Server": "An OpenAI-compatible server on this machine, sharing the loaded model with the chat.",
-    "Settings": "Models folder, device, KV-cache memory and context length, and the theme.",
+    "Quantize": ("One-click 4-bit quantization",
+                 ["Pick a model and press Quantize: LM Station calibrates it with AWQ and writes a 4-bit copy.",
+                  "A before/after report shows perplexity and answers side by side, so you see that quality held.",
+                  "The 4-bit model needs about a third of the memory and answers faster."]),
+    "Server": ("An OpenAI-compatible server",
+               ["Serve the loaded model to other programs on this computer or your network.",
+                "Works with the official OpenAI clients, streaming included.",
+                "Shares the model with the chat: no second copy in memory."]),
 }
 
 
-def _coming_page(name: str, text: str) -> QWidget:
+def _coming_page(title: str, points: list[str]) -> QWidget:
     page = QWidget()
     layout = QVBoxLayout(page)
-    title = QLabel(f"<h2>{name}</h2>")
-    body = QLabel(f"{text}<br><br><i>Coming in a later version of LM Station.</i>")
-    body.setWordWrap(True)
-    layout.addWidget(title)
+    layout.addWidget(QLabel(f"<h2>{title}</h2>"))
+    body = QLabel("".join(f"<p>• {p}</p>" for p in points), wordWrap=True)
     layout.addWidget(body)
+    layout.addWidget(QLabel("<i>Arrives in a later version of LM Station.</i>", objectName="muted"))
     layout.addStretch(1)
     return page
 
 
 class MainWindow(QMainWindow):
     def __init__(self, store: ChatStore, bridge: EngineBridge, model: Path | None = None,
-                 engine_options: dict | None = None):
+                 engine_options: dict | None = None, settings: AppSettings | None = None):
         super().__init__()
         self.setWindowTitle("LM Station")
         self.resize(1280, 800)
         self.bridge = bridge
+        self.settings = settings or AppSettings()
+        self.settings.apply_paths()
+        self.engine_options = engine_options or {}  # overrides the settings (tests, command line)
+        self.device = "cpu"
         self.chat = ChatPage(store, bridge)
-        self.sidebar = QListWidget()
-        self.sidebar.setFixedWidth(150)
+        self.models = ModelsPage()
+        self.settings_page = SettingsPage(self.settings)
+        self.sidebar = QListWidget(objectName="sidebar")
+        self.sidebar.setFixedWidth(160)
         self.pages = QStackedWidget()
-        for name, page in [("Chat", self.chat)] + [(n, _coming_page(n, t)) for n, t in COMING.items()]:
+        pages = [("Chat", self.chat), ("Models", self.models)]
+        pages += [(name, _coming_page(*text)) for name, text in COMING.items()]
+        pages += [("Settings", self.settings_page)]
+        for name, page in pages:
             self.sidebar.addItem(name)
             self.pages.addWidget(page)
         self.sidebar.currentRowChanged.connect(self.pages.setCurrentIndex)
@@ -66,12 +83,32 @@ class MainWindow(QMainWindow):
         bridge.state_changed.connect(self._on_state, queued)
         bridge.loaded.connect(self._on_loaded, queued)
         bridge.load_failed.connect(self._on_load_failed, queued)
-        bridge.request_load.emit({**(engine_options or {}), "model": str(model) if model else None})
+        bridge.memory.connect(self._on_memory, queued)
+        bridge.devices.connect(self.settings_page.set_devices, queued)
+        bridge.gguf_imported.connect(self.models.on_gguf_imported, queued)
+        self.models.load_requested.connect(self.load)
+        self.models.unload_requested.connect(bridge.request_unload)
+        self.models.gguf_import_requested.connect(bridge.request_import_gguf)
+        self.settings_page.theme_changed.connect(lambda theme: apply_theme(QApplication.instance(), theme))
+        self.settings_page.models_dir_changed.connect(self.models.refresh)
+        self.settings_page.reload_requested.connect(lambda: self.load(self.models.loaded_path))
+        self._memory_timer = QTimer(self, interval=MEMORY_POLL_MS,
+                                    timeout=lambda: bridge.request_memory.emit(self.device))
+        self._memory_timer.start()
+        bridge.request_devices.emit()
+        self.load(str(model) if model else None)
+
+    def load(self, model: str | None) -> None:
+        """Loads a model folder (None: the starter model) with the current settings."""
+        self.bridge.request_load.emit({**self.settings.engine_options(), **self.engine_options, "model": model})
 
     @Slot(str)
     def _on_state(self, state: str) -> None:
         self.state_label.setText({"loading": "Loading model…", "ready": "Ready", "empty": "No model"}.get(state, state))
         self.chat.set_engine_ready(state == "ready")
+        if state == "empty":
+            self.model_label.setText("No model")
+            self.models.set_loaded(None)
 
     @Slot(str)
     def _on_load_failed(self, message: str) -> None:
@@ -80,6 +117,13 @@ class MainWindow(QMainWindow):
     @Slot(dict)
     def _on_loaded(self, stats: dict) -> None:
         self.model_label.setText(Path(stats.get("model", "")).name)
+        self.models.set_loaded(stats.get("model"))  # refreshes: a starter model converted just now appears
         self.chat.set_context_limit(stats.get("max_model_len", 0))
-        self.device_label.setText(f"{stats.get('device', '')} · {stats.get('dtype', '')} · "
-                                  f"{stats.get('cache_tokens', 0):,} cache tokens")
+        self.device = stats.get("device", "cpu")
+        self.bridge.request_memory.emit(self.device)
+
+    @Slot(dict)
+    def _on_memory(self, memory: dict) -> None:
+        name = "RAM" if memory["device"] == "cpu" else f"GPU {memory['device'].partition(':')[2] or '0'}"
+        self.device_label.setText(f"{name}: {memory['used_bytes'] / 2**30:.1f} of "
+                                  f"{memory['total_bytes'] / 2**30:.1f} GB used")

@@ -63,3 +63,14 @@ def test_bad_requests_come_back_as_messages_and_keep_the_model(qtbot, bridge, tm
     with qtbot.waitSignal(bridge.finished, timeout=60_000) as done:  # the loaded model still serves
         bridge.request_generate.emit(4, CHAT, {"temperature": 0.0, "max_new_tokens": 5, "ignore_eos": True})
     assert done.args[1]["finish_reason"] == "length"
+
+
+def test_devices_and_memory_come_as_plain_values(qtbot, bridge) -> None:
+    with qtbot.waitSignal(bridge.devices, timeout=10_000) as found:
+        bridge.request_devices.emit()
+    devices = found.args[0]
+    assert devices[-1]["id"] == "cpu" and devices[-1]["memory_bytes"] > 2**30
+    with qtbot.waitSignal(bridge.memory, timeout=10_000) as memory:
+        bridge.request_memory.emit("cpu")
+    snapshot = memory.args[0]
+    assert snapshot["device"] == "cpu" and 0 < snapshot["used_bytes"] < snapshot["total_bytes"] == devices[-1]["memory_bytes"]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
-
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication
 
+from app import paths
 from app.chats.store import ChatStore
 from app.ui.engine_bridge import start_bridge, stop_bridge
 from app.ui.main_window import MainWindow
+from app.ui.models_page import COLUMNS
+from app.ui.settings import AppSettings
+from app.ui.theme import apply_theme
 from tests.ui.heartbeat import Heartbeat
 
 CPU = {"device": "cpu", "dtype": "float32", "block_size": 16, "num_cache_blocks": 256}
@@ -23,7 +28,7 @@ def open_window(qtbot, tmp_path):
     def open_(model, store_dir=tmp_path / "chats", **options):
         store = ChatStore(store_dir)
         bridge, thread = start_bridge()
-        window = MainWindow(store, bridge, model, {**CPU, **options})
+        window = MainWindow(store, bridge, model, {**CPU, **options}, AppSettings(tmp_path / "settings.ini"))
         qtbot.addWidget(window)
         window.show()
         # The window's own state, not the bridge's signal: waitSignal may see that before the
@@ -37,6 +42,7 @@ def open_window(qtbot, tmp_path):
         window.close()
         stop_bridge(bridge, thread)
         store.close()
+    paths.use_models_dir(None)  # a test's Settings may have moved the models folder
 
 
 def set_generation(chat, temperature=None, max_new_tokens=None, **extra) -> None:
@@ -132,7 +138,7 @@ def test_a_model_that_cannot_load_is_reported_and_nothing_can_be_sent(qtbot, tmp
     store = ChatStore(tmp_path / "chats")
     bridge, thread = start_bridge()
     try:
-        window = MainWindow(store, bridge, tmp_path / "no-such-model", CPU)
+        window = MainWindow(store, bridge, tmp_path / "no-such-model", CPU, AppSettings(tmp_path / "settings.ini"))
         qtbot.addWidget(window)
         window.show()
         qtbot.waitUntil(lambda: "Could not load the model" in window.statusBar().currentMessage(), timeout=60_000)
@@ -156,3 +162,57 @@ def test_a_conversation_that_outgrows_the_context_is_told_so(qtbot, open_window,
     assert second["info"]["error_type"] == "ContextOverflowError"
     assert "no longer fits the model's context (64 tokens)" in chat.notice.text()
     assert "Edit last" in chat.notice.text() and chat.edit_button.isEnabled()
+
+
+def test_first_launch_loads_the_starter_and_the_library_loads_and_unloads(qtbot, open_window, tiny_model_factory,
+                                                                         tmp_path) -> None:
+    AppSettings(tmp_path / "settings.ini").models_dir = str(tmp_path / "fresh-models")  # nothing converted yet
+    window = open_window(None)  # no dialog: the bundled starter is converted and loaded
+    models = window.models
+    assert [m.name for m in models.models] == ["SmolLM2-135M-Instruct"]
+    assert models.models[0].path.parent == tmp_path / "fresh-models"
+    assert models.table.item(0, len(COLUMNS) - 1).text() == "● Loaded"
+    assert window.model_label.text() == "SmolLM2-135M-Instruct"
+
+    folder, _ = tiny_model_factory("llama")
+    shutil.copytree(folder, tmp_path / "elsewhere" / "my-llama")
+    models.import_folder(tmp_path / "elsewhere" / "my-llama")
+    models.table.selectRow([m.name for m in models.models].index("my-llama"))
+    qtbot.mouseClick(models.load_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.model_label.text() == "my-llama" and window.state_label.text() == "Ready",
+                    timeout=60_000)
+    loaded = [m.name for row, m in enumerate(models.models) if models.table.item(row, len(COLUMNS) - 1).text()]
+    assert loaded == ["my-llama"]
+
+    qtbot.mouseClick(models.unload_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.state_label.text() == "No model", timeout=30_000)
+    assert window.model_label.text() == "No model" and not window.chat.send_button.isEnabled()
+    assert models.loaded_path is None and not models.unload_button.isEnabled()
+    qtbot.waitUntil(lambda: window.device_label.text().startswith("RAM: "), timeout=10_000)
+    assert window.device_label.text().endswith(" GB used")
+
+
+def test_settings_are_kept_and_applied(qtbot, open_window, tiny_model_factory, tmp_path) -> None:
+    folder, _ = tiny_model_factory("llama")
+    window = open_window(folder)
+    page = window.settings_page
+    conv = window.chat.store.new_conversation()
+    window.chat.store.add_message(conv.id, "assistant", "```python\nimport os\n```")
+    window.chat.open_conversation(conv.id)
+    code = window.chat.bubbles()[0].view.code_blocks()[0]
+    light_html = code.code_label.text()
+    qtbot.waitUntil(lambda: page.device.findData("cpu") > 0, timeout=10_000)  # the engine's device list arrived
+    try:
+        page.theme.setCurrentIndex(page.theme.findData("dark"))
+        assert QApplication.palette().window().color().lightness() < 128
+        assert code.code_label.text() != light_html  # open code blocks recolour for the new theme
+        page.device.setCurrentIndex(page.device.findData("cpu"))
+        page.cache_percent.setValue(20)
+        page.max_context.setValue(96)
+        qtbot.mouseClick(page.reload_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: window.chat.context_meter.maximum() == 96, timeout=60_000)
+        kept = AppSettings(tmp_path / "settings.ini")  # as the next launch reads them
+        assert (kept.theme, kept.device, kept.cache_percent, kept.max_context) == ("dark", "cpu", 20, 96)
+        assert kept.engine_options() == {"device": "cpu", "cache_memory_fraction": 0.2, "max_model_len": 96}
+    finally:
+        apply_theme(QApplication.instance(), "light")

@@ -1,0 +1,95 @@
+"""Settings: where models live, which device runs them, KV-cache memory, context length, theme.
+
+Each change is stored at once. The theme and the models folder apply at once; the engine
+settings apply when a model loads next, and "Reload model" does that now.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from app import paths
+from app.ui.settings import THEMES, AppSettings
+
+
+class SettingsPage(QWidget):
+    theme_changed = Signal(str)
+    models_dir_changed = Signal()
+    reload_requested = Signal()
+
+    def __init__(self, settings: AppSettings):
+        super().__init__()
+        self.settings = settings
+        self.models_dir = QLineEdit(str(paths.models_dir()), readOnly=True)
+        browse = QPushButton("Change…")
+        default = QPushButton("Default")
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.models_dir, 1)
+        folder_row.addWidget(browse)
+        folder_row.addWidget(default)
+
+        self.device = QComboBox()
+        self.device.addItem("Automatic (the first GPU, else the CPU)", "auto")
+        self.cache_percent = QSpinBox(minimum=0, maximum=95, singleStep=5, suffix=" % of free memory",
+                                      specialValueText="Automatic (85% of a GPU's free memory, 10% of RAM)")
+        self.cache_percent.setValue(settings.cache_percent)
+        self.max_context = QSpinBox(minimum=0, maximum=1_048_576, singleStep=1024, suffix=" tokens",
+                                    specialValueText="The model's own")
+        self.max_context.setValue(settings.max_context)
+        self.theme = QComboBox()
+        for theme in THEMES:
+            self.theme.addItem({"system": "Follow the system", "light": "Light", "dark": "Dark"}[theme], theme)
+        self.theme.setCurrentIndex(THEMES.index(settings.theme))
+        self.reload_button = QPushButton("Reload model with these settings")
+
+        form = QFormLayout()
+        form.addRow("Models folder", folder_row)
+        form.addRow("Device", self.device)
+        form.addRow("KV-cache memory", self.cache_percent)
+        form.addRow("Longest context", self.max_context)
+        form.addRow("Theme", self.theme)
+        note = QLabel("Device, KV-cache memory and context take effect when a model loads.", objectName="muted")
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("<h2>Settings</h2>"))
+        layout.addLayout(form)
+        layout.addWidget(note)
+        layout.addWidget(self.reload_button)
+        layout.addStretch(1)
+
+        browse.clicked.connect(self._pick_models_dir)
+        default.clicked.connect(lambda: self.set_models_dir(""))
+        self.device.currentIndexChanged.connect(lambda: setattr(settings, "device", self.device.currentData()))
+        self.cache_percent.valueChanged.connect(lambda v: setattr(settings, "cache_percent", v))
+        self.max_context.valueChanged.connect(lambda v: setattr(settings, "max_context", v))
+        self.theme.currentIndexChanged.connect(self._on_theme)
+        self.reload_button.clicked.connect(self.reload_requested)
+
+    def set_devices(self, devices: list[dict]) -> None:
+        """Fills the device list from what the engine found; the stored choice stays selected."""
+        self.device.blockSignals(True)
+        while self.device.count() > 1:
+            self.device.removeItem(1)
+        for d in devices:
+            label = "CPU" if d["id"] == "cpu" else f"GPU {d['id'].split(':')[1]}: {d['name']}"
+            self.device.addItem(f"{label} ({d['memory_bytes'] / 2**30:.0f} GiB)", d["id"])
+        index = self.device.findData(self.settings.device)
+        self.device.setCurrentIndex(max(0, index))
+        self.device.blockSignals(False)
+
+    def _pick_models_dir(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Models folder", str(paths.models_dir()))
+        if folder:
+            self.set_models_dir(folder)
+
+    def set_models_dir(self, folder: str) -> None:
+        self.settings.models_dir = folder
+        self.settings.apply_paths()
+        self.models_dir.setText(str(paths.models_dir()))
+        self.models_dir_changed.emit()
+
+    def _on_theme(self) -> None:
+        self.settings.theme = self.theme.currentData()
+        self.theme_changed.emit(self.settings.theme)
