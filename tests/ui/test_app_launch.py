@@ -39,6 +39,47 @@ def test_the_ui_imports_no_torch() -> None:
     """The window, its pages, the bridge and the chat store import without torch (it loads in the
     bridge's thread, once the window is up)."""
     code = ("import sys; import app.ui.app, app.ui.main_window, app.ui.chat_page, app.ui.engine_bridge, "
-            "app.chats.store; assert 'torch' not in sys.modules, 'torch was imported'")
+            "app.ui.models_page, app.ui.settings_page, app.chats.store, app.library; "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+CRASHING_SLOT = """
+import sys
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QApplication
+from app.ui.logging_setup import install_exception_dialog, setup_logging
+
+setup_logging()
+app = QApplication(sys.argv)
+install_exception_dialog()
+
+def boom():
+    raise RuntimeError("the flux capacitor melted")
+
+def read_dialog():
+    box = QApplication.activeModalWidget()
+    if box is None:
+        QTimer.singleShot(20, read_dialog)
+        return
+    print("DIALOG", box.windowTitle(), "|", box.text(), flush=True)
+    box.accept()
+    app.quit()
+
+QTimer.singleShot(0, boom)
+QTimer.singleShot(50, read_dialog)
+app.exec()
+print("STILL RUNNING", flush=True)
+"""
+
+
+def test_an_uncaught_exception_shows_a_dialog_naming_the_log(tmp_path) -> None:
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "LMSTATION_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", CRASHING_SLOT], env=env, capture_output=True, text=True, timeout=60)
+    log = tmp_path / "logs" / "lmstation.log"
+    assert done.returncode == 0, done.stderr
+    assert f"DIALOG LM Station hit a problem | RuntimeError: the flux capacitor melted\n\nThe details are in {log}." \
+        in done.stdout
+    assert done.stdout.rstrip().endswith("STILL RUNNING")
+    assert "Traceback" in log.read_text() and "in boom" in log.read_text()  # the traceback is in the log
