@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
+from PySide6.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QSpinBox, QWidget
 
 
 def _float_box(value: float, low: float, high: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
@@ -29,7 +29,9 @@ class SamplingPanel(QWidget):
         self.use_seed = QCheckBox("Fixed seed")
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         form = QFormLayout(self)
-        form.addRow("System", self.system_prompt)
+        form.addRow(QLabel("<b>System prompt</b>"))
+        form.addRow(self.system_prompt)
+        form.addRow(QLabel("<b>Sampling</b>"))
         form.addRow("Temperature", self.temperature)
         form.addRow("Top-p", self.top_p)
         form.addRow("Top-k", self.top_k)

@@ -19,10 +19,13 @@ _STYLE = """
 #assistantBubble {{ background: {assistant}; border: 1px solid {border}; border-radius: 10px; }}
 #codeBlock {{ background: {code}; border: 1px solid {border}; border-radius: 6px; }}
 #notice {{ color: #c2410c; }}
-#sidebar {{ background: {window}; border: none; font-size: 14px; }}
+#sidebar {{ background: {window}; border: none; font-size: 14px; outline: 0; }}
 #sidebar::item {{ padding: 10px 12px; border-radius: 6px; }}
 #sidebar::item:selected {{ background: {highlight}; color: white; }}
 #muted {{ color: {muted}; }}
+QListWidget {{ outline: 0; }}
+QListWidget::item {{ padding: 4px 2px; }}
+QStatusBar QLabel {{ padding: 0 8px; }}
 """
 
 

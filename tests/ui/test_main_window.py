@@ -216,3 +216,16 @@ def test_settings_are_kept_and_applied(qtbot, open_window, tiny_model_factory, t
         assert kept.engine_options() == {"device": "cpu", "cache_memory_fraction": 0.2, "max_model_len": 96}
     finally:
         apply_theme(QApplication.instance(), "light")
+
+
+def test_every_page_fits_1280_by_800(qtbot, open_window, tiny_model_factory) -> None:
+    """The screenshots' size: no page may force the window wider or taller (Qt would overlap or
+    clip what does not fit)."""
+    folder, _ = tiny_model_factory("llama")
+    window = open_window(folder)
+    for row in range(window.sidebar.count()):
+        window.sidebar.setCurrentRow(row)
+        qtbot.wait(20)
+        hint = window.minimumSizeHint()
+        assert hint.width() <= 1280 and hint.height() <= 800, (window.sidebar.item(row).text(), hint)
+        assert (window.width(), window.height()) == (1280, 800)
