@@ -7,6 +7,7 @@ Every message is stored when sent; the reply as it grows (ReplyWriter), and whol
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
@@ -19,7 +20,7 @@ from PySide6.QtWidgets import (
 from app.chats.store import ChatStore, Message, ReplyWriter
 from app.ui.attachments import PICTURE_FILTER, AttachmentTray, ChatInput, png_bytes
 from app.ui.engine_bridge import EngineBridge
-from app.ui.message_bubble import MessageBubble
+from app.ui.message_bubble import MessageBubble, describe_reply
 from app.ui.sampling_panel import SamplingPanel
 
 RENDER_MS = 33
@@ -44,11 +45,15 @@ class ChatPage(QWidget):
         self.conversation_list = QListWidget()
         new_button = QPushButton("New chat")
         self.delete_button = QPushButton("Delete")
+        self.export_button = QPushButton("Export…")
         left = QVBoxLayout()
         left.addWidget(new_button)
         left.addWidget(self.search)
         left.addWidget(self.conversation_list, 1)
-        left.addWidget(self.delete_button)
+        manage = QHBoxLayout()
+        manage.addWidget(self.export_button)
+        manage.addWidget(self.delete_button)
+        left.addLayout(manage)
         left_panel = QWidget(minimumWidth=200)
         left_panel.setLayout(left)
 
@@ -107,6 +112,7 @@ class ChatPage(QWidget):
 
         new_button.clicked.connect(self.new_conversation)
         self.delete_button.clicked.connect(self.delete_conversation)
+        self.export_button.clicked.connect(self._pick_export)
         self.search.textChanged.connect(self.refresh_list)
         self.conversation_list.currentItemChanged.connect(self._on_select)
         self.conversation_list.itemChanged.connect(self._on_renamed)
@@ -153,6 +159,27 @@ class ChatPage(QWidget):
             self._show_messages([])
             self.refresh_list()
 
+    def _pick_export(self) -> None:
+        if self.conversation_id is None:
+            return
+        title = self.store.conversation(self.conversation_id).title
+        file, _ = QFileDialog.getSaveFileName(self, "Export chat", f"{title}.md", "Markdown (*.md);;JSON (*.json)")
+        if file:
+            self.export_to(Path(file))
+
+    def export_to(self, file: Path) -> None:
+        """Markdown, or JSON when the name ends in .json; a failure is said, not raised."""
+        if file.suffix.lower() == ".json":
+            text = json.dumps(self.store.export_json(self.conversation_id), indent=2, ensure_ascii=False)
+        else:
+            text = self.store.export_markdown(self.conversation_id)
+        try:
+            file.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            self.notice.setText(f"Could not export to {file}: {exc.strerror or exc}")
+            return
+        self.notice.setText(f"Exported to {file}.")
+
     def _on_renamed(self, item: QListWidgetItem) -> None:
         title = item.text().strip()
         conversation_id = item.data(Qt.ItemDataRole.UserRole)
@@ -195,11 +222,13 @@ class ChatPage(QWidget):
             widget = self.messages_box.takeAt(0).widget()
             widget.deleteLater()
         for m in messages:
-            self._add_bubble(m.role, m.content, m.id)
+            self._add_bubble(m.role, m.content, m.id, m.stats)
         self._update_actions()
 
-    def _add_bubble(self, role: str, text: str, message_id: int | None = None) -> MessageBubble:
-        bubble = MessageBubble(role, text, message_id)
+    def _add_bubble(self, role: str, text: str, message_id: int | None = None, stats: dict | None = None) -> MessageBubble:
+        bubble = MessageBubble(role, text, message_id, stats)
+        if role == "user":
+            bubble.edit_requested.connect(lambda: self.edit_message(bubble))
         self.messages_box.insertWidget(self.messages_box.count() - 1, bubble)
         QTimer.singleShot(0, lambda: self.scroll.verticalScrollBar().setValue(self.scroll.verticalScrollBar().maximum()))
         return bubble
@@ -265,13 +294,18 @@ class ChatPage(QWidget):
         self._start_reply()
 
     def edit_last(self) -> None:
-        """Takes the last question back into the input (its reply goes too); Send resends it."""
         users = [b for b in self.bubbles() if b.role == "user"]
-        if self._active is not None or not users:
+        if users:
+            self.edit_message(users[-1])
+
+    def edit_message(self, bubble: MessageBubble) -> None:
+        """Takes a question back into the input; it and everything after it go. Send resends it."""
+        if self._active is not None:
             return
-        self.store.truncate_from(self.conversation_id, users[-1].message_id)
+        text = bubble.text()
+        self.store.truncate_from(self.conversation_id, bubble.message_id)
         self._show_messages(self.store.messages(self.conversation_id))
-        self.input.setPlainText(users[-1].text())
+        self.input.setPlainText(text)
 
     def _start_reply(self) -> None:
         conv = self.store.conversation(self.conversation_id)
@@ -314,7 +348,8 @@ class ChatPage(QWidget):
         writer.finish(stats=info.get("stats"), complete=info.get("finish_reason") != "error")
         if info.get("error"):
             bubble.setText(bubble.text() + f"\n\n*Error: {info['error']}*")
-        self.stats_label.setText(_describe(info))
+        self.stats_label.setText(describe_reply(info.get("stats"), info.get("finish_reason")))
+        bubble.set_stats(info.get("stats"), info.get("finish_reason"))
         self.notice.setText(self._context_notice(info))
         if info.get("stats"):
             self._show_context(info["stats"])
@@ -345,17 +380,3 @@ class ChatPage(QWidget):
         self.stop_button.setEnabled(not idle)
         self.regenerate_button.setEnabled(self._engine_ready and idle and bool(bubbles) and bubbles[-1].role == "assistant")
         self.edit_button.setEnabled(idle and any(b.role == "user" for b in bubbles))
-
-
-def _describe(info: dict) -> str:
-    stats = info.get("stats") or {}
-    parts = []
-    if stats.get("ttft_s") is not None:
-        parts.append(f"first token {stats['ttft_s'] * 1e3:.0f} ms")
-    if stats.get("decode_tokens_per_s"):
-        parts.append(f"{stats['decode_tokens_per_s']:.1f} tok/s")
-    if stats.get("completion_tokens") is not None:
-        parts.append(f"{stats['prompt_tokens']} prompt + {stats['completion_tokens']} reply tokens")
-    if info.get("finish_reason") == "cancelled":
-        parts.append("stopped")
-    return " · ".join(parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -175,3 +176,35 @@ def test_a_streaming_code_block_redraws_only_its_own_piece(page: ChatPage) -> No
             assert first_block.segment.text == "x = 1\ny = 2"
     assert bubble.view.code_blocks() == [first_block]  # the same widget, updated in place
     assert [s.kind for s in split_segments(text)] == ["prose", "code", "prose"]
+
+
+def test_any_question_can_be_edited_and_replies_show_their_speed(page: ChatPage, qtbot) -> None:
+    conv = page.store.new_conversation("Two questions")
+    page.store.add_message(conv.id, "user", "First question")
+    answer = page.store.add_message(conv.id, "assistant", "")
+    stats = {"ttft_s": 0.082, "decode_tokens_per_s": 93.94, "prompt_tokens": 67, "completion_tokens": 49}
+    page.store.update_message(answer.id, "First answer", complete=True, stats=stats)
+    page.store.add_message(conv.id, "user", "Second question")
+    page.store.add_message(conv.id, "assistant", "Second answer")
+    page.open_conversation(conv.id)
+    first_question, first_answer = page.bubbles()[:2]
+    assert first_answer.footer.text() == "first token 82 ms · 93.9 tok/s · 67 prompt + 49 reply tokens"
+    assert first_question.footer.isHidden() and not hasattr(first_answer, "edit_button")
+    qtbot.mouseClick(first_question.edit_button, Qt.MouseButton.LeftButton)
+    assert page.input.toPlainText() == "First question" and page.bubbles() == []
+    assert page.store.messages(conv.id) == []  # what followed the edited question went with it
+
+
+def test_a_chat_exports_to_markdown_and_json(page: ChatPage, tmp_path) -> None:
+    conv = page.store.new_conversation("Capitals")
+    page.store.add_message(conv.id, "user", "What is the capital of France?")
+    page.store.add_message(conv.id, "assistant", "Paris.")
+    page.open_conversation(conv.id)
+    page.export_to(tmp_path / "capitals.md")
+    assert (tmp_path / "capitals.md").read_text() == page.store.export_markdown(conv.id)
+    assert "# Capitals" in (tmp_path / "capitals.md").read_text() and page.notice.text().startswith("Exported to")
+    page.export_to(tmp_path / "capitals.json")
+    exported = json.loads((tmp_path / "capitals.json").read_text())
+    assert [m["content"] for m in exported["messages"]] == ["What is the capital of France?", "Paris."]
+    page.export_to(tmp_path / "no-such-folder" / "x.md")
+    assert "Could not export" in page.notice.text() and "No such file or directory" in page.notice.text()
