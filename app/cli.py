@@ -36,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--ttft", type=int, metavar="LEN", help="also time the first token of a LEN-token prompt")
     bench.add_argument("--limits", action="store_true", help="also measure copy bandwidth and GEMM rate")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    download = sub.add_parser("download", help="download a model from Hugging Face or ModelScope into the library")
+    download.add_argument("repo", help="repository id, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+    download.add_argument("--source", choices=["hf", "modelscope"], default="hf")
+    download.add_argument("--revision", help="branch, tag or commit (default: the main branch)")
+    download.add_argument("--endpoint", help="a hub mirror's URL (default: $HF_ENDPOINT or $MODELSCOPE_ENDPOINT, "
+                          "else the hub)")
+    download.add_argument("--out", help="destination folder (default: the library, $LMSTATION_HOME/models/ORG--NAME)")
+    download.add_argument("--variant", help="the quantization variant to take, e.g. Q4_K_M or fp16")
+    download.add_argument("--format", action="append", help="a weight format to take instead of the preferred one "
+                          "(safetensors, else bin, else gguf); repeatable")
+    download.add_argument("--all", action="store_true", help="every file of the repository")
     return parser
 
 
@@ -54,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             from app.commands.bench import run_bench
 
             return run_bench(args)
+        if args.command == "download":
+            from app.commands.download import run_download
+
+            return run_download(args)
     except KeyboardInterrupt:
         return 130
     return 2
