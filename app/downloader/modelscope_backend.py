@@ -7,17 +7,12 @@ from app import __version__
 from app.downloader.backends import RepoFile, RepoListing, SearchResult
 from app.downloader.errors import DownloadError
 
-INSTALL_HINT = "ModelScope support needs the modelscope client: pip install 'lmstation[modelscope]'"
-
-
 class ModelScopeBackend:
     source = "modelscope"
 
     def __init__(self, endpoint: str | None = None, token: str | None = None):
-        try:
-            from modelscope_hub import HubApi, HubConfig
-        except ImportError as exc:
-            raise DownloadError("modelscope", INSTALL_HINT) from exc
+        from modelscope_hub import HubApi, HubConfig  # imported on first use: most people only use the HF hub
+
         self.config = HubConfig(endpoint=endpoint, token=token)  # None: the env / saved login decide
         self.endpoint = self.config.endpoint
         self.api = HubApi(self.config, user_agent={"lmstation": __version__})
