@@ -10,10 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Slot
-from PySide6.QtWidgets import QApplication, QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QApplication, QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QTabWidget, QVBoxLayout, QWidget,
+)
 
 from app.chats.store import ChatStore
+from app.downloader import CatalogEntry, DownloadRequest, JobState, TokenStore, load_catalog
 from app.ui.chat_page import ChatPage
+from app.ui.discover_page import DiscoverPage
+from app.ui.downloads_panel import Downloads, DownloadsPanel
 from app.ui.engine_bridge import EngineBridge
 from app.ui.models_page import ModelsPage
 from app.ui.settings import AppSettings
@@ -46,7 +51,9 @@ def _coming_page(title: str, points: list[str]) -> QWidget:
 
 class MainWindow(QMainWindow):
     def __init__(self, store: ChatStore, bridge: EngineBridge, model: Path | None = None,
-                 engine_options: dict | None = None, settings: AppSettings | None = None):
+                 engine_options: dict | None = None, settings: AppSettings | None = None,
+                 downloads: Downloads | None = None, catalog: list[CatalogEntry] | None = None,
+                 tokens: TokenStore | None = None):
         super().__init__()
         self.setWindowTitle("LM Station")
         self.resize(1280, 800)
@@ -57,11 +64,18 @@ class MainWindow(QMainWindow):
         self.device = "cpu"
         self.chat = ChatPage(store, bridge)
         self.models = ModelsPage()
-        self.settings_page = SettingsPage(self.settings)
+        self.downloads = downloads or Downloads()
+        self.discover = DiscoverPage(load_catalog() if catalog is None else catalog, self.settings.endpoint)
+        self.downloads_panel = DownloadsPanel(self.downloads)
+        self.models_tabs = QTabWidget()
+        self.models_tabs.addTab(self.models, "On this computer")
+        self.models_tabs.addTab(self.discover, "Discover")
+        self.models_tabs.addTab(self.downloads_panel, "Downloads")
+        self.settings_page = SettingsPage(self.settings, tokens)
         self.sidebar = QListWidget(objectName="sidebar")
         self.sidebar.setFixedWidth(160)
         self.pages = QStackedWidget()
-        pages = [("Chat", self.chat), ("Models", self.models)]
+        pages = [("Chat", self.chat), ("Models", self.models_tabs)]
         pages += [(name, _coming_page(*text)) for name, text in COMING.items()]
         pages += [("Settings", self.settings_page)]
         for name, page in pages:
@@ -85,10 +99,14 @@ class MainWindow(QMainWindow):
         bridge.load_failed.connect(self._on_load_failed, queued)
         bridge.memory.connect(self._on_memory, queued)
         bridge.devices.connect(self.settings_page.set_devices, queued)
+        bridge.devices.connect(self.discover.set_devices, queued)
         bridge.gguf_imported.connect(self.models.on_gguf_imported, queued)
         self.models.load_requested.connect(self.load)
         self.models.unload_requested.connect(bridge.request_unload)
         self.models.gguf_import_requested.connect(bridge.request_import_gguf)
+        self.discover.download_requested.connect(self._download)
+        self.downloads_panel.load_requested.connect(self.load)
+        self.downloads_panel.finished.connect(self._on_download_finished)
         self.settings_page.theme_changed.connect(lambda theme: apply_theme(QApplication.instance(), theme))
         self.settings_page.models_dir_changed.connect(self.models.refresh)
         self.settings_page.reload_requested.connect(lambda: self.load(self.models.loaded_path))
@@ -101,6 +119,22 @@ class MainWindow(QMainWindow):
     def load(self, model: str | None) -> None:
         """Loads a model folder (None: the starter model) with the current settings."""
         self.bridge.request_load.emit({**self.settings.engine_options(), **self.engine_options, "model": model})
+
+    def _download(self, request: DownloadRequest) -> None:
+        try:
+            self.downloads.start(request)
+        except ValueError as exc:
+            self.statusBar().showMessage(f"Could not start the download: {exc}")
+            return
+        self.models_tabs.setCurrentWidget(self.downloads_panel)
+
+    def _on_download_finished(self, snapshot) -> None:
+        if snapshot.state is JobState.DONE:
+            self.models.refresh()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt's naming)
+        self.downloads.close()  # a running download pauses; its partial files wait for next time
+        super().closeEvent(event)
 
     @Slot(str)
     def _on_state(self, state: str) -> None:

@@ -72,6 +72,13 @@ class AppSettings:
     def theme(self, value: str) -> None:
         self._set("theme", value)
 
+    def endpoint(self, source: str) -> str | None:
+        """The hub mirror set for "hf" or "modelscope"; None: the hub itself (or the client's env setting)."""
+        return self._get(f"{source}_endpoint", "", str) or None
+
+    def set_endpoint(self, source: str, url: str) -> None:
+        self._set(f"{source}_endpoint", url.strip().rstrip("/"))
+
     def engine_options(self) -> dict:
         options: dict = {"device": self.device}
         if self.cache_percent:

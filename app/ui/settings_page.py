@@ -12,7 +12,10 @@ from PySide6.QtWidgets import (
 )
 
 from app import paths
+from app.downloader import TokenStore
 from app.ui.settings import THEMES, AppSettings
+
+HUBS = {"hf": "Hugging Face", "modelscope": "ModelScope"}
 
 
 class SettingsPage(QWidget):
@@ -20,9 +23,10 @@ class SettingsPage(QWidget):
     models_dir_changed = Signal()
     reload_requested = Signal()
 
-    def __init__(self, settings: AppSettings):
+    def __init__(self, settings: AppSettings, tokens: TokenStore | None = None):
         super().__init__()
         self.settings = settings
+        self.tokens = tokens or TokenStore()
         self.models_dir = QLineEdit(str(paths.models_dir()), readOnly=True)
         browse = QPushButton("Change…")
         default = QPushButton("Default")
@@ -44,6 +48,15 @@ class SettingsPage(QWidget):
             self.theme.addItem({"system": "Follow the system", "light": "Light", "dark": "Dark"}[theme], theme)
         self.theme.setCurrentIndex(THEMES.index(settings.theme))
         self.reload_button = QPushButton("Reload model with these settings")
+        self.mirrors: dict[str, QLineEdit] = {}
+        self.token_fields: dict[str, QLineEdit] = {}
+        for source, hub in HUBS.items():
+            mirror = QLineEdit(settings.endpoint(source) or "", placeholderText=f"{hub} itself")
+            mirror.editingFinished.connect(lambda s=source, m=mirror: settings.set_endpoint(s, m.text()))
+            token = QLineEdit(self.tokens.get(source) or "", echoMode=QLineEdit.EchoMode.Password,
+                              placeholderText="Only for gated or private models")
+            token.editingFinished.connect(lambda s=source, t=token: self._save_token(s, t.text()))
+            self.mirrors[source], self.token_fields[source] = mirror, token
 
         form = QFormLayout()
         form.addRow("Models folder", folder_row)
@@ -51,6 +64,9 @@ class SettingsPage(QWidget):
         form.addRow("KV-cache memory", self.cache_percent)
         form.addRow("Longest context", self.max_context)
         form.addRow("Theme", self.theme)
+        for source, hub in HUBS.items():
+            form.addRow(f"{hub} mirror", self.mirrors[source])
+            form.addRow(f"{hub} access token", self.token_fields[source])
         note = QLabel("Device, KV-cache memory and context take effect when a model loads.", objectName="muted")
         reload_row = QHBoxLayout()
         reload_row.addWidget(self.reload_button)
@@ -73,6 +89,13 @@ class SettingsPage(QWidget):
         self.max_context.valueChanged.connect(lambda v: setattr(settings, "max_context", v))
         self.theme.currentIndexChanged.connect(self._on_theme)
         self.reload_button.clicked.connect(self.reload_requested)
+
+    def _save_token(self, source: str, token: str) -> None:
+        """Kept in the system keyring where there is one, else in a file only this user can read."""
+        if token.strip():
+            self.tokens.set(source, token.strip())
+        else:
+            self.tokens.delete(source)
 
     def set_devices(self, devices: list[dict]) -> None:
         """Fills the device list from what the engine found; the stored choice stays selected."""

@@ -65,6 +65,7 @@ class FakeHub:
     faults: dict[str, Fault] = field(default_factory=dict)
     log: list[Logged] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)  # ends stalls at shutdown
+    rate_bps: float | None = None  # file bodies trickle at this many bytes per second (None: at once)
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -277,7 +278,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self.wfile.write(body)
+        self._send_body(body)
+
+    def _send_body(self, body: bytes) -> None:
+        """At the hub's rate, in small pieces, so a client sees a transfer in progress (and can pause it)."""
+        if not self.hub.rate_bps:
+            self.wfile.write(body)
+            return
+        piece = 16 * 1024
+        for start in range(0, len(body), piece):
+            if self.hub.release.wait(piece / self.hub.rate_bps):
+                return  # the hub is shutting down
+            self.wfile.write(body[start:start + piece])
 
     def _json(self, value) -> None:
         self._reply(200, urlsplit(self.path).path, json.dumps(value).encode(), {"Content-Type": "application/json"})
