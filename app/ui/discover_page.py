@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView, QComboBox, QHBoxLayout, QHeaderView, QLabel, QLineEdit, QPushButton, QStackedWidget,
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
@@ -17,6 +18,7 @@ from app.downloader import CatalogEntry, DownloadError, DownloadRequest, Fit, Se
 
 SOURCE_NAMES = {"hf": "Hugging Face", "modelscope": "ModelScope"}
 FIT_TEXT = {Fit.GPU: "● Fits your GPU", Fit.CPU: "● Runs on the CPU (slower)", Fit.TOO_BIG: "● Too big for this computer"}
+FIT_COLOUR = {Fit.GPU: "#16a34a", Fit.CPU: "#d97706", Fit.TOO_BIG: "#dc2626"}
 CATALOG_COLUMNS = ("Model", "Size", "Memory needed", "On this computer", "Good for")
 SEARCH_COLUMNS = ("Repository", "Task", "Library", "Downloads", "Likes")
 
@@ -100,13 +102,15 @@ class DiscoverPage(QWidget):
         self.show_catalog()
 
     def show_catalog(self) -> None:
-        rows = []
-        for e in self.catalog:
+        rows, fits = [], [fit(e, self.gpu_bytes, self.ram_bytes) if self.ram_bytes else None for e in self.catalog]
+        for e, where in zip(self.catalog, fits):
             quant = " · AWQ 4-bit" if e.quantization == "awq" else ""
-            where = FIT_TEXT[fit(e, self.gpu_bytes, self.ram_bytes)] if self.ram_bytes else ""
             rows.append((f"{e.name} ({e.params_b:g}B{quant})", human_bytes(e.size_bytes), human_bytes(e.memory_bytes),
-                         where, e.good_for))
+                         FIT_TEXT[where] if where else "", e.good_for))
         _fill(self.catalog_table, rows, stretch=4)
+        for row, where in enumerate(fits):
+            if where is not None:
+                self.catalog_table.item(row, 3).setForeground(QColor(FIT_COLOUR[where]))
 
     def _show(self, table: QTableWidget) -> None:
         self.tables.setCurrentWidget(table)

@@ -26,6 +26,28 @@ def _wait_until(app, condition, timeout_s: float = 300.0) -> None:
         time.sleep(0.01)
 
 
+def _views(window) -> list[tuple[str, object]]:
+    """(file name, how to show it): each sidebar page, and the Models page's Discover tab."""
+
+    def page(row: int):
+        return lambda: window.sidebar.setCurrentRow(row)
+
+    views = [(window.sidebar.item(row).text().lower(), page(row)) for row in range(window.sidebar.count())]
+    models_row = next(row for row in range(window.sidebar.count()) if window.sidebar.item(row).text() == "Models")
+
+    def discover() -> None:
+        window.sidebar.setCurrentRow(models_row)
+        window.models_tabs.setCurrentWidget(window.discover)
+
+    def library() -> None:
+        window.sidebar.setCurrentRow(models_row)
+        window.models_tabs.setCurrentWidget(window.models)
+
+    views[models_row] = ("models", library)
+    views.insert(models_row + 1, ("discover", discover))
+    return views
+
+
 def _shoot(out: Path, scale: int) -> None:
     """Runs in a process whose QT_SCALE_FACTOR is ``scale``."""
     from PySide6.QtWidgets import QApplication
@@ -43,7 +65,7 @@ def _shoot(out: Path, scale: int) -> None:
     window = MainWindow(store, bridge, None, {"device": "cpu"}, settings)
     window.show()
     try:
-        _wait_until(app, lambda: window.state_label.text() == "Ready")
+        _wait_until(app, lambda: window.state_label.text() == "Ready" and window.discover.ram_bytes > 0)
         chat = window.chat
         if not store.conversations():  # the first process asks; the next one finds the chat stored
             chat.sampling.temperature.setValue(0.0)
@@ -60,13 +82,12 @@ def _shoot(out: Path, scale: int) -> None:
         themes = window.settings_page.theme
         for theme in THEMES:
             themes.setCurrentIndex(themes.findData(theme))  # as a user picks it: applied at once
-            for row in range(window.sidebar.count()):
-                window.sidebar.setCurrentRow(row)
+            for name, show in _views(window):
+                show()
                 for _ in range(20):
                     app.processEvents()
                     time.sleep(0.01)
                 window.repaint()
-                name = window.sidebar.item(row).text().lower()
                 window.grab().save(str(out / f"{name}-{theme}{suffix}.png"))
     finally:
         window.close()
