@@ -11,6 +11,7 @@ import psutil
 
 
 def run_app(model: Path | None = None) -> int:
+    import shiboken6
     from PySide6.QtWidgets import QApplication
 
     from app import paths
@@ -40,3 +41,4 @@ def run_app(model: Path | None = None) -> int:
     finally:
         stop_bridge(bridge, thread)
         store.close()
+        shiboken6.delete(window)  # while the QApplication lives: Python's exit order could outlive it

@@ -88,9 +88,9 @@ class EngineBridge(QObject):
 
     def _on_loaded(self, future: Future) -> None:  # runs on the engine thread
         error = future.exception()
-        if error is None:
-            self.state_changed.emit("ready")
+        if error is None:  # the stats first: "ready" then finds the window knowing the model
             self.loaded.emit(future.result())
+            self.state_changed.emit("ready")
         else:  # the engine keeps the model it had, if any
             self.state_changed.emit("empty" if self.engine.stats().get("state") == "empty" else "ready")
             self.load_failed.emit(str(error))

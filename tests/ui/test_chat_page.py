@@ -165,8 +165,9 @@ def test_code_blocks_are_highlighted_and_each_copies_its_code(page: ChatPage, qt
     assert prose == ["Two ways:", "or in a shell:", "Both print **3**."]
 
 
-def test_a_streaming_code_block_redraws_only_its_own_piece(page: ChatPage) -> None:
+def test_a_streaming_code_block_redraws_only_its_own_piece(page: ChatPage, qtbot) -> None:
     bubble = MessageBubble("assistant")
+    qtbot.addWidget(bubble)  # deleted at the test's end, while Qt still runs
     text = ""
     for piece in ["Here", " it is:\n\n```py", "thon\nx = 1\n", "y = 2\n", "```\n\nDone."]:
         text += piece

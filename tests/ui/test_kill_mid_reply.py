@@ -30,10 +30,11 @@ chat.sampling.max_new_tokens.setValue(30000)
 chat.extra_generation["ignore_eos"] = True
 
 class Driver(QObject):  # lives on the GUI thread, so the bridge's signals reach it there
-    @Slot(dict)
-    def ready(self, stats):
-        chat.input.setPlainText("Tell me a very long story")
-        chat.send()
+    @Slot(str)
+    def ready(self, state):  # connected after the window's own slot, so the window is ready first
+        if state == "ready":
+            chat.input.setPlainText("Tell me a very long story")
+            chat.send()
 
     @Slot(int, str, int)
     def streamed(self, key, text, n):
@@ -42,7 +43,7 @@ class Driver(QObject):  # lives on the GUI thread, so the bridge's signals reach
             print("streaming", flush=True)
 
 driver = Driver()
-bridge.loaded.connect(driver.ready)
+bridge.state_changed.connect(driver.ready)
 bridge.delta.connect(driver.streamed)
 app.exec()
 """
