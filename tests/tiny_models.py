@@ -55,8 +55,8 @@ def write_tiny_model(out: Path, variant: str, seed: int = 0, dtype: torch.dtype 
 
     config_class, extra = VARIANTS[variant]
     tokenizer = write_tokenizer(out)
-    cfg = getattr(transformers, config_class)(
-        vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, **{**SHAPE, **extra, **overrides}
+    cfg = getattr(transformers, config_class)(  # overrides may pad vocab_size past the tokenizer's
+        eos_token_id=tokenizer.eos_token_id, **{"vocab_size": len(tokenizer), **SHAPE, **extra, **overrides}
     )
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").to(dtype).eval()

@@ -8,6 +8,7 @@ from pathlib import Path
 from app.engine.errors import RequestError
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 
 
 @dataclass
@@ -36,12 +37,17 @@ class EngineConfig:
     max_model_len: int | None = None  # defaults to the model's context length
     cuda_graphs: bool = True  # replay decode steps from captured graphs (CUDA only)
     kernels: str = "auto"  # auto | torch | triton (see kernels.ops_for)
+    # Ranks the model is split over (app/engine/distributed): GPUs from the device's index on
+    # (one spawned process each beside this one), or processes on the CPU.
+    tensor_parallel: int = 1
 
     def __post_init__(self) -> None:
         if self.load_format not in ("safetensors", "random"):
             raise ValueError(f"load_format must be 'safetensors' or 'random', got {self.load_format!r}")
         if self.kernels not in ("auto", "torch", "triton"):
             raise ValueError(f"kernels must be auto, torch or triton, got {self.kernels!r}")
+        if self.tensor_parallel not in TENSOR_PARALLEL_SIZES:
+            raise ValueError(f"tensor_parallel must be one of {TENSOR_PARALLEL_SIZES}, got {self.tensor_parallel!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if min(self.block_size, self.prefill_chunk_size, self.max_num_seqs, self.prefill_interval) < 1:

@@ -12,12 +12,24 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 
 from app.engine.attention_metadata import AttentionMetadata
+from app.engine.config import EngineConfig
 from app.engine.kv_cache import KVCache
 from app.engine.models.decoder import DecoderLM
 
 BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+
+
+def max_graph_batch(model: DecoderLM, config: EngineConfig) -> int:
+    """The largest decode batch replayed from CUDA graphs (0: none). A model split over ranks
+    needs NCCL's collectives, which graphs capture (gloo's, on Windows GPUs, they do not)."""
+    if model.device.type != "cuda" or not config.cuda_graphs or not model.ops.graph_safe:
+        return 0
+    if model.shard.world > 1 and not dist.is_nccl_available():
+        return 0
+    return min(config.max_num_seqs, BUCKETS[-1])
 
 
 class DecodeGraphs:
@@ -50,14 +62,17 @@ class DecodeGraphs:
         )
 
     def _forward(self, bs: int) -> torch.Tensor:
+        """Logits; on tensor-parallel ranks that compute none, the hidden states."""
         seq_lens = self.lens[:bs] if self.model.needs_seq_lens else None
         hidden = self.model(self.ids[:bs], self.positions[:bs], self._meta(bs), self.cache.layers, seq_lens)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden) if self.model.computes_logits else hidden
 
     @torch.inference_mode()
     def capture(self) -> None:
         """Largest bucket first, all sharing one memory pool. Warm-up runs first, so kernels
-        are compiled and tuned before capture."""
+        are compiled and tuned before capture. Tensor-parallel ranks capture together: each
+        graph holds the layers' all-reduces, in the same order on every rank. Other threads may
+        use the device meanwhile (thread_local), e.g. NCCL's watchdog querying its events."""
         self._fill([0] * self.max_batch, [0] * self.max_batch, [-1] * self.max_batch, [[0]] * self.max_batch,
                    [1] * self.max_batch)
         pool = None
@@ -65,7 +80,7 @@ class DecodeGraphs:
             self._forward(bs)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 logits = self._forward(bs)
             pool = graph.pool()
             self.graphs[bs] = (graph, logits)

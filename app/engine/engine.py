@@ -21,8 +21,9 @@ import torch
 
 from app.engine.config import EngineConfig, GenerationConfig
 from app.engine.engine_core import EngineCore
-from app.engine.errors import EngineError, NoModelLoadedError
+from app.engine.errors import EngineError, NoModelLoadedError, TensorParallelError
 from app.engine.loader import model_loader
+from app.engine.models.config import ModelConfig
 from app.engine.outputs import Delta, RequestStats
 from app.engine.tokenizer import Message
 
@@ -156,6 +157,8 @@ class Engine:
                 self._stats = {"state": "busy", **self._core.stats()}
             elif self._core is not None:
                 self._stats = {"state": "idle", **self._core.stats()}
+            if self._core is not None and self._core.failure:
+                self._drop_failed()
 
     def _handle(self, command) -> None:
         if isinstance(command, _Submit):
@@ -163,6 +166,8 @@ class Engine:
         elif command[0] == "cancel":
             if self._core is not None:
                 self._core.cancel(command[1])
+        elif command[0] == "wake":  # a tensor-parallel rank failed: the loop looks at core.failure
+            pass
         else:
             future, fn, args = command
             if future.set_running_or_notify_cancel():
@@ -190,25 +195,51 @@ class Engine:
 
     def _do_load(self, config: EngineConfig) -> dict[str, Any]:
         model_dir = Path(config.model).expanduser()
-        checked = model_loader.check_model_folder(model_dir, config.load_format)  # before the current model is touched
+        # Before the current model is touched:
+        checked = model_loader.check_model_folder(model_dir, config.load_format, config.tensor_parallel)
         self._do_unload()
         self._stats = {"state": "loading", "model": str(model_dir)}
         try:
-            self._core = EngineCore(model_loader.load(config, model_dir, checked), config)
+            self._core = self._start_core(config, model_dir, checked)
         except BaseException:
             self._stats = {"state": "empty"}
             _release_memory()
             raise
+        self._core.watch(lambda: self._commands.put(("wake",)))
         self._stats = {"state": "idle", **self._core.stats()}
         return self.stats()
 
-    def _do_unload(self) -> None:
+    @staticmethod
+    def _start_core(config: EngineConfig, model_dir: Path, checked: ModelConfig) -> EngineCore:
+        loaded = model_loader.load(config, model_dir, checked)
+        try:
+            core = EngineCore(loaded, config)
+        except BaseException as exc:
+            loaded.close()
+            if loaded.workers is not None and loaded.workers.failure:  # the cause: a rank died or failed
+                raise TensorParallelError(loaded.workers.failure) from exc
+            raise
+        if core.failure:  # a tensor-parallel rank failed while the core warmed up
+            core.close()
+            raise TensorParallelError(core.failure)
+        return core
+
+    def _do_unload(self, failure: EngineError | None = None) -> None:
+        """failure: why the model cannot run any more; its requests fail with it and the stats show it."""
         if self._core is None:
             return
-        self._core.fail_all("the model was unloaded")
+        if failure is None:
+            self._core.fail_all("the model was unloaded")
+        else:
+            self._core.fail_all(str(failure), type(failure).__name__)
+        self._core.close()
         self._core = None
-        self._stats = {"state": "empty"}
+        self._stats = {"state": "empty", **({"error": str(failure)} if failure else {})}
         _release_memory()
+
+    def _drop_failed(self) -> None:
+        """A tensor-parallel rank failed: the model is unloaded, the engine stays up for the next load."""
+        self._do_unload(TensorParallelError(self._core.failure))
 
 
 def _release_memory() -> None:

@@ -14,7 +14,7 @@ import torch
 
 from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig, GenerationConfig
-from app.engine.cuda_graphs import BUCKETS
+from app.engine.cuda_graphs import max_graph_batch
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextOverflowError, RequestError
 from app.engine.loader.model_loader import LoadedModel
@@ -51,19 +51,14 @@ class EngineCore:
             self.blocks, config.max_num_seqs, config.max_num_batched_tokens, config.prefill_chunk_size,
             config.prefill_interval,
         )
-        self.runner = ModelRunner(loaded.model, loaded.cache, self._graph_batch(loaded, config), loaded.max_model_len)
+        self.runner = ModelRunner(loaded.model, loaded.cache, max_graph_batch(loaded.model, config),
+                                  loaded.max_model_len, loaded.workers)
         self.requests: dict[int, _Request] = {}
         self.generated_tokens = 0
         self._in_flight: _InFlight | None = None
+        self._failure: str | None = None
         if loaded.device.type == "cuda":
             self._warm_up()
-
-    @staticmethod
-    def _graph_batch(loaded: LoadedModel, config: EngineConfig) -> int:
-        """The largest decode batch replayed from CUDA graphs (0: none)."""
-        if loaded.device.type != "cuda" or not config.cuda_graphs or not loaded.model.ops.graph_safe:
-            return 0
-        return min(config.max_num_seqs, BUCKETS[-1])
 
     def _warm_up(self) -> None:
         """Runs each kind of step once (prefill; mixed steps over short and longer contexts;
@@ -127,9 +122,25 @@ class EngineCore:
         self._finish(req, "cancelled")
         return True
 
-    def fail_all(self, message: str) -> None:
+    def fail_all(self, message: str, error_type: str | None = None) -> None:
         for req in list(self.requests.values()):
-            self._finish(req, "error", error=message)
+            self._finish(req, "error", error=message, error_type=error_type)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the model cannot run any more (a tensor-parallel rank failed), or None."""
+        workers = self.loaded.workers
+        return self._failure or (workers.failure if workers is not None else None)
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Has ``callback`` called (from another thread) when a tensor-parallel rank fails, so an
+        idle engine learns of it too."""
+        if self.loaded.workers is not None:
+            self.loaded.workers.on_failure = callback
+
+    def close(self) -> None:
+        """Stops the other tensor-parallel ranks, if any; the core is unusable afterwards."""
+        self.loaded.close()
 
     def has_work(self) -> bool:
         return self.scheduler.has_work() or self._in_flight is not None
@@ -149,6 +160,8 @@ class EngineCore:
             try:
                 out = self.runner.step(batch)
             except Exception as exc:  # e.g. out of memory: fail this batch, keep serving the rest
+                if self.loaded.workers is not None:
+                    return self._break(exc)
                 self._fail([item.seq for item in batch.items], exc)
             else:
                 sampling = [item.seq for item in batch.items if item.samples]
@@ -170,6 +183,9 @@ class EngineCore:
         try:
             tokens = done.out.tokens()
         except Exception as exc:
+            if self.loaded.workers is not None:
+                self._break(exc)
+                return
             self._fail([seq for seq, _ in done.sampled], exc)
             return
         self.scheduler.commit(done.seqs)
@@ -193,6 +209,15 @@ class EngineCore:
                 continue
             self._finish(req, reason, text=text, token_ids=[token])
 
+    def _break(self, exc: Exception) -> int:
+        """A tensor-parallel step failed: the ranks are out of step, so nothing can run any more.
+        Every request fails with the reason (which rank failed, and how)."""
+        error = self.loaded.workers.error(exc)
+        self._failure = str(error)
+        self._in_flight = None
+        self.fail_all(self._failure, type(error).__name__)
+        return 0
+
     def _fail(self, seqs: list[Sequence], exc: Exception) -> None:
         for seq in seqs:
             req = self.requests.get(seq.seq_id)
@@ -208,7 +233,7 @@ class EngineCore:
         return None
 
     def _finish(self, req: _Request, reason: str, text: str = "", token_ids: list[int] | None = None,
-                error: str | None = None) -> None:
+                error: str | None = None, error_type: str | None = None) -> None:
         seq = req.seq
         if seq.token_ids[-1] < 0:  # a token still being computed, never to be shown
             seq.token_ids.pop()
@@ -228,7 +253,7 @@ class EngineCore:
             preemptions=seq.num_preemptions,
         )
         req.emit(Delta(seq.seq_id, text=text, token_ids=token_ids or [], finished=True, finish_reason=reason,
-                       error=error, stats=stats, logits=req.logits or None))
+                       error=error, error_type=error_type, stats=stats, logits=req.logits or None))
 
     def stats(self) -> dict:
         loaded = self.loaded

@@ -27,3 +27,8 @@ class ContextOverflowError(RequestError):
 
 class NoModelLoadedError(EngineError):
     """A request arrived while no model is loaded."""
+
+
+class TensorParallelError(EngineError):
+    """A tensor-parallel rank died or failed mid-step: the ranks are out of step, so the model
+    cannot run any more; its requests fail and the engine unloads it."""

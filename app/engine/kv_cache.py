@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from app.engine.distributed.parallel_state import Shard
+from app.engine.distributed.sharding import local_heads
 from app.engine.models.config import ModelConfig
 
 
@@ -23,16 +25,18 @@ class KVCache:
 
     @classmethod
     def allocate(
-        cls, cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+        cls, cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device,
+        shard: Shard = Shard(),
     ) -> "KVCache":
-        shape = (cfg.num_layers, 2, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        """shard: under tensor parallelism, the cache holds this rank's key/value heads."""
+        shape = (cfg.num_layers, 2, num_blocks, block_size, local_heads(cfg.num_kv_heads, shard), cfg.head_dim)
         storage = _zeroed(shape, dtype, device)
         return cls([(storage[i, 0], storage[i, 1]) for i in range(cfg.num_layers)], num_blocks, block_size)
 
 
-def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype, shard: Shard = Shard()) -> int:
     element = torch.empty((), dtype=dtype).element_size()
-    return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * element
+    return 2 * cfg.num_layers * block_size * local_heads(cfg.num_kv_heads, shard) * cfg.head_dim * element
 
 
 def _zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

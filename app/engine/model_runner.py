@@ -1,21 +1,27 @@
 """Runs one scheduled step: flat batch tensors in, one sampled token per finishing chunk out.
 
 A runner owns the model and its KV cache on one device. It knows nothing about requests or
-text; a future tensor-parallel rank runs the same steps on its shard.
+text. Under tensor parallelism every rank has one over its shard: rank 0's sends each step's
+inputs (StepInputs) to the others and samples; they run the same steps (``follow``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from app.engine.attention_metadata import AttentionMetadata
 from app.engine.cuda_graphs import DecodeGraphs
+from app.engine.distributed import parallel_state
 from app.engine.kv_cache import KVCache
 from app.engine.models.decoder import DecoderLM
 from app.engine.sampling import sample
 from app.engine.scheduler import Batch
+
+if TYPE_CHECKING:
+    from app.engine.distributed.group import WorkerGroup
 
 
 @dataclass
@@ -27,22 +33,71 @@ class StepOutput:
     logits: list[torch.Tensor | None] = field(default_factory=list)  # where a request asked for them
     host: torch.Tensor | None = None  # pinned copy target, with the event that marks it filled
     ready: torch.cuda.Event | None = None
+    wait: Callable[[torch.cuda.Event], None] | None = None  # how to wait for it, where not synchronize()
 
     def tokens(self) -> list[int]:
         if self.device_tokens is None:
             return []
         if self.ready is None:
             return self.device_tokens.tolist()
-        self.ready.synchronize()
+        if self.wait is None:
+            self.ready.synchronize()
+        else:
+            self.wait(self.ready)
         return self.host[: self.device_tokens.shape[0]].tolist()
 
 
+@dataclass
+class StepInputs:
+    """One step's batch as plain host lists: all a rank needs to run it (tensor-parallel rank 0
+    pickles it to the other ranks). ids may hold placeholders (see Sequence)."""
+
+    ids: list[int]
+    positions: list[int]
+    slots: list[int]
+    block_tables: list[list[int]]
+    query_starts: list[int]
+    query_lens: list[int]
+    context_lens: list[int]
+    num_decodes: int
+    sampling: list[int]  # the sequences (indices in the batch) whose chunk samples a token
+
+    @classmethod
+    def of(cls, batch: Batch, block_size: int) -> "StepInputs":
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        tables, starts, lens, ctx_lens, sampling = [], [], [], [], []
+        for i, item in enumerate(batch.items):
+            seq, n = item.seq, item.num_tokens
+            first, table = seq.num_computed_tokens, seq.block_table
+            starts.append(len(ids))
+            lens.append(n)
+            ctx_lens.append(first + n)
+            tables.append(table)
+            if item.samples:
+                sampling.append(i)
+            if n == 1:  # a decode: the common case, kept cheap
+                ids.append(seq.token_ids[first])
+                positions.append(first)
+                slots.append(table[first // block_size] * block_size + first % block_size)
+                continue
+            ids.extend(seq.token_ids[first : first + n])
+            span = range(first, first + n)
+            positions.extend(span)
+            slots.extend(table[p // block_size] * block_size + p % block_size for p in span)
+        return cls(ids, positions, slots, tables, starts, lens, ctx_lens, batch.num_decodes, sampling)
+
+
 class ModelRunner:
-    def __init__(self, model: DecoderLM, cache: KVCache, graph_batch: int = 0, max_model_len: int = 0):
+    def __init__(self, model: DecoderLM, cache: KVCache, graph_batch: int = 0, max_model_len: int = 0,
+                 workers: WorkerGroup | None = None):
         """graph_batch > 0: decode steps of up to that many sequences replay CUDA graphs,
-        captured here once the model is bound to its cache."""
+        captured here once the model is bound to its cache. workers: on tensor-parallel rank 0,
+        the other ranks, which get every step's inputs and the tokens sampled."""
         self.model, self.cache = model, cache
         self.device = model.device
+        self.workers = workers
         model.bind_cache(cache.layers)
         # The tokens the last step sampled, on the device: placeholder ids in the next step's input
         # (see Sequence) resolve to them there, so a step launches before the host reads them.
@@ -54,35 +109,20 @@ class ModelRunner:
             self.graphs = DecodeGraphs(model, cache, graph_batch, max_model_len)
             self.graphs.capture()
 
-    def _prepare(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None]:
-        block_size = self.cache.block_size
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        starts, lens, ctx_lens = [], [], []
-        for item in batch.items:
-            seq, n = item.seq, item.num_tokens
-            first = seq.num_computed_tokens
-            starts.append(len(ids))
-            lens.append(n)
-            ctx_lens.append(first + n)
-            ids.extend(seq.token_ids[first : first + n])
-            span = range(first, first + n)
-            positions.extend(span)
-            table = seq.block_table
-            slots.extend(table[p // block_size] * block_size + p % block_size for p in span)
-        width = max(len(item.seq.block_table) for item in batch.items)
-        tables = [item.seq.block_table + [0] * (width - len(item.seq.block_table)) for item in batch.items]
+    def _prepare(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None]:
+        ids, starts, lens, ctx_lens = inputs.ids, inputs.query_starts, inputs.query_lens, inputs.context_lens
+        width = max(len(table) for table in inputs.block_tables)
+        tables = [table + [0] * (width - len(table)) for table in inputs.block_tables]
         dev = self.device
         meta = AttentionMetadata(
-            num_seqs=len(batch.items),
-            num_decodes=batch.num_decodes,
+            num_seqs=len(lens),
+            num_decodes=inputs.num_decodes,
             query_starts=starts,
             query_lens=lens,
             context_lens=ctx_lens,
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            slot_mapping=torch.tensor(inputs.slots, dtype=torch.long, device=dev),
             block_tables=torch.tensor(tables, dtype=torch.long, device=dev),
-            decode_context_lens=torch.tensor(ctx_lens[: batch.num_decodes], dtype=torch.long, device=dev),
+            decode_context_lens=torch.tensor(ctx_lens[: inputs.num_decodes], dtype=torch.long, device=dev),
             query_start_loc=torch.tensor(starts + [len(ids)], dtype=torch.int32, device=dev),
             context_lens_t=torch.tensor(ctx_lens, dtype=torch.int32, device=dev),
             max_query_len=max(lens),
@@ -93,7 +133,7 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         if min(ids) < 0:
             input_ids = self._resolve(input_ids)
-        return input_ids, torch.tensor(positions, dtype=torch.long, device=dev), meta, seq_lens
+        return input_ids, torch.tensor(inputs.positions, dtype=torch.long, device=dev), meta, seq_lens
 
     def _resolve(self, ids: torch.Tensor) -> torch.Tensor:
         """Placeholder ids -> the tokens the previous step sampled (device to device)."""
@@ -101,38 +141,46 @@ class ModelRunner:
 
     @torch.inference_mode()
     def step(self, batch: Batch) -> StepOutput:
-        if self.graphs is not None and batch.num_decodes == len(batch.items) <= self.graphs.max_batch:
-            return self._graph_step(batch)
-        input_ids, positions, meta, seq_lens = self._prepare(batch)
-        hidden = self.model(input_ids, positions, meta, self.cache.layers, seq_lens)
-        sampling = [i for i, item in enumerate(batch.items) if item.samples]
-        if not sampling:
+        inputs = StepInputs.of(batch, self.cache.block_size)
+        if self.workers is not None:
+            self.workers.send(inputs)
+        logits = self._forward(inputs)
+        if not inputs.sampling:
             return StepOutput()
-        last_rows = torch.tensor(
-            [meta.query_starts[i] + meta.query_lens[i] - 1 for i in sampling], device=self.device
-        )
-        logits = self.model.compute_logits(hidden[last_rows])
-        return self._sample(logits, [batch.items[i].seq for i in sampling])
+        return self._sample(logits, [batch.items[i].seq for i in inputs.sampling])
 
-    def _graph_step(self, batch: Batch) -> StepOutput:
-        """A decode-only step through the captured graphs."""
-        block_size = self.cache.block_size
-        ids, positions, slots, tables, lens = [], [], [], [], []
-        for item in batch.items:
-            seq = item.seq
-            pos = seq.num_computed_tokens
-            ids.append(seq.token_ids[pos])
-            positions.append(pos)
-            slots.append(seq.block_table[pos // block_size] * block_size + pos % block_size)
-            tables.append(seq.block_table)
-            lens.append(pos + 1)
-        logits = self.graphs.run(ids, positions, slots, tables, lens, self._resolve if min(ids) < 0 else None)
-        return self._sample(logits, [item.seq for item in batch.items])
+    @torch.inference_mode()
+    def follow(self, inputs: StepInputs) -> None:
+        """A step on a tensor-parallel rank past 0: its part of the forward (whose all-reduces
+        pair with the other ranks'), then the tokens rank 0 sampled, which the next step's
+        placeholders stand for."""
+        self._forward(inputs)
+        if inputs.sampling:
+            tokens = torch.empty(len(inputs.sampling), dtype=torch.long, device=self.device)
+            self.last_sampled = parallel_state.broadcast(tokens)
+
+    def _forward(self, inputs: StepInputs) -> torch.Tensor:
+        """The logits of the sampling rows; on ranks that compute none, the hidden states."""
+        num_seqs = len(inputs.query_lens)
+        if self.graphs is not None and inputs.num_decodes == num_seqs <= self.graphs.max_batch:
+            resolve = self._resolve if min(inputs.ids) < 0 else None
+            return self.graphs.run(inputs.ids, inputs.positions, inputs.slots, inputs.block_tables,
+                                   inputs.context_lens, resolve)
+        input_ids, positions, meta, seq_lens = self._prepare(inputs)
+        hidden = self.model(input_ids, positions, meta, self.cache.layers, seq_lens)
+        if not inputs.sampling or not self.model.computes_logits:
+            return hidden
+        last_rows = torch.tensor(
+            [meta.query_starts[i] + meta.query_lens[i] - 1 for i in inputs.sampling], device=self.device
+        )
+        return self.model.compute_logits(hidden[last_rows])
 
     def _sample(self, logits: torch.Tensor, seqs: list) -> StepOutput:
         """Samples on the device and starts copying the tokens back; returns without waiting."""
         kept = [logits[j].clone() if seq.gen.output_logits else None for j, seq in enumerate(seqs)]
         tokens = sample(logits, seqs, self.last_sampled, self.model.ops.sample_race)
+        if self.workers is not None:
+            parallel_state.broadcast(tokens)
         self.last_sampled = tokens
         if tokens.device.type != "cuda":
             return StepOutput(tokens, kept)
@@ -140,7 +188,7 @@ class ModelRunner:
         host[: tokens.shape[0]].copy_(tokens, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return StepOutput(tokens, kept, host, ready)
+        return StepOutput(tokens, kept, host, ready, None if self.workers is None else self.workers.wait)
 
     def _host_buffer(self, n: int) -> torch.Tensor:
         i = self._next_buffer

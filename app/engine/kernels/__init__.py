@@ -51,7 +51,7 @@ REFERENCE_OPS = Ops(
 )
 
 
-def _cpu_ops() -> Ops:
+def _cpu_ops(fused_decode: bool) -> Ops:
     from app.engine.kernels import cpu_decode, cpu_linear
 
     ops = replace(
@@ -60,7 +60,7 @@ def _cpu_ops() -> Ops:
         packed_linear=cpu_linear.linear,
         name=f"torch-reference + cpu-gemv ({cpu_linear.backend()})",
     )
-    if not cpu_decode.available():
+    if not fused_decode or not cpu_decode.available():
         return ops
     return replace(
         ops,
@@ -92,10 +92,13 @@ def _triton_ops() -> Ops:
 KERNEL_CHOICES = ("auto", "torch", "triton")
 
 
-def ops_for(device: torch.device, choice: str = "auto") -> Ops:
+def ops_for(device: torch.device, choice: str = "auto", tensor_parallel: int = 1) -> Ops:
     """auto: Triton kernels on CUDA (linears through cuBLAS); on CPU the torch reference with
     linears streaming packed weights (csrc/cpu); the torch reference anywhere else.
-    "torch" forces the plain reference; "triton" forces Triton (on CPU: under TRITON_INTERPRET=1)."""
+    "torch" forces the plain reference; "triton" forces Triton (on CPU: under TRITON_INTERPRET=1).
+    Split over tensor-parallel ranks, the CPU's fused decode layer stays off: it adds o_proj's
+    output to the residual inside, where the ranks' partial outputs must be summed first (the
+    Triton one sums them between its kernels)."""
     from app.engine.kernels import triton as triton_kernels
 
     if choice == "torch":
@@ -105,7 +108,7 @@ def ops_for(device: torch.device, choice: str = "auto") -> Ops:
             raise RuntimeError("Triton kernels need triton and a CUDA GPU (or TRITON_INTERPRET=1)")
         return _triton_ops()
     if device.type == "cpu":
-        return _cpu_ops()
+        return _cpu_ops(fused_decode=tensor_parallel == 1)
     if device.type == "cuda" and triton_kernels.available():
         return _triton_ops()
     return REFERENCE_OPS

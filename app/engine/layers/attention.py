@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from app.engine.attention_metadata import AttentionMetadata
+from app.engine.distributed.parallel_state import Shard
+from app.engine.distributed.sharding import local_heads
 from app.engine.kernels import Ops
 from app.engine.layers.linear import Linear
 from app.engine.layers.norm import RMSNorm
@@ -13,16 +15,23 @@ from app.engine.models.config import ModelConfig
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device):
+    """Under tensor parallelism: this rank's heads (see distributed.sharding); o_proj sums the
+    ranks' outputs."""
+
+    def __init__(self, cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, shard: Shard = Shard()):
         super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_size = cfg.num_heads * cfg.head_dim
-        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.num_heads = local_heads(cfg.num_heads, shard)
+        self.num_kv_heads = local_heads(cfg.num_kv_heads, shard)
+        self.head_dim = cfg.head_dim
+        self.q_size = self.num_heads * cfg.head_dim
+        self.kv_size = self.num_kv_heads * cfg.head_dim
         self.scale = cfg.head_dim**-0.5
         self.sliding_window = cfg.sliding_window
         self.ops = ops
         self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias, ops, dtype, device)
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, cfg.o_bias, ops, dtype, device)
+        # A row-parallel bias is added once, by rank 0 (see sharding.dense_index).
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, cfg.o_bias and shard.rank == 0, ops, dtype, device,
+                             reduce=shard.reduce)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype, device)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype, device)

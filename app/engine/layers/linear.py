@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from app.engine.distributed.sharding import Index, Split, dense_index
 from app.engine.kernels import Ops
 
 
 class Linear(nn.Module):
     """y = x W^T + b with W stored [out, in]. ``load_rows`` fills a row range, so fused
-    projections (q|k|v, gate|up) load from their separate checkpoint tensors."""
+    projections (q|k|v, gate|up) load from their separate checkpoint tensors.
+
+    Under tensor parallelism a linear holds its rank's part (sizes here are the part's): a
+    column-parallel one some output rows, a row-parallel one some input columns, with ``reduce``
+    summing the ranks' partial outputs. ``shard_index`` is the weight format's rule for which part
+    of a checkpoint tensor that is."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool, ops: Ops, dtype: torch.dtype, device: torch.device
+        self, in_features: int, out_features: int, bias: bool, ops: Ops, dtype: torch.dtype, device: torch.device,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
         self.in_features, self.out_features, self.ops = in_features, out_features, ops
+        self.reduce = reduce
         self.packed = None
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, device=device), requires_grad=False)
         self.bias = (
@@ -39,8 +49,16 @@ class Linear(nn.Module):
             self.packed = self.ops.pack_linear(self.weight.data)
             self.weight = None
 
+    def shard_index(self, kind: str, shape: Sequence[int], split: Split) -> Index | None:
+        """The part of checkpoint tensor ``kind`` ("weight", "bias") of ``shape`` this layer's
+        split holds (None: none of it)."""
+        return dense_index(kind, shape, split)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        y = self.ops.packed_linear(x, self.packed)
-        return y if self.bias is None else y.add_(self.bias)
+            y = F.linear(x, self.weight, self.bias)
+        else:
+            y = self.ops.packed_linear(x, self.packed)
+            if self.bias is not None:
+                y.add_(self.bias)
+        return y if self.reduce is None else self.reduce(y)

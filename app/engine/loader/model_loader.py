@@ -1,16 +1,20 @@
-"""From a model folder to a ready model, tokenizer and KV cache on one device."""
+"""From a model folder to a ready model, tokenizer and KV cache on one device (or split over
+several: tensor parallelism, where each rank loads only its part)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from app.engine.config import EngineConfig
+from app.engine.distributed.parallel_state import Shard
+from app.engine.distributed.sharding import check_divisible
 from app.engine.errors import ModelLoadError, ModelNotFoundError
 from app.engine.kernels import ops_for
 from app.engine.kv_cache import KVCache, bytes_per_block
@@ -19,6 +23,9 @@ from app.engine.models.config import ModelConfig
 from app.engine.models.decoder import DecoderLM
 from app.engine.models.registry import build_model, resolve_config
 from app.engine.tokenizer import eos_token_ids, load_tokenizer
+
+if TYPE_CHECKING:
+    from app.engine.distributed.group import WorkerGroup
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Memory the cache may take by default: most of a GPU's free memory; a modest share of RAM.
@@ -37,14 +44,25 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     kernels: str
+    workers: WorkerGroup | None = None  # tensor parallel: ranks 1.., each in a process of its own
+
+    def close(self) -> None:
+        """Stops the other tensor-parallel ranks (their processes end)."""
+        if self.workers is not None:
+            self.workers.close()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+def resolve_device(name: str, tensor_parallel: int = 1) -> torch.device:
+    """The device (rank 0's, under tensor parallelism; the others take the next GPUs)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device 'cuda' was asked for, but no CUDA GPU is available")
+    first = device.index or 0
+    if tensor_parallel > 1 and device.type == "cuda" and first + tensor_parallel > torch.cuda.device_count():
+        raise ModelLoadError(
+            f"tensor_parallel={tensor_parallel} from cuda:{first} needs GPUs {first} to {first + tensor_parallel - 1}; "
+            f"this machine has {torch.cuda.device_count()}"
+        )
     return device
 
 
@@ -71,18 +89,20 @@ def read_config(model_dir: Path) -> ModelConfig:
     return resolve_config(raw)
 
 
-def check_model_folder(model_dir: Path, load_format: str = "safetensors") -> ModelConfig:
+def check_model_folder(model_dir: Path, load_format: str = "safetensors", tensor_parallel: int = 1) -> ModelConfig:
     """Everything that can be checked without loading weights: config, architecture, weight
-    files complete. Done before unloading a working model, so a bad choice costs nothing."""
+    files complete, a split over tensor_parallel ranks. Done before unloading a working model,
+    so a bad choice costs nothing."""
     cfg = read_config(model_dir)
+    check_divisible(cfg, tensor_parallel)
     if load_format == "safetensors":
         for path in checkpoint_files(model_dir):
             validate_file(path)
     return cfg
 
 
-def _cache_blocks(cfg: ModelConfig, engine_cfg: EngineConfig, max_model_len: int, dtype, device) -> int:
-    per_block = bytes_per_block(cfg, engine_cfg.block_size, dtype)
+def _cache_blocks(cfg: ModelConfig, engine_cfg: EngineConfig, max_model_len: int, dtype, device, shard: Shard) -> int:
+    per_block = bytes_per_block(cfg, engine_cfg.block_size, dtype, shard)
     if engine_cfg.num_cache_blocks is not None:
         return engine_cfg.num_cache_blocks
     fraction = engine_cfg.cache_memory_fraction or _DEFAULT_CACHE_FRACTION[device.type]
@@ -101,23 +121,54 @@ def _cache_blocks(cfg: ModelConfig, engine_cfg: EngineConfig, max_model_len: int
     return blocks
 
 
-def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None = None) -> LoadedModel:
-    """``checked``: the folder's config when check_model_folder already ran (it reads every weight header)."""
-    cfg = checked or check_model_folder(model_dir, engine_cfg.load_format)
-    device = resolve_device(engine_cfg.device)
+def load_shard(
+    engine_cfg: EngineConfig, model_dir: Path, cfg: ModelConfig, shard: Shard, device: torch.device
+) -> tuple[DecoderLM, int]:
+    """This rank's part of the model (all of it without tensor parallelism), loaded and packed,
+    and how many cache blocks its memory affords. A rank reads only its part of each tensor."""
     dtype = resolve_dtype(engine_cfg.dtype, cfg.torch_dtype, device)
-    tokenizer = load_tokenizer(model_dir)
-    ops = ops_for(device, engine_cfg.kernels)
-    context = engine_cfg.max_model_len or cfg.context_length
-    model = build_model(cfg, ops, dtype, device, context)
+    ops = ops_for(device, engine_cfg.kernels, shard.world)
+    context = _context(cfg, engine_cfg)
+    model = build_model(cfg, ops, dtype, device, context, shard)
     if engine_cfg.load_format == "random":
-        model.fill_random()
+        model.load_weights(model.random_weights())
     else:
-        model.load_weights(iter_weights(checkpoint_files(model_dir)))
+        model.load_weights(iter_weights(checkpoint_files(model_dir), model.shard_index if shard.world > 1 else None))
     model.pack_weights()
     model.eval()
-    blocks = _cache_blocks(cfg, engine_cfg, context, dtype, device)
-    cache = KVCache.allocate(cfg, blocks, engine_cfg.block_size, dtype, device)
+    return model, _cache_blocks(cfg, engine_cfg, context, dtype, device, shard)
+
+
+def usable_context(cfg: ModelConfig, engine_cfg: EngineConfig, cache: KVCache) -> int:
+    """The longest sequence served. One sequence must always fit alone in the cache, or it could never finish."""
+    return min(_context(cfg, engine_cfg), cache.num_tokens)
+
+
+def _context(cfg: ModelConfig, engine_cfg: EngineConfig) -> int:
+    return engine_cfg.max_model_len or cfg.context_length
+
+
+def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None = None) -> LoadedModel:
+    """``checked``: the folder's config when check_model_folder already ran (it reads every weight header).
+    With tensor_parallel > 1 this process is rank 0; the other ranks start first and load alongside."""
+    world = engine_cfg.tensor_parallel
+    cfg = checked or check_model_folder(model_dir, engine_cfg.load_format, world)
+    device = resolve_device(engine_cfg.device, world)
+    tokenizer = load_tokenizer(model_dir)
+    workers = None
+    if world > 1:
+        from app.engine.distributed.group import WorkerGroup  # here: its ranks import this module
+
+        workers = WorkerGroup.start(engine_cfg, model_dir, device)
+    try:
+        model, blocks = load_shard(engine_cfg, model_dir, cfg, Shard(0, world), device)
+        if workers is not None:
+            blocks = workers.agree_cache_blocks(blocks)
+        cache = KVCache.allocate(cfg, blocks, engine_cfg.block_size, model.dtype, device, model.shard)
+    except BaseException:
+        if workers is not None:
+            workers.close()
+        raise
     return LoadedModel(
         path=model_dir,
         config=cfg,
@@ -125,10 +176,9 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
         tokenizer=tokenizer,
         cache=cache,
         eos_token_ids=eos_token_ids(model_dir, tokenizer, cfg.eos_token_ids),
-        # One sequence must always fit alone in the cache, or it could never finish.
-        max_model_len=min(context, cache.num_tokens),
+        max_model_len=usable_context(cfg, engine_cfg, cache),
         device=device,
-        dtype=dtype,
-        kernels=ops.name,
+        dtype=model.dtype,
+        kernels=model.ops.name,
+        workers=workers,
     )
-

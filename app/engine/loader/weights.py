@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from app.engine.distributed.sharding import Index
 from app.engine.errors import ModelLoadError
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -55,12 +56,24 @@ def validate_file(path: Path) -> None:
         )
 
 
-def iter_weights(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields (name, tensor) across all files; only one tensor is materialised at a time."""
+# A tensor's name and shape -> the part of it to read: () all of it, None none of it.
+Selector = Callable[[str, list[int]], Index | None]
+
+
+def iter_weights(files: list[Path], select: Selector | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields (name, tensor) across all files; only one tensor is materialised at a time.
+    ``select``: the part of each tensor to read (a tensor-parallel rank's), so that a rank never
+    reads more of the checkpoint than it holds."""
     for path in files:
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    if select is None:
+                        yield name, f.get_tensor(name)
+                        continue
+                    part = f.get_slice(name)
+                    index = select(name, part.get_shape())
+                    if index is not None:
+                        yield name, part[index] if index else f.get_tensor(name)
         except (OSError, RuntimeError) as exc:  # safetensors raises SafetensorError (a RuntimeError subclass)
             raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from app.engine.distributed.parallel_state import Shard
 from app.engine.errors import UnsupportedModelError
 from app.engine.kernels import Ops
 from app.engine.models.config import ModelConfig, parse_model_config
@@ -56,6 +57,8 @@ def resolve_config(raw: dict[str, Any]) -> ModelConfig:
     return cfg
 
 
-def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_len: int) -> DecoderLM:
-    """max_len: the longest sequence the engine will run (sizes position tables)."""
-    return DecoderLM(cfg, ops, dtype, device, max_len)
+def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_len: int,
+                shard: Shard = Shard()) -> DecoderLM:
+    """max_len: the longest sequence the engine will run (sizes position tables). shard: the part
+    of the model this process holds (tensor parallelism)."""
+    return DecoderLM(cfg, ops, dtype, device, max_len, shard)

@@ -301,12 +301,17 @@ def _gate_up(layer: DecodeLayer, x: torch.Tensor, residual: torch.Tensor):
 
 
 def run(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor, residual: torch.Tensor | None):
-    """DecoderLayer.forward for a one-sequence decode step: (mlp output, residual)."""
+    """DecoderLayer.forward for a one-sequence decode step: (mlp output, residual). Under tensor
+    parallelism the layer holds this rank's heads and MLP slice, and the row-parallel outputs
+    are summed over the ranks before the next norm (and the next layer) reads them."""
     x = x.contiguous()
     q, residual = _qkv(layer, step, x, residual)
-    attn = layer.attn
+    attn, down = layer.attn, layer.mlp.down_proj
     out = paged_decode_attention(q, layer.k_cache, layer.v_cache, step.block_tables, step.context_lens, attn.scale,
                                  attn.sliding_window)
     hidden = _linear(attn.o_proj, out.view(1, -1))
+    if attn.o_proj.reduce is not None:
+        hidden = attn.o_proj.reduce(hidden)
     act, residual = _gate_up(layer, hidden, residual)
-    return _linear(layer.mlp.down_proj, act), residual
+    out = _linear(down, act)
+    return (out if down.reduce is None else down.reduce(out)), residual

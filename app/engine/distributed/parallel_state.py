@@ -1,0 +1,99 @@
+"""Which part of the model this process holds, and the collectives between the ranks.
+
+One process per rank; rank 0 is the engine's own. The ranks form torch.distributed's default
+group: NCCL between GPUs, gloo on the CPU (and where NCCL is missing, e.g. on Windows).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+# Longest a collective waits for the other ranks: long enough for a rank compiling kernels on
+# its first steps. A rank that dies is noticed at once (group.py); this bounds one that hangs.
+TIMEOUT = timedelta(minutes=10)
+_teardown = threading.Lock()  # the engine thread and group.py's watchdog may both end the group
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of the model: rank ``rank`` of ``world`` (world 1: all of it)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def reduce(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """What a row-parallel layer applies to its partial output: the sum over the ranks."""
+        return all_reduce if self.world > 1 else None
+
+
+def rank_device(device: torch.device, rank: int) -> torch.device:
+    """Rank r's device: the r-th GPU from the engine's, or the CPU."""
+    if device.type != "cuda":
+        return device
+    return torch.device("cuda", (device.index or 0) + rank)
+
+
+def configure_environment(rank: int) -> None:
+    """Settings NCCL reads when it starts. NVLink multicast (NVLS, and symmetric memory's
+    multicast) stays off: the GPU machines this runs on do not allow it. Rank 0 lives in the
+    app's process, which neither a timed-out collective nor a stalled NCCL watchdog may tear
+    down (torch's default reactions): group.py notices dead or hung ranks and aborts the group."""
+    os.environ["NCCL_NVLS_ENABLE"] = "0"
+    os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"
+    if rank == 0:
+        os.environ["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "0"
+        os.environ["TORCH_NCCL_ENABLE_MONITORING"] = "0"
+
+
+def init_group(shard: Shard, device: torch.device, store: dist.Store) -> None:
+    """Joins the group (blocks until every rank has); ``store`` is rank 0's TCPStore."""
+    configure_environment(shard.rank)
+    nccl = device.type == "cuda" and dist.is_nccl_available()
+    if nccl:
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        "nccl" if nccl else "gloo", store=store, rank=shard.rank, world_size=shard.world, timeout=TIMEOUT,
+        device_id=device if nccl else None,  # NCCL: connect now, not inside a CUDA graph capture
+    )
+
+
+def destroy_group() -> None:
+    with _teardown:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def abort_group() -> None:
+    """Ends collectives that wait for a dead rank, from any thread (NCCL; gloo's end on their
+    own once the dead rank's sockets close)."""
+    with _teardown:
+        if dist.is_initialized() and dist.get_backend() == "nccl":
+            dist.distributed_c10d._abort_process_group()
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """Sums x over the ranks, in place (inside CUDA graphs too: NCCL's collectives capture)."""
+    dist.all_reduce(x)
+    return x
+
+
+def gather_columns(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's [rows, cols] slice side by side, on every rank: [rows, world * cols]."""
+    rows, world = x.shape[0], dist.get_world_size()
+    parts = torch.empty((world * rows, x.shape[1]), dtype=x.dtype, device=x.device)
+    dist.all_gather_single(parts, x.contiguous())
+    return parts.view(world, rows, -1).transpose(0, 1).reshape(rows, -1)
+
+
+def broadcast(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's x, in place on every rank."""
+    dist.broadcast(x, src=0)
+    return x
