@@ -90,12 +90,15 @@ class Engine:
         self._thread.start()
 
     # ---- caller side --------------------------------------------------------------------
-    def load(self, config: EngineConfig | str | Path) -> Future:
+    def load(self, config: EngineConfig | str | Path,
+             on_progress: Callable[[float, str], None] | None = None) -> Future:
         """Loads a model (replacing the current one). The future resolves to the stats dict or
-        raises the load error; a model folder that fails its checks leaves the current model in place."""
+        raises the load error; a model folder that fails its checks leaves the current model in place.
+        ``on_progress(fraction, stage)`` hears, on the engine thread, how far reading the weights got
+        ("weights") and when the kernels warm up ("warming up")."""
         if not isinstance(config, EngineConfig):
             config = EngineConfig(model=config)
-        return self._call(self._do_load, config)
+        return self._call(self._do_load, config, on_progress)
 
     def unload(self) -> Future:
         return self._call(self._do_unload)
@@ -193,14 +196,14 @@ class Engine:
             emit(Delta(handle.request_id, finished=True, finish_reason="error", error=str(exc),
                        error_type=type(exc).__name__))
 
-    def _do_load(self, config: EngineConfig) -> dict[str, Any]:
+    def _do_load(self, config: EngineConfig, on_progress: Callable[[float, str], None] | None) -> dict[str, Any]:
         model_dir = Path(config.model).expanduser()
         # Before the current model is touched:
         checked = model_loader.check_model_folder(model_dir, config.load_format, config.tensor_parallel)
         self._do_unload()
         self._stats = {"state": "loading", "model": str(model_dir)}
         try:
-            self._core = self._start_core(config, model_dir, checked)
+            self._core = self._start_core(config, model_dir, checked, on_progress)
         except BaseException:
             self._stats = {"state": "empty"}
             _release_memory()
@@ -210,8 +213,12 @@ class Engine:
         return self.stats()
 
     @staticmethod
-    def _start_core(config: EngineConfig, model_dir: Path, checked: ModelConfig) -> EngineCore:
-        loaded = model_loader.load(config, model_dir, checked)
+    def _start_core(config: EngineConfig, model_dir: Path, checked: ModelConfig,
+                    on_progress: Callable[[float, str], None] | None) -> EngineCore:
+        weights = None if on_progress is None else (lambda fraction: on_progress(fraction, "weights"))
+        loaded = model_loader.load(config, model_dir, checked, weights)
+        if on_progress is not None:
+            on_progress(1.0, "warming up")
         try:
             core = EngineCore(loaded, config)
         except BaseException as exc:

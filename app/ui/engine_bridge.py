@@ -36,6 +36,7 @@ class EngineBridge(QObject):
 
     # answers
     state_changed = Signal(str)  # "empty" | "loading" | "ready"
+    load_progress = Signal(float, str)  # share done, stage: "converting" | "weights" | "warming up"
     loaded = Signal(dict)  # the engine's stats: model, device, dtype, kernels, cache tokens, ...
     load_failed = Signal(str)
     delta = Signal(int, str, int)  # reply key, new text, new tokens
@@ -78,13 +79,14 @@ class EngineBridge(QObject):
         if options.get("model") is None:  # the starter model, converted here on first use (slow)
             from app.library import resolve_model
 
+            self.load_progress.emit(0.0, "converting")
             try:
                 options = {**options, "model": resolve_model(None)}
             except (OSError, ValueError) as exc:
                 self.state_changed.emit("empty" if self.engine.stats().get("state") == "empty" else "ready")
                 self.load_failed.emit(f"the starter model is not available: {exc}")
                 return
-        self.engine.load(EngineConfig(**options)).add_done_callback(self._on_loaded)
+        self.engine.load(EngineConfig(**options), self.load_progress.emit).add_done_callback(self._on_loaded)
 
     def _on_loaded(self, future: Future) -> None:  # runs on the engine thread
         error = future.exception()

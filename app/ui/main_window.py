@@ -96,6 +96,7 @@ class MainWindow(QMainWindow):
         queued = Qt.ConnectionType.QueuedConnection
         bridge.state_changed.connect(self._on_state, queued)
         bridge.loaded.connect(self._on_loaded, queued)
+        bridge.load_progress.connect(self._on_load_progress, queued)
         bridge.load_failed.connect(self._on_load_failed, queued)
         bridge.memory.connect(self._on_memory, queued)
         bridge.devices.connect(self.settings_page.set_devices, queued)
@@ -143,6 +144,12 @@ class MainWindow(QMainWindow):
         if state == "empty":
             self.model_label.setText("No model")
             self.models.set_loaded(None)
+
+    @Slot(float, str)
+    def _on_load_progress(self, fraction: float, stage: str) -> None:
+        if self.state_label.text().startswith(("Loading", "Preparing", "Warming")):
+            self.state_label.setText({"converting": "Preparing the starter model…", "warming up": "Warming up…"}.get(
+                stage, f"Loading model… {fraction:.0%}"))
 
     @Slot(str)
     def _on_load_failed(self, message: str) -> None:

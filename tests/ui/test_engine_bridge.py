@@ -74,3 +74,19 @@ def test_devices_and_memory_come_as_plain_values(qtbot, bridge) -> None:
         bridge.request_memory.emit("cpu")
     snapshot = memory.args[0]
     assert snapshot["device"] == "cpu" and 0 < snapshot["used_bytes"] < snapshot["total_bytes"] == devices[-1]["memory_bytes"]
+
+
+def test_a_load_reports_its_progress(qtbot, tiny_model_factory) -> None:
+    folder, _ = tiny_model_factory("qwen2")
+    bridge, thread = start_bridge()
+    heard: list[tuple[float, str]] = []
+    bridge.load_progress.connect(lambda fraction, stage: heard.append((fraction, stage)))  # called on the engine thread
+    try:
+        with qtbot.waitSignal(bridge.loaded, timeout=60_000):
+            bridge.request_load.emit({"model": str(folder), "device": "cpu", "dtype": "float32", "block_size": 16,
+                                      "num_cache_blocks": 64})
+    finally:
+        stop_bridge(bridge, thread)
+    weights = [f for f, stage in heard if stage == "weights"]
+    assert len(weights) > 5 and weights == sorted(weights) and weights[-1] == 1.0 and 0 < weights[0] < 0.5
+    assert heard[-1] == (1.0, "warming up")

@@ -4,6 +4,7 @@ several: tensor parallelism, where each rank loads only its part)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from app.engine.distributed.sharding import check_divisible
 from app.engine.errors import ModelLoadError, ModelNotFoundError
 from app.engine.kernels import ops_for
 from app.engine.kv_cache import KVCache, bytes_per_block
-from app.engine.loader.weights import checkpoint_files, iter_weights, validate_file
+from app.engine.loader.weights import checkpoint_files, count_tensors, iter_weights, reporting, validate_file
 from app.engine.models.config import ModelConfig
 from app.engine.models.decoder import DecoderLM
 from app.engine.models.registry import build_model, resolve_config
@@ -122,10 +123,12 @@ def _cache_blocks(cfg: ModelConfig, engine_cfg: EngineConfig, max_model_len: int
 
 
 def load_shard(
-    engine_cfg: EngineConfig, model_dir: Path, cfg: ModelConfig, shard: Shard, device: torch.device
+    engine_cfg: EngineConfig, model_dir: Path, cfg: ModelConfig, shard: Shard, device: torch.device,
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[DecoderLM, int]:
     """This rank's part of the model (all of it without tensor parallelism), loaded and packed,
-    and how many cache blocks its memory affords. A rank reads only its part of each tensor."""
+    and how many cache blocks its memory affords. A rank reads only its part of each tensor.
+    ``progress`` hears the share of the weights read."""
     dtype = resolve_dtype(engine_cfg.dtype, cfg.torch_dtype, device)
     ops = ops_for(device, engine_cfg.kernels, shard.world)
     context = _context(cfg, engine_cfg)
@@ -133,7 +136,9 @@ def load_shard(
     if engine_cfg.load_format == "random":
         model.load_weights(model.random_weights())
     else:
-        model.load_weights(iter_weights(checkpoint_files(model_dir), model.shard_index if shard.world > 1 else None))
+        files = checkpoint_files(model_dir)
+        weights = iter_weights(files, model.shard_index if shard.world > 1 else None)
+        model.load_weights(weights if progress is None else reporting(weights, count_tensors(files), progress))
     model.pack_weights()
     model.eval()
     return model, _cache_blocks(cfg, engine_cfg, context, dtype, device, shard)
@@ -148,9 +153,11 @@ def _context(cfg: ModelConfig, engine_cfg: EngineConfig) -> int:
     return engine_cfg.max_model_len or cfg.context_length
 
 
-def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None = None) -> LoadedModel:
+def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None = None,
+         progress: Callable[[float], None] | None = None) -> LoadedModel:
     """``checked``: the folder's config when check_model_folder already ran (it reads every weight header).
-    With tensor_parallel > 1 this process is rank 0; the other ranks start first and load alongside."""
+    With tensor_parallel > 1 this process is rank 0; the other ranks start first and load alongside.
+    ``progress`` hears the share of rank 0's weights read."""
     world = engine_cfg.tensor_parallel
     cfg = checked or check_model_folder(model_dir, engine_cfg.load_format, world)
     device = resolve_device(engine_cfg.device, world)
@@ -161,7 +168,7 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
 
         workers = WorkerGroup.start(engine_cfg, model_dir, device)
     try:
-        model, blocks = load_shard(engine_cfg, model_dir, cfg, Shard(0, world), device)
+        model, blocks = load_shard(engine_cfg, model_dir, cfg, Shard(0, world), device, progress)
         if workers is not None:
             blocks = workers.agree_cache_blocks(blocks)
         cache = KVCache.allocate(cfg, blocks, engine_cfg.block_size, model.dtype, device, model.shard)

@@ -77,3 +77,24 @@ def iter_weights(files: list[Path], select: Selector | None = None) -> Iterator[
                         yield name, part[index] if index else f.get_tensor(name)
         except (OSError, RuntimeError) as exc:  # safetensors raises SafetensorError (a RuntimeError subclass)
             raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+
+
+def count_tensors(files: list[Path]) -> int:
+    """How many tensors the files hold (their headers only), for load progress."""
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            total += len(f.keys())
+    return total
+
+
+def reporting(weights: Iterator[tuple[str, torch.Tensor]], total: int,
+              progress: Callable[[float], None]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Passes the weights through, telling ``progress`` the share read so far (each whole percent)."""
+    shown = -1
+    for done, item in enumerate(weights, 1):
+        yield item
+        percent = 100 * done // max(total, 1)
+        if percent != shown:
+            shown = percent
+            progress(min(1.0, percent / 100))
