@@ -107,7 +107,7 @@ def bench_engine(spec: BenchSpec) -> BenchResult:
 
 def bench_hf(spec: BenchSpec, device: str, dtype: str) -> BenchResult:
     """HF transformers ``generate`` on the same prompts, in the dtype and device the engine used."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, LogitsProcessorList
 
     torch_dtype = getattr(torch, dtype)
     if spec.load_format == "random":
@@ -124,19 +124,30 @@ def bench_hf(spec: BenchSpec, device: str, dtype: str) -> BenchResult:
     pad = model.config.eos_token_id
     pad = pad[0] if isinstance(pad, list) else pad
 
-    def generate(n: int) -> float:
+    def generate(n: int) -> tuple[float, float]:
+        """(prefill, decode) seconds of one call, split where the first logits come out: a logits
+        processor sees the clock (after syncing the device) once the prompt's forward is done."""
+        first: list[float] = []
+
+        def stamp(_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if not first:
+                if scores.is_cuda:
+                    torch.cuda.synchronize()
+                first.append(time.perf_counter())
+            return scores
+
         start = time.perf_counter()
         with torch.inference_mode():
             model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, pad_token_id=pad)
+                           do_sample=False, pad_token_id=pad, logits_processor=LogitsProcessorList([stamp]))
         if ids.is_cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        end = time.perf_counter()
+        return first[0] - start, end - first[0]
 
     generate(8)  # warm-up
-    prefill_s = generate(1)
-    total_s = generate(spec.output_len)
-    return _result("hf-transformers", spec, device, torch_dtype, prefill_s, total_s - prefill_s)
+    prefill_s, decode_s = generate(spec.output_len)
+    return _result("hf-transformers", spec, device, torch_dtype, prefill_s, decode_s)
 
 
 # ---- offline workload ------------------------------------------------------------------------
