@@ -64,7 +64,8 @@ def resolve_device(name: str, tensor_parallel: int = 1) -> torch.device:
             f"tensor_parallel={tensor_parallel} from cuda:{first} needs GPUs {first} to {first + tensor_parallel - 1}; "
             f"this machine has {torch.cuda.device_count()}"
         )
-    return device
+    # With an index: the process group binds its NCCL communicator to that exact device.
+    return torch.device("cuda", first) if tensor_parallel > 1 and device.type == "cuda" else device
 
 
 def resolve_dtype(name: str, checkpoint_dtype: str | None, device: torch.device) -> torch.dtype:
