@@ -50,13 +50,14 @@ def dense_index(kind: str, shape: Sequence[int], split: Split) -> Index | None:
     """The part of a plain weight [out, in] or bias [out] a split takes: its rows (column-parallel)
     or columns (row-parallel). A row-parallel bias is added once, by part 0 (None: no part)."""
     if split.along == "out":
-        return (_part(shape[0], split),)
+        return (equal_part(shape[0], split),)
     if kind == "bias":
         return () if split.index == 0 else None
-    return (slice(None), _part(shape[1], split))
+    return (slice(None), equal_part(shape[1], split))
 
 
-def _part(size: int, split: Split) -> slice:
+def equal_part(size: int, split: Split) -> slice:
+    """The split's share of ``size`` items along one dimension."""
     n = size // split.parts
     return slice(split.index * n, (split.index + 1) * n)
 

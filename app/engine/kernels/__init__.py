@@ -34,6 +34,9 @@ class Ops:
     # ``bind_decode_layer(layer, k_cache, v_cache)`` once -> fn(step, x, residual) -> (out, residual),
     # with ``decode_step(cos, sin, slots, block_tables, context_lens)`` built once per step (None
     # where the whole-layer kernels do not take this step: the per-op path runs it).
+    # x [M, K] @ a 4-bit AWQ weight (qweight, qzeros, scales, group_size) -> [M, N], dequantising
+    # inside the kernel (None: AWQ weights are dequantised once at load and run as dense ones).
+    w4a16: Callable | None = None
     bind_decode_layer: Callable | None = None
     decode_step: Callable | None = None
     name: str = "torch-reference"
@@ -84,9 +87,22 @@ def _triton_ops() -> Ops:
         sample_race=tk.sample_race,
         bind_decode_layer=lambda layer, k, v: partial(fused_decode.run, fused_decode.DecodeLayer(layer, k, v)),
         decode_step=fused_decode.decode_step,
+        w4a16=_w4a16_gpu,
         name="triton",
         graph_safe=True,
     )
+
+
+def _w4a16_gpu(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+               group_size: int) -> torch.Tensor:
+    """W4A16 by batch size: the CUDA GEMV (csrc/w4a16) for decode-sized batches where it is built,
+    the Triton kernels otherwise."""
+    from app.engine.kernels import w4a16_cuda
+    from app.engine.kernels.triton.w4a16 import w4a16_matmul
+
+    if x.shape[0] <= w4a16_cuda.MAX_M and x.is_cuda and w4a16_cuda.available():
+        return w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group_size)
+    return w4a16_matmul(x, qweight, qzeros, scales, group_size)
 
 
 KERNEL_CHOICES = ("auto", "torch", "triton")

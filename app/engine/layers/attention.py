@@ -9,7 +9,7 @@ from app.engine.attention_metadata import AttentionMetadata
 from app.engine.distributed.parallel_state import Shard
 from app.engine.distributed.sharding import local_heads
 from app.engine.kernels import Ops
-from app.engine.layers.linear import Linear
+from app.engine.layers.linear import linear_class
 from app.engine.layers.norm import RMSNorm
 from app.engine.models.config import ModelConfig
 
@@ -28,9 +28,10 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim**-0.5
         self.sliding_window = cfg.sliding_window
         self.ops = ops
-        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias, ops, dtype, device)
+        projection = linear_class(cfg.quantization.group_size if cfg.quantization else None)
+        self.qkv_proj = projection(cfg.hidden_size, self.q_size + 2 * self.kv_size, cfg.qkv_bias, ops, dtype, device)
         # A row-parallel bias is added once, by rank 0 (see sharding.dense_index).
-        self.o_proj = Linear(self.q_size, cfg.hidden_size, cfg.o_bias and shard.rank == 0, ops, dtype, device,
+        self.o_proj = projection(self.q_size, cfg.hidden_size, cfg.o_bias and shard.rank == 0, ops, dtype, device,
                              reduce=shard.reduce)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, ops, dtype, device)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.engine.distributed.sharding import Index, Split, dense_index
+from app.engine.distributed.sharding import Index, Split, dense_index, equal_part
 from app.engine.kernels import Ops
 
 
@@ -20,6 +21,8 @@ class Linear(nn.Module):
     column-parallel one some output rows, a row-parallel one some input columns, with ``reduce``
     summing the ranks' partial outputs. ``shard_index`` is the weight format's rule for which part
     of a checkpoint tensor that is."""
+
+    KINDS = ("weight", "bias")  # its checkpoint tensors
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool, ops: Ops, dtype: torch.dtype, device: torch.device,
@@ -62,3 +65,81 @@ class Linear(nn.Module):
             if self.bias is not None:
                 y.add_(self.bias)
         return y if self.reduce is None else self.reduce(y)
+
+
+class AWQLinear(Linear):
+    """A linear with 4-bit AWQ weights in the Hugging Face "gemm" layout (see kernels.w4a16_reference):
+    qweight int32 [in, out/8], qzeros int32 [in/G, out/8], scales fp16 [in/G, out].
+
+    Where the kernels have a W4A16 matmul (``ops.w4a16``) the weights stay packed, a quarter of
+    the bytes each step streams. Elsewhere (CPU, the torch reference) ``pack`` dequantises them
+    once into a plain weight, and the layer runs as a dense Linear from then on."""
+
+    KINDS = ("qweight", "qzeros", "scales", "bias")
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, ops: Ops, dtype: torch.dtype, device: torch.device,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *, group_size: int,
+    ):
+        nn.Module.__init__(self)
+        if in_features % group_size or out_features % 8:
+            raise ValueError(f"an AWQ linear of {in_features} -> {out_features} does not fit group size "
+                             f"{group_size} and 8 columns per word")
+        self.in_features, self.out_features, self.ops, self.reduce = in_features, out_features, ops, reduce
+        self.group_size, self.dtype = group_size, dtype
+        self.packed = self.weight = None
+
+        def param(*shape: int, dtype: torch.dtype) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape, dtype=dtype, device=device), requires_grad=False)
+
+        groups = in_features // group_size
+        self.qweight = param(in_features, out_features // 8, dtype=torch.int32)
+        self.qzeros = param(groups, out_features // 8, dtype=torch.int32)
+        self.scales = param(groups, out_features, dtype=torch.float16)
+        self.bias = param(out_features, dtype=dtype) if bias else None
+
+    def load_rows(self, name: str, tensor: torch.Tensor, row_offset: int = 0) -> None:
+        """``row_offset`` counts output features, as for a dense Linear: fused q|k|v and gate|up
+        fill column ranges of the packed tensors here."""
+        if name == "bias":
+            return super().load_rows(name, tensor, row_offset)
+        target = {"qweight": self.qweight, "qzeros": self.qzeros, "scales": self.scales}[name]
+        per_column = 8 if name != "scales" else 1
+        if row_offset % 8 or tensor.shape[0] != target.shape[0] or (
+                row_offset // per_column + tensor.shape[1] > target.shape[1]):
+            raise ValueError(f"{name} of shape {tuple(tensor.shape)} does not fit {tuple(target.shape)} "
+                             f"at output {row_offset}")
+        start = row_offset // per_column
+        target[:, start : start + tensor.shape[1]].copy_(tensor)
+
+    def pack(self) -> None:
+        if self.ops.w4a16 is not None:
+            return
+        from app.engine.kernels.w4a16_reference import dequantize
+
+        weight = dequantize(self.qweight.data, self.qzeros.data, self.scales.data, self.group_size).t()
+        self.weight = nn.Parameter(weight.to(self.dtype).contiguous(), requires_grad=False)
+        self.qweight = self.qzeros = self.scales = None
+        super().pack()
+
+    def shard_index(self, kind: str, shape: Sequence[int], split: Split) -> Index | None:
+        """Column-parallel: whole 8-column words and their scales; row-parallel: whole groups of rows."""
+        if kind == "bias":
+            return dense_index(kind, shape, split)
+        if split.along == "out":
+            return (slice(None), equal_part(shape[1], split))
+        return (equal_part(shape[0], split),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.qweight is None:
+            return super().forward(x)
+        y = self.ops.w4a16(x.reshape(-1, self.in_features), self.qweight, self.qzeros, self.scales, self.group_size)
+        y = y.view(*x.shape[:-1], self.out_features)
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y if self.reduce is None else self.reduce(y)
+
+
+def linear_class(quant_group_size: int | None) -> Callable[..., Linear]:
+    """The linear to build for a model's projections: AWQ when its checkpoint is quantized."""
+    return Linear if quant_group_size is None else partial(AWQLinear, group_size=quant_group_size)

@@ -26,6 +26,14 @@ class RopeConfig:
 
 
 @dataclass(frozen=True)
+class QuantConfig:
+    """A checkpoint's weight quantization: AWQ, 4-bit, asymmetric, Hugging Face "gemm" layout."""
+
+    group_size: int
+    method: str = "awq"
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     architecture: str
     vocab_size: int
@@ -46,6 +54,7 @@ class ModelConfig:
     sliding_window: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     torch_dtype: str | None = None
+    quantization: QuantConfig | None = None
 
     @property
     def context_length(self) -> int:
@@ -83,6 +92,24 @@ def _eos_ids(raw: dict[str, Any]) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, list) else (int(eos),)
 
 
+def _quant_config(raw: dict[str, Any]) -> QuantConfig | None:
+    """The checkpoint's quantization_config, when we run it (else a clear refusal)."""
+    quant = raw.get("quantization_config")
+    if not quant:
+        return None
+    method = str(quant.get("quant_method", "?")).lower()
+    version = str(quant.get("version", "gemm")).lower()
+    if method != "awq" or int(quant.get("bits", 4)) != 4 or version != "gemm" or not quant.get("zero_point", True):
+        raise UnsupportedModelError(
+            f"quantization {method} (bits {quant.get('bits')}, version {version}, zero point "
+            f"{quant.get('zero_point', True)}) is not supported; supported: AWQ 4-bit with zero points, GEMM layout"
+        )
+    group = int(quant.get("group_size", 128))
+    if group <= 0 or group % 16:
+        raise UnsupportedModelError(f"AWQ group size {group} is not supported (a positive multiple of 16 is)")
+    return QuantConfig(group_size=group)
+
+
 def parse_model_config(raw: dict[str, Any], architecture: str, **family_defaults: Any) -> ModelConfig:
     """Build a ModelConfig; ``family_defaults`` are what the family implies when config.json is silent."""
 
@@ -117,4 +144,5 @@ def parse_model_config(raw: dict[str, Any], architecture: str, **family_defaults
         sliding_window=int(sliding) if sliding else None,
         eos_token_ids=_eos_ids(raw),
         torch_dtype=raw.get("torch_dtype") or raw.get("dtype"),
+        quantization=_quant_config(raw),
     )

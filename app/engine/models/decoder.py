@@ -20,7 +20,7 @@ from app.engine.distributed.sharding import Index, Split, dense_index, heads_spl
 from app.engine.errors import ModelLoadError
 from app.engine.kernels import Ops
 from app.engine.layers.attention import Attention
-from app.engine.layers.linear import Linear
+from app.engine.layers.linear import AWQLinear, Linear, linear_class
 from app.engine.layers.norm import RMSNorm
 from app.engine.layers.rotary import RotaryEmbedding
 from app.engine.models.config import ModelConfig
@@ -38,9 +38,10 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.ops = ops
         inter = cfg.intermediate_size // shard.world
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * inter, cfg.mlp_bias, ops, dtype, device)
+        projection = linear_class(cfg.quantization.group_size if cfg.quantization else None)
+        self.gate_up_proj = projection(cfg.hidden_size, 2 * inter, cfg.mlp_bias, ops, dtype, device)
         # A row-parallel bias is added once, by rank 0 (see sharding.dense_index).
-        self.down_proj = Linear(inter, cfg.hidden_size, cfg.mlp_bias and shard.rank == 0, ops, dtype, device,
+        self.down_proj = projection(inter, cfg.hidden_size, cfg.mlp_bias and shard.rank == 0, ops, dtype, device,
                                 reduce=shard.reduce)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,8 +109,10 @@ class DecoderLM(nn.Module):
         self._linears = self._layer_linears()
 
     def bind_cache(self, kv_caches: list[KVCache]) -> None:
-        """Where the kernels run whole layers for decode steps, binds them to the cache once."""
-        if self.ops.bind_decode_layer is None:
+        """Where the kernels run whole layers for decode steps, binds them to the cache once.
+        Packed 4-bit weights take the per-op path (the whole-layer kernels read dense weights)."""
+        quantized = any(isinstance(m, AWQLinear) and m.qweight is not None for m in self.modules())
+        if self.ops.bind_decode_layer is None or quantized:
             return
         try:
             self.fused_layers = [self.ops.bind_decode_layer(layer, k, v)
@@ -222,7 +225,7 @@ class DecoderLM(nn.Module):
             prefix = f"model.layers.{layer}."
             for source, (target, offset) in fused.items():
                 module = self.get_submodule(prefix + target)
-                for kind in ("weight", "bias"):
+                for kind in module.KINDS:
                     if f"{prefix}{target}.{kind}" in params:
                         slots.pop(f"{prefix}{target}.{kind}", None)
                         slots[f"{prefix}{source}.{kind}"] = partial(module.load_rows, kind, row_offset=offset)

@@ -1,0 +1,100 @@
+"""Torch front end of the CUDA W4A16 GEMV (csrc/w4a16/w4a16_gemv.cu) for decode batches of
+1..MAX_M rows. The library is built or loaded by :mod:`app.engine.kernels.cuda_library`;
+:func:`available` says whether it is there and :func:`unavailable_reason` why not.
+
+The kernel needs a zero-filled workspace (split-K partials and counters), one per device here,
+shared by every call: calls must come from one stream at a time, and the first call of a shape
+should run outside CUDA-graph capture (a warm-up step), so that a larger workspace is not
+allocated inside a graph."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from app.engine.kernels import cuda_library
+from app.engine.kernels.w4a16_reference import check_shapes
+
+__all__ = ["MAX_M", "available", "unavailable_reason", "w4a16_gemv", "workspace_bytes"]
+
+MAX_M = 8  # LMS_W4A16_MAX_M
+_DTYPE_FLAGS = {torch.float16: 0, torch.bfloat16: 1}
+# Workspaces per device, zero-filled at birth (the kernel leaves its counters at zero). A larger
+# shape adds a larger one; the smaller ones stay allocated, because a captured CUDA graph may
+# still point at them.
+_WORKSPACES: dict[int, list[torch.Tensor]] = {}
+
+
+def available() -> bool:
+    return cuda_library.library().cdll is not None
+
+
+def unavailable_reason() -> str:
+    return cuda_library.library().reason
+
+
+def _lib() -> ctypes.CDLL:
+    lib = cuda_library.library()
+    if lib.cdll is None:
+        raise RuntimeError(f"the CUDA W4A16 kernel is unavailable: {lib.reason}")
+    return lib.cdll
+
+
+def _check(lib: ctypes.CDLL, rc: int, what: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"{what}: {lib.lms_w4a16_error_string(rc).decode()} (code {rc})")
+
+
+def workspace_bytes(m: int, n: int, k: int, group_size: int, splits: int = 0) -> int:
+    """Workspace the kernel needs for this shape on the current CUDA device."""
+    lib = _lib()
+    out = ctypes.c_int64(0)
+    rc = lib.lms_w4a16_workspace_bytes(m, n, k, group_size, splits, ctypes.byref(out))
+    _check(lib, rc, "lms_w4a16_workspace_bytes")
+    return out.value
+
+
+def _workspace(device: torch.device, nbytes: int) -> torch.Tensor:
+    held = _WORKSPACES.setdefault(device.index, [])
+    if not held or held[-1].numel() < nbytes:
+        held.append(torch.zeros(max(nbytes, 1 << 20), dtype=torch.uint8, device=device))
+    return held[-1]
+
+
+def w4a16_gemv(
+    x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
+    *, out: torch.Tensor | None = None, splits: int = 0,
+) -> torch.Tensor:
+    """y = x @ W for x [..., K] with at most MAX_M rows (fp16 or bf16, on a CUDA device) and an
+    AWQ weight (qweight int32 [K, N // 8], qzeros int32 [K // G, N // 8], scales fp16 [K // G, N],
+    contiguous, on x's device). Returns [..., N] in x's dtype, queued on the current stream;
+    `out` (contiguous) is written when given. splits: K slices per column tile, 0 = automatic."""
+    k, n = check_shapes(qweight, qzeros, scales, group_size)
+    if x.shape[-1] != k:
+        raise ValueError(f"x has {x.shape[-1]} features, the weight {k}")
+    if x.dtype not in _DTYPE_FLAGS or scales.dtype != torch.float16:
+        raise ValueError(f"x must be float16 or bfloat16 and scales float16, got {x.dtype} and {scales.dtype}")
+    tensors = (qweight, qzeros, scales)
+    if x.device.type != "cuda" or any(t.device != x.device for t in tensors):
+        raise ValueError("x, qweight, qzeros and scales must be on one CUDA device")
+    if not all(t.is_contiguous() for t in tensors):
+        raise ValueError("qweight, qzeros and scales must be contiguous")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k).contiguous()
+    m = x2.shape[0]
+    if not 1 <= m <= MAX_M:
+        raise ValueError(f"the CUDA W4A16 GEMV takes 1..{MAX_M} rows, got {m}")
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device) if out is None else out.view(m, n)
+    if not y.is_contiguous() or y.dtype != x.dtype:
+        raise ValueError("out must be contiguous and of x's dtype")
+    lib = _lib()
+    with torch.cuda.device(x.device):
+        ws = _workspace(x.device, workspace_bytes(m, n, k, group_size, splits))
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        rc = lib.lms_w4a16_gemv(
+            x2.data_ptr(), qweight.data_ptr(), qzeros.data_ptr(), scales.data_ptr(), y.data_ptr(),
+            m, n, k, group_size, _DTYPE_FLAGS[x.dtype], ws.data_ptr(), ws.numel(), splits, stream,
+        )
+    _check(lib, rc, "lms_w4a16_gemv")
+    return y.view(*lead, n)

@@ -1,0 +1,79 @@
+/* W4A16 GEMV for small batches (decode): y = x @ W with W in the AWQ 4-bit "gemm" layout.
+ *
+ * Plain C ABI (no torch, no C++ types) so that a prebuilt library survives torch upgrades and
+ * bundling; the engine loads it with ctypes (app/engine/kernels/cuda_library.py).
+ *
+ * Shapes, for a linear with K inputs, N outputs and group size G:
+ *   x        [M, K]      fp16 or bf16 (dtype flag), contiguous, 1 <= M <= LMS_W4A16_MAX_M
+ *   qweight  [K, N / 8]  int32: word [k, j] packs columns 8j..8j+7 of row k; nibble i (bits
+ *                        4i..4i+3) holds column 8j + (0, 2, 4, 6, 1, 3, 5, 7)[i]
+ *   qzeros   [K / G, N / 8] int32, packed the same way
+ *   scales   [K / G, N]  fp16, 16-byte aligned
+ *   y        [M, N]      x's dtype, contiguous
+ * W[k, n] = (q[k, n] - z[k / G, n]) * s[k / G, n]; accumulation in fp32.
+ * Requirements: N % 8 == 0 (N <= 4194304), G % 16 == 0, K % G == 0.
+ *
+ * Workspace: the kernel may split K over several blocks; their fp32 partials and one counter per
+ * column tile live in a caller-provided device buffer of lms_w4a16_workspace_bytes() bytes, which
+ * must be zero-filled once before its first use (the kernel leaves the counters at zero again; they
+ * sit at the same place for every shape, so one buffer, as large as the largest need, serves all).
+ * Launches that share a workspace must be ordered (one stream); CUDA graphs may capture them.
+ *
+ * On compute capability 9.0 and later the kernel is launched with programmatic dependent launch:
+ * it may start while the previous kernel on the stream finishes, reading only the (constant)
+ * weights until that one has completed. LMSTATION_PDL=0 in the environment turns this off (read
+ * once per device and process).
+ */
+#ifndef LMS_W4A16_H
+#define LMS_W4A16_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define LMS_API __declspec(dllexport)
+#else
+#define LMS_API __attribute__((visibility("default")))
+#endif
+
+#define LMS_W4A16_ABI_VERSION 1
+#define LMS_W4A16_MAX_M 8
+
+/* dtype flag for x and y */
+#define LMS_DTYPE_F16 0
+#define LMS_DTYPE_BF16 1
+
+/* Return codes: 0 success, negative for a bad call, positive for a CUDA runtime error (its
+ * cudaError_t value). lms_w4a16_error_string() says which. */
+#define LMS_W4A16_OK 0
+#define LMS_W4A16_ERR_SHAPE -1     /* M, N, K or G out of range */
+#define LMS_W4A16_ERR_DTYPE -2     /* unknown dtype flag */
+#define LMS_W4A16_ERR_ALIGN -3     /* scales not 16-byte aligned, or a null pointer */
+#define LMS_W4A16_ERR_WORKSPACE -4 /* workspace smaller than lms_w4a16_workspace_bytes() */
+
+/* LMS_W4A16_ABI_VERSION of the built library (a prebuilt one may be older than the headers). */
+LMS_API int lms_w4a16_abi_version(void);
+
+/* Sets *bytes to the workspace lms_w4a16_gemv needs for this shape and split request (0:
+ * automatic, as there) on the current device; 0 when it needs none. Returns an error code. */
+LMS_API int lms_w4a16_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t group_size, int splits, int64_t* bytes);
+
+/* y = x @ W on `stream` (a cudaStream_t; NULL for the default stream) of the current device.
+ * splits: how many blocks share K for each column tile; 0 picks it from the shape and the
+ * device's multiprocessor count (the engine's choice); a positive value is clamped to what the
+ * shape allows. Asynchronous: returns once the kernel is queued. */
+LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t* qzeros, const void* scales,
+                           void* y, int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype,
+                           void* workspace, int64_t workspace_bytes, int splits, void* stream);
+
+/* A static, human-readable message for a return code. */
+LMS_API const char* lms_w4a16_error_string(int code);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LMS_W4A16_H */

@@ -1,0 +1,309 @@
+"""W4A16 (AWQ 4-bit weights): the packing against the format's spec, the torch reference, the Triton
+kernels and the CUDA GEMV against the reference.
+
+Without a CUDA device the Triton kernels run under Triton's interpreter on CPU tensors (small
+shapes); with one, the same tests run on the GPU, plus the @pytest.mark.gpu tests at Llama-3-8B's
+shapes and the CUDA library. Errors are norm-wise, ||out - ref|| / ||ref||, on random inputs that
+are never zero.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere below
+
+from app.engine.kernels import cuda_library  # noqa: E402
+from app.engine.kernels.w4a16_reference import (  # noqa: E402
+    AWQ_ORDER, check_shapes, dequantize, pack, pack_int4, unpack, unpack_int4, w4a16_matmul_reference,
+)
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+TOLERANCE = 1e-2
+DTYPES = [torch.float16, torch.bfloat16]
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+# The test extra installs Triton on Linux only; CI is Linux.
+needs_triton = pytest.mark.skipif(sys.platform != "linux", reason="Triton is installed on Linux only")
+LLAMA_8B = [(4096, 4096), (4096, 14336), (4096, 6144), (14336, 4096)]  # (K, N): o, gate/up, qkv, down
+
+
+def spec_unpack(packed: torch.Tensor) -> torch.Tensor:
+    """The format's definition, one nibble at a time: nibble i of word [r, j] is column
+    8j + AWQ_ORDER[i] of row r."""
+    rows, words = packed.shape
+    out = torch.empty(rows, words * 8, dtype=torch.int64)
+    for r in range(rows):
+        for j in range(words):
+            word = int(packed[r, j]) & 0xFFFFFFFF
+            for i in range(8):
+                out[r, 8 * j + AWQ_ORDER[i]] = (word >> (4 * i)) & 0xF
+    return out
+
+
+def random_awq(k: int, n: int, group: int, seed: int, device: torch.device = DEVICE):
+    """(q, z, s, qweight, qzeros, scales): random 4-bit values and zero points, scales of AWQ's
+    size (about 0.01 to 0.03, positive)."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 16, (k, n), generator=gen)
+    z = torch.randint(0, 16, (k // group, n), generator=gen)
+    s = (torch.rand(k // group, n, generator=gen) * 0.02 + 0.01).half()
+    qweight, qzeros, scales = pack(q, z, s)
+    return q, z, s, qweight.to(device), qzeros.to(device), scales.to(device)
+
+
+def nonzero(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Random values with |v| >= 0.1, so no term silently drops out."""
+    t = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return (t + torch.where(t >= 0, 0.1, -0.1)).to(dtype).to(DEVICE)
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert out.shape == ref.shape and out.dtype == ref.dtype and torch.isfinite(out).all()
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+# --- format and reference ---------------------------------------------------------------------------
+
+
+def test_one_word_by_hand():
+    """Columns 1..8 of one row: nibble i holds column AWQ_ORDER[i], i.e. 1 3 5 7 2 4 6 8 from the
+    lowest nibble up, so the word reads 0x86427531 in hex."""
+    word = pack_int4(torch.arange(1, 9).view(1, 8) % 16)
+    assert word.dtype == torch.int32 and int(word) & 0xFFFFFFFF == 0x86427531
+    assert unpack_int4(word).tolist() == [[1, 2, 3, 4, 5, 6, 7, 8]]
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 8), (5, 64), (16, 200)])
+def test_pack_agrees_with_the_spec(rows, cols):
+    values = torch.randint(0, 16, (rows, cols), generator=torch.Generator().manual_seed(rows * cols))
+    values[0, :8] = 15  # sign bit of the first word set: packing wraps to int32
+    packed = pack_int4(values)
+    assert packed.shape == (rows, cols // 8) and packed.dtype == torch.int32
+    assert torch.equal(spec_unpack(packed), values)
+    assert torch.equal(unpack_int4(packed).long(), values)
+    assert torch.equal(pack_int4(unpack_int4(packed)), packed)
+
+
+def test_unpack_agrees_with_the_spec_on_any_words():
+    words = torch.randint(-(2**31), 2**31 - 1, (7, 9), dtype=torch.int32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(unpack_int4(words).long(), spec_unpack(words))
+
+
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_dequantize_is_exact(group):
+    k, n = 256, 48
+    q, z, s, qweight, qzeros, scales = random_awq(k, n, group, seed=group, device=torch.device("cpu"))
+    got_q, got_z = unpack(qweight, qzeros)
+    assert torch.equal(got_q.long(), q) and torch.equal(got_z.long(), z)
+    expected = (q - z.repeat_interleave(group, 0)).double() * s.double().repeat_interleave(group, 0)
+    w = dequantize(qweight, qzeros, scales, group)
+    assert w.dtype == torch.float32 and torch.equal(w.double(), expected)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float32], ids=str)
+def test_reference_matmul(dtype):
+    k, n, group = 256, 64, 64
+    q, z, s, qweight, qzeros, scales = random_awq(k, n, group, seed=3, device=torch.device("cpu"))
+    x = nonzero(2, 3, k, dtype=dtype, seed=4).cpu()
+    w = (q - z.repeat_interleave(group, 0)).double() * s.double().repeat_interleave(group, 0)
+    y = w4a16_matmul_reference(x, qweight, qzeros, scales, group)
+    assert y.shape == (2, 3, n) and y.dtype == dtype
+    ref = (x.double() @ w).to(dtype)
+    assert rel_error(y, ref) <= (1e-6 if dtype == torch.float32 else 4e-3)
+
+
+def test_check_shapes():
+    _, _, _, qweight, qzeros, scales = random_awq(128, 32, 32, seed=5, device=torch.device("cpu"))
+    assert check_shapes(qweight, qzeros, scales, 32) == (128, 32)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        check_shapes(qweight, qzeros, scales, 48)
+    with pytest.raises(ValueError, match="qzeros must be"):
+        check_shapes(qweight, qzeros, scales, 64)
+    with pytest.raises(ValueError, match="int32"):
+        check_shapes(qweight.float(), qzeros, scales, 32)
+
+
+# --- Triton ------------------------------------------------------------------------------------------
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("group", [32, 64, 128])
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_triton_w4a16(dtype, group, m):
+    from app.engine.kernels.triton.w4a16 import w4a16_matmul
+
+    k, n = 256, 192  # 192: the second 128-column tile is half empty
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=group + m)
+    x = nonzero(m, k, dtype=dtype, seed=m)
+    ref = w4a16_matmul_reference(x, qweight, qzeros, scales, group)
+    err = rel_error(w4a16_matmul(x, qweight, qzeros, scales, group), ref)
+    assert err <= TOLERANCE, f"relative error {err:.2e}"
+
+
+@needs_triton
+@pytest.mark.parametrize("m", [1, 2, 40])
+@pytest.mark.parametrize("split_k", [1, 2, 3])
+def test_triton_w4a16_split_k(m, split_k):
+    """Fixed K slices (the sum of partials) for the GEMV and two GEMM tiles, x with two leading
+    dims, and `out`."""
+    from app.engine.kernels.triton.w4a16 import launch_plan, w4a16_matmul
+
+    k, n, group, dtype = 384, 64, 32, torch.bfloat16
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=7)
+    x = nonzero(m, 1, k, dtype=dtype, seed=8)
+    plan = launch_plan(m, n, k, group, DEVICE, split_k)
+    assert plan.grid[2] == split_k and plan.gemv == (m == 1)
+    out = torch.empty(m, n, dtype=dtype, device=DEVICE)
+    y = w4a16_matmul(x, qweight, qzeros, scales, group, out=out, split_k=split_k)
+    assert y.shape == (m, 1, n) and y.data_ptr() == out.data_ptr()
+    err = rel_error(y, w4a16_matmul_reference(x, qweight, qzeros, scales, group))
+    assert err <= TOLERANCE, f"relative error {err:.2e}"
+
+
+# --- CUDA library --------------------------------------------------------------------------------------
+
+
+def test_cuda_library_compiles(tmp_path):
+    """The CUDA sources build with nvcc for sm_80 and sm_90 (no GPU needed) and export the ABI."""
+    nvcc = cuda_library.find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found: install the CUDA toolkit or set NVCC / CUDA_HOME to test the CUDA build")
+    path = cuda_library.build(tmp_path, nvcc=nvcc)
+    assert path.parent == tmp_path and path.stat().st_size > 0
+    assert cuda_library.build(tmp_path, nvcc=nvcc) == path  # cached by source hash
+    lib = ctypes.CDLL(str(path))
+    assert lib.lms_w4a16_abi_version() == cuda_library.ABI_VERSION
+    lib.lms_w4a16_error_string.restype = ctypes.c_char_p
+    assert b"shape" in lib.lms_w4a16_error_string(-1)
+
+
+def test_cuda_library_reports_why_it_is_off(monkeypatch):
+    monkeypatch.setenv("LMSTATION_NO_CUDA_KERNELS", "1")
+    cuda_library.library.cache_clear()
+    try:
+        lib = cuda_library.library()
+        assert lib.cdll is None and "LMSTATION_NO_CUDA_KERNELS" in lib.reason
+    finally:
+        cuda_library.library.cache_clear()
+
+
+# --- GPU: real shapes ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_weights():
+    """Llama-3-8B's linear shapes, group size 128, made on the GPU (packing runs there too)."""
+    made = {}
+    for i, (k, n) in enumerate(LLAMA_8B):
+        gen = torch.Generator(device="cuda").manual_seed(i)
+        q = torch.randint(0, 16, (k, n), generator=gen, device="cuda")
+        z = torch.randint(0, 16, (k // 128, n), generator=gen, device="cuda")
+        s = torch.rand(k // 128, n, generator=gen, device="cuda") * 0.02 + 0.01
+        made[k, n] = pack(q, z, s)
+    return made
+
+
+def _llama_case(weights, k, n, m, dtype, seed):
+    qweight, qzeros, scales = weights[k, n]
+    x = (torch.randn(m, k, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed)) + 0.1).to(dtype)
+    return x, qweight, qzeros, scales, w4a16_matmul_reference(x, qweight, qzeros, scales, 128)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 4, 8, 64])
+@pytest.mark.parametrize("k,n", LLAMA_8B)
+def test_triton_w4a16_llama_shapes(llama_weights, k, n, m, dtype):
+    from app.engine.kernels.triton.w4a16 import w4a16_matmul
+
+    x, qweight, qzeros, scales, ref = _llama_case(llama_weights, k, n, m, dtype, seed=m)
+    err = rel_error(w4a16_matmul(x, qweight, qzeros, scales, 128), ref)
+    assert err <= TOLERANCE, f"relative error {err:.2e}"
+
+
+# The CUDA kernel computes in fp32 like the reference: only the order of the sums and the final
+# rounding differ, so it must agree far more closely than the 1e-2 every kernel must meet.
+CUDA_TOLERANCE = 1e-3
+
+
+def _cuda_kernel():
+    from app.engine.kernels import w4a16_cuda
+
+    if not w4a16_cuda.available():
+        pytest.fail(f"CUDA library unavailable on a CUDA machine: {w4a16_cuda.unavailable_reason()}")
+    return w4a16_cuda
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [1, 2, 4, 8])
+@pytest.mark.parametrize("k,n", LLAMA_8B)
+def test_cuda_w4a16_llama_shapes(llama_weights, k, n, m, dtype):
+    w4a16_cuda = _cuda_kernel()
+    x, qweight, qzeros, scales, ref = _llama_case(llama_weights, k, n, m, dtype, seed=m)
+    y = torch.full_like(ref, float("nan"))  # every element must be written
+    w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 128, out=y)
+    err = rel_error(y, ref)
+    assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", [0, 1, 3, 64])
+@pytest.mark.parametrize(
+    "m,k,n,group", [(1, 4096, 4096, 128), (3, 512, 200, 32), (8, 1024, 4104, 64), (5, 640, 88, 128)]
+)
+def test_cuda_w4a16_splits_and_ragged_tiles(m, k, n, group, splits):
+    """Fixed K splits (one block per tile, several, more than allowed) and column tiles cut short;
+    repeated calls give identical results (the split counters are back at zero after each launch)."""
+    w4a16_cuda = _cuda_kernel()
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=m + k)
+    for dtype in DTYPES:
+        x = nonzero(m, k, dtype=dtype, seed=n)
+        ref = w4a16_matmul_reference(x, qweight, qzeros, scales, group)
+        first = w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group, splits=splits)
+        again = w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group, splits=splits)
+        assert torch.equal(first, again)
+        err = rel_error(first, ref)
+        assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_w4a16_shapes_share_the_workspace():
+    """Shapes with few and many column tiles (16 to 112), split, one after another on one
+    workspace: no shape's partials may land on another's split counters."""
+    w4a16_cuda = _cuda_kernel()
+    weights = {n: random_awq(256, n, 64, seed=n)[3:] for n in (4096, 6144, 28672)}
+    for i, n in enumerate([4096, 6144, 28672, 4096, 28672, 6144]):
+        x = nonzero(1 + i % 2, 256, dtype=torch.bfloat16, seed=i)
+        ref = w4a16_matmul_reference(x, *weights[n], 64)
+        err = rel_error(w4a16_cuda.w4a16_gemv(x, *weights[n], 64, splits=4), ref)
+        assert err <= CUDA_TOLERANCE, f"N = {n}: relative error {err:.2e}"
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_w4a16_in_a_cuda_graph(llama_weights):
+    w4a16_cuda = _cuda_kernel()
+    x, qweight, qzeros, scales, ref = _llama_case(llama_weights, 4096, 4096, 1, torch.bfloat16, seed=9)
+    y = torch.empty_like(ref)
+    w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 128, out=y)  # allocates the workspace
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 128, out=y)
+    y.fill_(float("nan"))
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    assert rel_error(y, ref) <= CUDA_TOLERANCE
