@@ -43,3 +43,29 @@ def test_engine_on_triton_kernels_matches_hf(variant: str, tiny_model_factory) -
         with torch.no_grad():
             ref = hf(torch.tensor([prompt + generated])).logits[0][len(prompt) - 1 : len(prompt) - 1 + 8]
         assert (logits.cpu() - ref).abs().max().item() <= 1e-4
+
+
+def test_awq_checkpoint_on_triton_w4a16_kernels(tiny_model_factory, tmp_path) -> None:
+    """4-bit weights stay packed and run through the W4A16 kernels (not dequantised at load)."""
+    import copy
+
+    from app.engine.layers.linear import AWQLinear
+    from tests.engine.test_awq_checkpoints import write_awq
+
+    source, hf = tiny_model_factory("qwen2")
+    reference = write_awq(source, copy.deepcopy(hf), tmp_path / "awq")
+    config = EngineConfig(model=tmp_path / "awq", device=DEVICE, dtype="float32", kernels="triton", block_size=16,
+                          num_cache_blocks=32, cuda_graphs=False)
+    core = EngineCore(load(config, tmp_path / "awq"), config)
+    awq = [m for m in core.loaded.model.modules() if isinstance(m, AWQLinear)]
+    assert len(awq) == 8 and all(m.qweight is not None and m.weight is None for m in awq)
+    prompt, deltas = list(range(3, 30)), []
+    core.add_request(prompt, GenerationConfig(temperature=0, max_new_tokens=4, ignore_eos=True, output_logits=True),
+                     deltas.append)
+    while core.has_work():
+        core.step()
+    logits = torch.stack(deltas[-1].logits).cpu()
+    generated = [t for d in deltas for t in d.token_ids]
+    with torch.no_grad():
+        ref = reference(torch.tensor([prompt + generated])).logits[0][len(prompt) - 1 : len(prompt) + 3]
+    assert (logits - ref).abs().max().item() <= 1e-3 * max(1.0, ref.abs().max().item())
