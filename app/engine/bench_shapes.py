@@ -27,6 +27,9 @@ SHAPES: dict[str, dict] = {
         torch_dtype="bfloat16",
     ),
 }
+# The same shape as a 4-bit AWQ checkpoint (group 128): W4A16 speed without a quantized checkpoint.
+SHAPES["llama-3-8b-awq"] = dict(SHAPES["llama-3-8b"], torch_dtype="float16", quantization_config={
+    "quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"})
 
 
 def write_shape_folder(shape: str, folder: Path) -> Path:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from app.engine.config import GenerationConfig
 from app.engine.errors import UnsupportedModelError
 from app.engine.models.registry import resolve_config
 from tests.tiny_models import make_core
@@ -88,8 +89,6 @@ def test_autoawq_checkpoint_logits_match_its_dequantised_model(variant, tiny_mod
     core = make_core(tmp_path / "awq")
     assert core.loaded.config.quantization.group_size == GROUP
     ids = torch.randint(5, 300, (1, 24), generator=torch.Generator().manual_seed(0))
-    from app.engine.config import GenerationConfig
-
     deltas = []
     core.add_request(ids[0].tolist(), GenerationConfig(temperature=0, max_new_tokens=4, ignore_eos=True,
                                                        output_logits=True), deltas.append)
@@ -110,3 +109,22 @@ def test_other_quantizations_are_refused_clearly() -> None:
         resolve_config({**raw, "quantization_config": {"quant_method": "gptq", "bits": 4}})
     with pytest.raises(UnsupportedModelError, match="version gemv"):
         resolve_config({**raw, "quantization_config": {"quant_method": "awq", "bits": 4, "version": "gemv"}})
+
+
+def test_random_awq_weights_of_a_real_shape_load(tmp_path, monkeypatch) -> None:
+    """The bench's "-awq" shapes: random 4-bit weights in the checkpoint layout, of a plausible size."""
+    from app.engine import bench_shapes
+    from app.engine.layers.linear import AWQLinear
+
+    shape = dict(bench_shapes.SHAPES["llama-3-8b-awq"], hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512)
+    monkeypatch.setitem(bench_shapes.SHAPES, "tiny-awq", shape)
+    folder = bench_shapes.write_shape_folder("tiny-awq", tmp_path / "shape")
+    core = make_core(folder, load_format="random", kernels="torch")
+    dense = [m.weight for m in core.loaded.model.modules() if isinstance(m, AWQLinear)]  # dequantised at load
+    assert len(dense) == 8 and all(0.01 < w.float().std().item() < 0.04 for w in dense)
+    deltas = []
+    core.add_request([5, 6, 7], GenerationConfig(temperature=0, max_new_tokens=5, ignore_eos=True), deltas.append)
+    while core.has_work():
+        core.step()
+    assert sum(len(d.token_ids) for d in deltas) == 5

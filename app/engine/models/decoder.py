@@ -239,11 +239,17 @@ class DecoderLM(nn.Module):
             index = self.shard_index(name, shape)
             if index is None:
                 continue
-            tensor = torch.empty(shape, dtype=self.dtype, device=self.device)
-            if name.endswith("norm.weight"):
-                tensor.fill_(1.0)
+            generator = torch.Generator(device=self.device).manual_seed(seed + i)
+            if name.endswith(("qweight", "qzeros")):  # any 4-bit values; with these scales the weights' std is ~0.02
+                tensor = torch.randint(-2**31, 2**31 - 1, shape, dtype=torch.int32, device=self.device, generator=generator)
+            elif name.endswith("scales"):
+                tensor = torch.full(shape, 0.004, dtype=torch.float16, device=self.device)
             else:
-                tensor.normal_(0.0, 0.02, generator=torch.Generator(device=self.device).manual_seed(seed + i))
+                tensor = torch.empty(shape, dtype=self.dtype, device=self.device)
+                if name.endswith("norm.weight"):
+                    tensor.fill_(1.0)
+                else:
+                    tensor.normal_(0.0, 0.02, generator=generator)
             yield name, tensor[index]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -284,7 +290,12 @@ def checkpoint_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     for layer in range(cfg.num_layers):
         prefix = f"model.layers.{layer}."
         for name, (out, inp, bias) in linears.items():
-            shapes[f"{prefix}{name}.weight"] = (out, inp)
+            if cfg.quantization is None:
+                shapes[f"{prefix}{name}.weight"] = (out, inp)
+            else:  # AWQ "gemm" layout, see layers.linear.AWQLinear
+                groups = inp // cfg.quantization.group_size
+                shapes |= {f"{prefix}{name}.qweight": (inp, out // 8), f"{prefix}{name}.qzeros": (groups, out // 8),
+                           f"{prefix}{name}.scales": (groups, out)}
             if bias:
                 shapes[f"{prefix}{name}.bias"] = (out,)
         shapes |= {f"{prefix}{name}.weight": (size,) for name, size in norms.items()}
