@@ -201,6 +201,7 @@ class WorkerGroup:
                 process.kill()
                 process.join(CLOSE_TIMEOUT_S)
                 parallel_state.abort_group()  # a step still in flight here may wait for it
+        parallel_state.abort_group()  # NCCL: the other ranks have gone, so nothing to wait for
         parallel_state.destroy_group()
         for conn in self.steps + self.reports:
             conn.close()

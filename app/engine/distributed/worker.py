@@ -62,7 +62,8 @@ def main(rank: int, config: EngineConfig, model_dir: Path, device: torch.device,
             pass
         status = 1
     try:
-        parallel_state.destroy_group()
+        if device.type != "cuda":  # gloo leaves cleanly; an NCCL communicator that CUDA graphs
+            parallel_state.destroy_group()  # captured can block its destroy: the exit frees it
     finally:
         # Ends at once: the interpreter's teardown of torch takes about a second, which every
         # unload would wait for, and nothing is left to clean up but the output streams.
