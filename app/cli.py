@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--input-len", type=int, default=128)
     bench.add_argument("--output-len", type=int, default=128)
     bench.add_argument("--baseline", choices=["hf"], help="also run HF transformers on the same inputs")
-    bench.add_argument("--shape", help="a real model shape with random weights instead of MODEL (llama-3-8b, smollm2-135m)")
+    bench.add_argument("--shape", help="a real model shape with random weights instead of MODEL (llama-3-8b, llama-3-8b-awq, smollm2-135m)")
     bench.add_argument("--workload", type=int, metavar="N", help="also serve N requests of ShareGPT-like lengths")
     bench.add_argument("--ttft", type=int, metavar="LEN", help="also time the first token of a LEN-token prompt")
     bench.add_argument("--limits", action="store_true", help="also measure copy bandwidth and GEMM rate")
@@ -48,6 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--format", action="append", help="a weight format to take instead of the preferred one "
                           "(safetensors, else bin, else gguf); repeatable")
     download.add_argument("--all", action="store_true", help="every file of the repository")
+
+    quant = sub.add_parser("quantize", help="write a 4-bit AWQ checkpoint of a model (Hugging Face AWQ format)")
+    quant.add_argument("model", nargs="?", help="model folder or library name (default: the starter model)")
+    quant.add_argument("--out", required=True, help="the new checkpoint's folder (must not exist)")
+    quant.add_argument("--method", choices=["awq", "rtn"], default="awq",
+                       help="awq (activation-aware scales and clipping) or rtn (plain round-to-nearest, a baseline)")
+    quant.add_argument("--group-size", type=int, default=128, help="input channels per quantization group")
+    quant.add_argument("--calib-samples", type=int, default=128)
+    quant.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration sample")
+    quant.add_argument("--calib-data", nargs="+", metavar="FILE",
+                       help=".txt or .jsonl (\"text\" field) files (default: text that ships with Python)")
+    quant.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+    ppl = sub.add_parser("eval-ppl", help="perplexity on held-out text (an fp16/bf16/fp32 or AWQ model)")
+    ppl.add_argument("model", nargs="?", help="model folder or library name (default: the starter model)")
+    ppl.add_argument("--data", help="a .txt or .jsonl file (default: the held-out part of Python's own text)")
+    ppl.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ppl.add_argument("--windows", type=int, default=40, help="windows of --seqlen tokens, evenly spread")
+    ppl.add_argument("--seqlen", type=int, default=512)
     return parser
 
 
@@ -70,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             from app.commands.download import run_download
 
             return run_download(args)
+        if args.command == "quantize":
+            from app.commands.quantize import run_quantize
+
+            return run_quantize(args)
+        if args.command == "eval-ppl":
+            from app.commands.eval_ppl import run_eval_ppl
+
+            return run_eval_ppl(args)
     except KeyboardInterrupt:
         return 130
     return 2

@@ -1,0 +1,76 @@
+"""Perplexity on held-out text, for before/after-quantization reports.
+
+Fixed, non-overlapping windows of the held-out part of the built-in text (never used for
+calibration) or of the user's file; one window per forward, float32 on the CPU, so the same
+folder gives the same number on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from app.engine.quant.calibration import builtin_heldout_texts, read_text_files, token_windows
+from app.engine.quant.config import QuantizeError
+from app.engine.quant.dequantize import is_awq_folder, load_dequantized
+
+DEFAULT_WINDOWS = 40
+DEFAULT_SEQLEN = 512
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    windows: int
+    tokens: int  # tokens predicted (seqlen - 1 per window)
+
+
+def _eval_dtype(folder: Path, device: torch.device) -> torch.dtype:
+    if device.type == "cpu":
+        return torch.float32
+    if is_awq_folder(folder):
+        return torch.float16
+    config = json.loads((folder / "config.json").read_text())
+    name = config.get("torch_dtype") or config.get("dtype") or "float16"
+    return getattr(torch, name)
+
+
+def load_for_eval(folder: Path, device: torch.device):
+    """An fp folder as it is, an AWQ folder dequantized: both run transformers' own forward."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = _eval_dtype(folder, device)
+    if is_awq_folder(folder):
+        model = load_dequantized(folder, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
+    return model.to(device)
+
+
+@torch.no_grad()
+def windows_perplexity(model, windows: torch.Tensor) -> PerplexityResult:
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for window in windows.to(device):
+        logits = model(input_ids=window.unsqueeze(0), use_cache=False).logits[0, :-1].float()
+        nll += float(F.cross_entropy(logits, window[1:], reduction="sum"))
+        count += window.numel() - 1
+    return PerplexityResult(math.exp(nll / count), windows.shape[0], count)
+
+
+def evaluate_perplexity(folder: Path, data: Path | None = None, device: str = "auto",
+                        windows: int = DEFAULT_WINDOWS, seqlen: int = DEFAULT_SEQLEN) -> PerplexityResult:
+    from transformers import AutoTokenizer
+
+    if not (folder / "config.json").is_file():
+        raise QuantizeError(f"{folder} has no config.json: not a Hugging Face model folder")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    texts = read_text_files([data]) if data is not None else builtin_heldout_texts()
+    ids = token_windows(AutoTokenizer.from_pretrained(folder), texts, seqlen, windows)
+    return windows_perplexity(load_for_eval(folder, torch.device(device)), ids)
