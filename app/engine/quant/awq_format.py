@@ -14,7 +14,9 @@ import torch
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 PACK = 8  # 4-bit values per int32
-_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)
+_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)  # nibble i's place
+# Column j of a word sits in nibble AWQ_ORDER.index(j): this shift brings it down to bits 0..3.
+_COLUMN_SHIFTS = tuple(4 * AWQ_ORDER.index(j) for j in range(PACK))
 
 
 def pack_int4(values: torch.Tensor) -> torch.Tensor:
@@ -31,11 +33,12 @@ def pack_int4(values: torch.Tensor) -> torch.Tensor:
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """int32 [R, C // 8] in AWQ nibble order -> uint8 [R, C] values in 0..15 (inverse of pack_int4)."""
+    if packed.dtype != torch.int32:
+        raise TypeError(f"packed 4-bit values must be int32, got {packed.dtype}")
     rows, words = packed.shape
-    nibbles = (packed.to(torch.int64).unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 0xF
-    values = torch.empty_like(nibbles)
-    values[:, :, list(AWQ_ORDER)] = nibbles
-    return values.reshape(rows, words * PACK).to(torch.uint8)
+    shifts = torch.tensor(_COLUMN_SHIFTS, dtype=torch.int32, device=packed.device)
+    nibbles = torch.bitwise_right_shift(packed.unsqueeze(-1), shifts).bitwise_and_(0xF)  # sign bits masked off
+    return nibbles.view(rows, words * PACK).to(torch.uint8)
 
 
 def pack_linear(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor) -> dict[str, torch.Tensor]:

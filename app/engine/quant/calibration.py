@@ -89,6 +89,6 @@ def token_windows(tokenizer, texts: list[str], seqlen: int, count: int) -> torch
     return windows[picked]
 
 
-def calibration_windows(tokenizer, files: tuple[Path, ...], samples: int, seqlen: int) -> torch.Tensor:
-    texts = read_text_files(files) if files else builtin_calibration_texts()
-    return token_windows(tokenizer, texts, seqlen, samples)
+def calibration_texts(files: tuple[Path, ...]) -> list[str]:
+    """The user's files, else the built-in calibration part."""
+    return read_text_files(files) if files else builtin_calibration_texts()

@@ -28,8 +28,8 @@ class QuantizeConfig:
     calib_seqlen: int = 512
     calib_data: tuple[Path, ...] = ()  # .txt / .jsonl files; empty: the text that ships with Python
     device: str = "auto"  # "auto": cuda if available, else cpu
-    scale_grid: int = 20  # points of the scaling-exponent search, in [0, 1)
-    clip_grid: int = 20  # clipping factors 1, 1 - 1/clip_grid, ... down to 1 - clip_max_shrink
+    scale_grid: int = 20  # exponents tried by the scale search, evenly in [0, 1) (plus s = 1, plain RTN)
+    clip_grid: int = 20  # clipping factors 1, 1 - 1/clip_grid, ... while above 1 - clip_max_shrink
     clip_max_shrink: float = 0.5
     # Samples (evenly spaced) whose block outputs the scale search compares: each of its grid points
     # reruns the attention or MLP, so all 128 would cost a CPU an hour on even the starter model.

@@ -69,6 +69,8 @@ def evaluate_perplexity(folder: Path, data: Path | None = None, device: str = "a
 
     if not (folder / "config.json").is_file():
         raise QuantizeError(f"{folder} has no config.json: not a Hugging Face model folder")
+    if windows < 1 or seqlen < 2:
+        raise QuantizeError("perplexity needs at least one window of at least two tokens")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     texts = read_text_files([data]) if data is not None else builtin_heldout_texts()

@@ -20,7 +20,7 @@ from torch import nn
 
 from app.engine.quant.architecture import INPUT_OF, LINEARS, NOT_CLIPPED, check_supported, scale_groups
 from app.engine.quant.awq_format import pack_linear
-from app.engine.quant.calibration import calibration_windows
+from app.engine.quant.calibration import calibration_texts, token_windows
 from app.engine.quant.checkpoint import (
     FreeBytes, check_destination, check_free_space, disk_free_bytes, estimate_checkpoint_bytes, write_checkpoint,
 )
@@ -184,13 +184,14 @@ def quantize(config: QuantizeConfig, progress: Progress | None = None, cancel: t
 
     model_config = _check(config)
     device, dtype = pick_device(config.device, model_config)
+    texts = calibration_texts(tuple(config.calib_data)) if config.method == "awq" else None
     layer_count = model_config["num_hidden_layers"]
     report = _Reporter(layer_count, progress, cancel)
     report(0, "loading")
     windows = None
-    if config.method == "awq":
+    if texts is not None:
         tokenizer = AutoTokenizer.from_pretrained(config.model)
-        windows = calibration_windows(tokenizer, tuple(config.calib_data), config.calib_samples, config.calib_seqlen)
+        windows = token_windows(tokenizer, texts, config.calib_seqlen, config.calib_samples)
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype, attn_implementation="sdpa").eval()
     check_free_space(config.out, estimate_checkpoint_bytes(model, config.group_size, config.model), free_bytes)
     tensors = _quantize_model(model, windows, config, device, report)

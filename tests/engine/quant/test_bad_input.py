@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 
@@ -63,15 +64,19 @@ def test_full_disk(quant_model, tmp_path):
              free_bytes=lambda _path: 1000)
 
 
-def test_disk_filling_up_while_writing(quant_model, tmp_path, monkeypatch):
-    """A write that fails midway (ENOSPC) removes the temporary folder."""
-    import errno
-
+@pytest.mark.parametrize("failure, raised, match", [
+    (OSError(errno.ENOSPC, "No space left on device"), QuantizeError, "No space left on device"),
+    (KeyboardInterrupt(), KeyboardInterrupt, None),  # Ctrl-C while writing
+])
+def test_failure_while_writing_removes_the_temporary_folder(quant_model, tmp_path, monkeypatch, failure, raised,
+                                                            match):
     from app.engine.quant import checkpoint
 
-    def full(*_args, **_kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def fail(*_args, **_kwargs):
+        raise failure
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(checkpoint, "save_file", fail)
     folder, _ = quant_model("llama")
-    _refused(QuantizeConfig(model=folder, out=tmp_path / "q", method="rtn", **CALIB), r"No space left on device")
+    with pytest.raises(raised, match=match):
+        quantize(QuantizeConfig(model=folder, out=tmp_path / "q", method="rtn", **CALIB))
+    assert list(tmp_path.iterdir()) == []
