@@ -1,5 +1,5 @@
 """The main window: a sidebar of pages, the pages, and a status bar (engine state, model, device
-and its memory).
+and its memory). It owns the engine's and the quantizer's bridges and routes between pages.
 
 Pages that arrive with later versions say what they will do and that they are not here yet.
 The engine loads in the background: the window shows at once and stays responsive.
@@ -21,16 +21,14 @@ from app.ui.discover_page import DiscoverPage
 from app.ui.downloads_panel import Downloads, DownloadsPanel
 from app.ui.engine_bridge import EngineBridge
 from app.ui.models_page import ModelsPage
+from app.ui.quantize_bridge import QuantizeBridge
+from app.ui.quantize_page import QuantizePage
 from app.ui.settings import AppSettings
 from app.ui.settings_page import SettingsPage
 from app.ui.theme import apply_theme
 
 MEMORY_POLL_MS = 2000
 COMING = {
-    "Quantize": ("One-click 4-bit quantization",
-                 ["Pick a model and press Quantize: LM Station calibrates it with AWQ and writes a 4-bit copy.",
-                  "A before/after report shows perplexity and answers side by side, so you see that quality held.",
-                  "The 4-bit model needs about a third of the memory and answers faster."]),
     "Server": ("An OpenAI-compatible server",
                ["Serve the loaded model to other programs on this computer or your network.",
                 "Works with the official OpenAI clients, streaming included.",
@@ -63,7 +61,9 @@ class MainWindow(QMainWindow):
         self.engine_options = engine_options or {}  # overrides the settings (tests, command line)
         self.device = "cpu"
         self.chat = ChatPage(store, bridge)
-        self.models = ModelsPage()
+        self.quantizer = QuantizeBridge(self)
+        self.models = ModelsPage(self.quantizer)
+        self.quantize_page = QuantizePage(self.quantizer, self.current_engine_options)
         self.downloads = downloads or Downloads()
         self.discover = DiscoverPage(load_catalog() if catalog is None else catalog, self.settings.endpoint)
         self.downloads_panel = DownloadsPanel(self.downloads)
@@ -75,7 +75,7 @@ class MainWindow(QMainWindow):
         self.sidebar = QListWidget(objectName="sidebar")
         self.sidebar.setFixedWidth(160)
         self.pages = QStackedWidget()
-        pages = [("Chat", self.chat), ("Models", self.models_tabs)]
+        pages = [("Chat", self.chat), ("Models", self.models_tabs), ("Quantize", self.quantize_page)]
         pages += [(name, _coming_page(*text)) for name, text in COMING.items()]
         pages += [("Settings", self.settings_page)]
         for name, page in pages:
@@ -101,10 +101,14 @@ class MainWindow(QMainWindow):
         bridge.memory.connect(self._on_memory, queued)
         bridge.devices.connect(self.settings_page.set_devices, queued)
         bridge.devices.connect(self.discover.set_devices, queued)
+        bridge.devices.connect(self.quantize_page.set_devices, queued)
         bridge.gguf_imported.connect(self.models.on_gguf_imported, queued)
         self.models.load_requested.connect(self.load)
         self.models.unload_requested.connect(bridge.request_unload)
         self.models.gguf_import_requested.connect(bridge.request_import_gguf)
+        self.models.quantize_requested.connect(self._quantize)
+        self.quantizer.finished.connect(self._on_quantized, queued)
+        self.quantize_page.load_and_chat.connect(self._load_and_chat)
         self.discover.download_requested.connect(self._download)
         self.downloads_panel.load_requested.connect(self.load)
         self.downloads_panel.finished.connect(self._on_download_finished)
@@ -117,9 +121,36 @@ class MainWindow(QMainWindow):
         bridge.request_devices.emit()
         self.load(str(model) if model else None)
 
+    def current_engine_options(self) -> dict:
+        return {**self.settings.engine_options(), **self.engine_options}
+
     def load(self, model: str | None) -> None:
         """Loads a model folder (None: the starter model) with the current settings."""
-        self.bridge.request_load.emit({**self.settings.engine_options(), **self.engine_options, "model": model})
+        self.bridge.request_load.emit({**self.current_engine_options(), "model": model})
+
+    def show_page(self, page: QWidget) -> None:
+        self.sidebar.setCurrentRow(self.pages.indexOf(page))
+
+    def _quantize(self, folder: str) -> None:
+        problem = self.quantize_page.quick(folder)
+        if problem:
+            self.models.message.setText(problem)
+
+    @Slot(dict)
+    def _on_quantized(self, report: dict) -> None:
+        """A one-click run ends with its model loaded and its report open (unless the user went elsewhere)."""
+        if not report["quick"]:
+            return
+        self.load(report["out"])
+        if self.pages.currentWidget() is self.models_tabs:
+            self.show_page(self.quantize_page)
+        else:
+            self.statusBar().showMessage(f"{Path(report['out']).name} is ready; its report is on the Quantize page.")
+
+    def _load_and_chat(self, folder: str) -> None:
+        if self.models.loaded_path != str(Path(folder).resolve()):
+            self.load(folder)
+        self.show_page(self.chat)
 
     def _download(self, request: DownloadRequest) -> None:
         try:
@@ -135,6 +166,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's naming)
         self.downloads.close()  # a running download pauses; its partial files wait for next time
+        self.quantizer.shutdown()  # a running quantization is cancelled and leaves nothing behind
         super().closeEvent(event)
 
     @Slot(str)

@@ -1,11 +1,13 @@
 """The Models page: the local library (what each model is, its size and the memory it needs),
-load and unload, import of a folder or a GGUF file, and delete with confirmation."""
+load and unload, import of a folder or a GGUF file, delete with confirmation, and one-click 4-bit
+quantization of an fp16/bf16/fp32 model (its progress shows here; the run itself belongs to the
+Quantize page)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import (
     QAbstractItemView, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QMessageBox, QPushButton, QTableWidget,
@@ -13,6 +15,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.library import LibraryError, LocalModel, link_folder, list_models, remove_model
+from app.ui.quantize_bridge import QuantizeBridge
+from app.ui.quantize_plan import can_quantize
+from app.ui.quantize_status import QuantizeStatus
 
 COLUMNS = ("Name", "Architecture", "Parameters", "Weights", "On disk", "Memory needed", "")
 
@@ -29,9 +34,12 @@ class ModelsPage(QWidget):
     load_requested = Signal(str)  # a model folder
     unload_requested = Signal()
     gguf_import_requested = Signal(str)  # a .gguf file; the bridge converts it away from the GUI thread
+    quantize_requested = Signal(str)  # a model folder, to quantize with the default settings
 
-    def __init__(self):
+    def __init__(self, quantizer: QuantizeBridge | None = None):
+        """Without a ``quantizer`` the page offers no quantization (a library on its own)."""
         super().__init__()
+        self.quantizer = quantizer
         self.models: list[LocalModel] = []
         self.loaded_path: str | None = None
         self.table = QTableWidget(0, len(COLUMNS))
@@ -46,9 +54,12 @@ class ModelsPage(QWidget):
         self.import_folder_button = QPushButton("Import folder…")
         self.import_gguf_button = QPushButton("Import GGUF…")
         self.delete_button = QPushButton("Delete…")
+        self.quantize_button = QPushButton("Quantize to 4-bit")
+        self.quantize_button.setToolTip("Writes a 4-bit AWQ copy into the library with the default settings, loads it "
+                                        "and shows a before/after report. Other settings: the Quantize page.")
         self.message = QLabel("", wordWrap=True, objectName="muted")
         buttons = QHBoxLayout()
-        for button in (self.load_button, self.unload_button):
+        for button in (self.load_button, self.unload_button, self.quantize_button):
             buttons.addWidget(button)
         buttons.addStretch(1)
         for button in (self.import_folder_button, self.import_gguf_button, self.delete_button):
@@ -58,6 +69,16 @@ class ModelsPage(QWidget):
         layout.addWidget(QLabel("Models on this computer. Memory needed counts the weights and a 4,096-token "
                                 "conversation.", objectName="muted", wordWrap=True))
         layout.addWidget(self.table, 1)
+        self.quantize_status = None
+        if quantizer is not None:
+            self.quantize_status = QuantizeStatus(quantizer)
+            self.quantize_status.hide()
+            layout.addWidget(self.quantize_status)
+            queued = Qt.ConnectionType.QueuedConnection
+            quantizer.started.connect(self._on_quantize_started, queued)
+            quantizer.finished.connect(self._on_quantized, queued)
+            quantizer.failed.connect(self._on_quantize_failed, queued)
+            quantizer.cancelled.connect(self._on_quantize_cancelled, queued)
         layout.addWidget(self.message)
         layout.addLayout(buttons)
 
@@ -66,6 +87,7 @@ class ModelsPage(QWidget):
         self.import_folder_button.clicked.connect(self._pick_folder)
         self.import_gguf_button.clicked.connect(self._pick_gguf)
         self.delete_button.clicked.connect(self._delete)
+        self.quantize_button.clicked.connect(self._quantize)
         self.table.itemSelectionChanged.connect(self._update_buttons)
         self.table.itemDoubleClicked.connect(self._load)
         self.refresh()
@@ -107,6 +129,8 @@ class ModelsPage(QWidget):
         self.load_button.setEnabled(model is not None and str(model.path) != self.loaded_path)
         self.delete_button.setEnabled(model is not None)
         self.unload_button.setEnabled(self.loaded_path is not None)
+        self.quantize_button.setVisible(self.quantizer is not None and model is not None and can_quantize(model))
+        self.quantize_button.setEnabled(self.quantizer is not None and not self.quantizer.running)
 
     def _load(self) -> None:
         model = self.selected()
@@ -155,3 +179,34 @@ class ModelsPage(QWidget):
             return
         self.refresh()
         self.message.setText(f"Deleted {model.name}.")
+
+    def _quantize(self) -> None:
+        model = self.selected()
+        if model is not None:
+            self.quantize_requested.emit(str(model.path))
+            self._update_buttons()  # the run has started by now: no second one from a quick double click
+
+    @Slot(dict)
+    def _on_quantize_started(self, job: dict) -> None:
+        self.quantize_status.show()
+        self.message.setText("")
+        self._update_buttons()
+
+    def _quantize_ended(self, text: str) -> None:
+        self.quantize_status.hide()
+        self.refresh()
+        self.message.setText(text)
+
+    @Slot(dict)
+    def _on_quantized(self, report: dict) -> None:
+        out = Path(report["out"])
+        self._quantize_ended(f"Wrote {out.name}, a 4-bit copy of {Path(report['source']).name}. "
+                             "Its report is on the Quantize page.")
+
+    @Slot(str)
+    def _on_quantize_failed(self, message: str) -> None:
+        self._quantize_ended(f"Could not quantize: {message}")
+
+    @Slot()
+    def _on_quantize_cancelled(self) -> None:
+        self._quantize_ended("Quantization cancelled; nothing was written.")

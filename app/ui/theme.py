@@ -26,6 +26,14 @@ _STYLE = """
 QListWidget {{ outline: 0; }}
 QListWidget::item {{ padding: 4px 2px; }}
 QStatusBar QLabel {{ padding: 0 8px; }}
+#step {{ color: {muted}; padding: 3px 10px; }}
+#stepDone {{ color: {text}; padding: 3px 10px; }}
+#stepCurrent {{ background: {highlight}; color: white; border-radius: 11px; padding: 3px 10px; font-weight: bold; }}
+QPushButton#primary {{ background: {highlight}; color: white; border: 1px solid {highlight}; border-radius: 4px;
+                       padding: 5px 16px; }}
+QPushButton#primary:disabled {{ background: {button}; color: {muted}; border-color: {border}; }}
+#better {{ color: #16a34a; }}
+#worse {{ color: #d97706; }}
 """
 
 

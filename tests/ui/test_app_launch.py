@@ -39,7 +39,8 @@ def test_the_ui_imports_no_torch() -> None:
     """The window, its pages, the bridge and the chat store import without torch (it loads in the
     bridge's thread, once the window is up)."""
     code = ("import sys; import app.ui.app, app.ui.main_window, app.ui.chat_page, app.ui.engine_bridge, "
-            "app.ui.models_page, app.ui.settings_page, app.chats.store, app.library; "
+            "app.ui.models_page, app.ui.quantize_page, app.ui.quantize_bridge, app.ui.settings_page, app.chats.store, "
+            "app.library; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
