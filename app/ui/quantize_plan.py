@@ -17,7 +17,8 @@ from app.ui.quantize_report import DEFAULTS as REPORT_DEFAULTS
 GROUP_SIZES = (128, 64, 32)  # the first that divides every layer is the default
 FLOAT_TYPES = ("float16", "bfloat16", "float32")
 DEFAULT_SAMPLES, DEFAULT_SEQLEN = 128, 512  # QuantizeConfig's defaults: what AWQ's authors calibrate with
-SCALE_GRID, CLIP_GRID, SEARCH_SAMPLES = 20, 20, 16  # QuantizeConfig's defaults (the time estimate's work)
+# QuantizeConfig's defaults (the time estimate's work); the scale search also tries s = 1: 21 candidates
+SCALE_GRID, CLIP_GRID, SEARCH_SAMPLES = 21, 20, 16
 # Effective throughput of the quantizer's mixed small GEMMs and searches, and of the perplexity runs:
 # the starter model with the defaults took 32 s a layer, and 65 s a perplexity, on 2 busy CPU cores.
 CPU_FLOPS_PER_CORE, GPU_FLOPS = 40e9, 15e12
