@@ -140,6 +140,8 @@ class EngineCore:
 
     def close(self) -> None:
         """Stops the other tensor-parallel ranks, if any; the core is unusable afterwards."""
+        # After a rank failed, the group's abort has ended the steps that waited for it already.
+        self.runner.release_graphs()
         self.loaded.close()
 
     def has_work(self) -> bool:

@@ -109,6 +109,14 @@ class ModelRunner:
             self.graphs = DecodeGraphs(model, cache, graph_batch, max_model_len)
             self.graphs.capture()
 
+    def release_graphs(self) -> None:
+        """Drops the CUDA graphs (after the device finished with them). A tensor-parallel model
+        must, before its NCCL group goes: graphs that captured NCCL's collectives keep its
+        communicator busy, and tearing it down under them hangs (pytorch/pytorch#115388)."""
+        if self.graphs is not None:
+            torch.cuda.synchronize(self.device)
+            self.graphs = None
+
     def _prepare(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor | None]:
         ids, starts, lens, ctx_lens = inputs.ids, inputs.query_starts, inputs.query_lens, inputs.context_lens
         width = max(len(table) for table in inputs.block_tables)

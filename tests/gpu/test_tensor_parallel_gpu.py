@@ -1,6 +1,6 @@
 """On a box with 2 GPUs: tensor parallelism over NCCL, with decode steps replayed from CUDA graphs
-(the all-reduces captured inside) and the fused decode layer at batch 1, gives the logits of one
-GPU (fp32, <= 1e-4); a rank killed mid-reply is noticed (the NCCL group aborted), the reply
+(the all-reduces, through the peer buffer, captured inside) and the fused decode layer at batch 1,
+gives the logits of one GPU (fp32, <= 1e-4); a rank killed mid-reply is noticed (the NCCL group aborted), the reply
 fails naming it, and the engine loads again."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def test_two_gpus_match_one(variant: str, vocab: int | None, tiny_model_factory)
     for tp in (1, 2):
         with engine_core(folder, tp, device="cuda") as core:
             assert core.runner.graphs is not None and core.loaded.model.fused_layers is not None
+            assert tp == 1 or "one-shot peer all-reduce" in core.loaded.kernels, core.loaded.kernels
             # The first prompt alone (the fused layer, in a graph), then three together (per-op, in graphs).
             results.append(generate(core, prompts))
     assert_same(*results)

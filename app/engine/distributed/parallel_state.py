@@ -10,15 +10,20 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from app.engine.distributed.peer_all_reduce import PeerAllReduce
 
 # Longest a collective waits for the other ranks: long enough for a rank compiling kernels on
 # its first steps. A rank that dies is noticed at once (group.py); this bounds one that hangs.
 TIMEOUT = timedelta(minutes=10)
 _teardown = threading.Lock()  # the engine thread and group.py's watchdog may both end the group
+_store: dist.Store | None = None  # the group's rendezvous, for exchanging peer buffers
+_peer: PeerAllReduce | None = None  # small sums through peer memory, once the ranks agreed
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,8 @@ def configure_environment(rank: int) -> None:
 
 def init_group(shard: Shard, device: torch.device, store: dist.Store) -> None:
     """Joins the group (blocks until every rank has); ``store`` is rank 0's TCPStore."""
+    global _store
+    _store = store
     configure_environment(shard.rank)
     nccl = device.type == "cuda" and dist.is_nccl_available()
     if nccl:
@@ -65,8 +72,48 @@ def init_group(shard: Shard, device: torch.device, store: dist.Store) -> None:
     )
 
 
+def enable_peer_all_reduce(device: torch.device) -> None:
+    """Collective: every rank calls it once its part of the model is loaded. Maps the peer
+    buffers and checks a sum through them; the ranks then agree, so all use them or none does
+    (where GPUs cannot reach each other's memory, e.g. without peer access, NCCL serves)."""
+    global _peer
+    if device.type != "cuda" or dist.get_backend() != "nccl":
+        return
+    peer = None
+    try:
+        from app.engine.distributed.peer_all_reduce import PeerAllReduce
+
+        peer = PeerAllReduce(_store, dist.get_rank(), dist.get_world_size(), device)
+    except Exception:  # no peer access between these GPUs (or no Triton): NCCL serves
+        pass
+    # Agreed before the probe: a rank waits in it for every other one.
+    if _everyone(peer is not None, device):
+        world = dist.get_world_size()
+        probe = torch.full((3000,), dist.get_rank() + 1.0, dtype=torch.bfloat16, device=device)
+        summed = bool((peer(probe) == world * (world + 1) / 2).all())
+        _peer = peer if _everyone(summed, device) else None
+
+
+def _everyone(ok: bool, device: torch.device) -> bool:
+    """Whether ok holds on every rank (a collective)."""
+    flag = torch.tensor([int(ok)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def all_reduce_kind() -> str:
+    """Which all-reduce the ranks use, for the stats."""
+    if _peer is not None:
+        from app.engine.distributed.peer_all_reduce import MAX_BYTES
+
+        return f"one-shot peer all-reduce up to {MAX_BYTES // 1024} KiB, then nccl"
+    return dist.get_backend() if dist.is_initialized() else "none"
+
+
 def destroy_group() -> None:
+    global _peer, _store
     with _teardown:
+        _peer = _store = None
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -75,12 +122,18 @@ def abort_group() -> None:
     """Ends collectives that wait for a dead rank, from any thread (NCCL; gloo's end on their
     own once the dead rank's sockets close)."""
     with _teardown:
+        if _peer is not None:
+            _peer.abort()
         if dist.is_initialized() and dist.get_backend() == "nccl":
             dist.distributed_c10d._abort_process_group()
 
 
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sums x over the ranks, in place (inside CUDA graphs too: NCCL's collectives capture)."""
+    """Sums x over the ranks: a new tensor through the peer buffer when x fits it, else x
+    itself, summed in place by NCCL. Both capture into CUDA graphs."""
+    peer = _peer
+    if peer is not None and peer.fits(x):
+        return peer(x)
     dist.all_reduce(x)
     return x
 

@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from app.engine.config import EngineConfig
+from app.engine.distributed import parallel_state
 from app.engine.distributed.parallel_state import Shard
 from app.engine.distributed.sharding import check_divisible
 from app.engine.errors import ModelLoadError, ModelNotFoundError
@@ -142,6 +143,8 @@ def load_shard(
         model.load_weights(weights if progress is None else reporting(weights, count_tensors(files), progress))
     model.pack_weights()
     model.eval()
+    if shard.world > 1:
+        parallel_state.enable_peer_all_reduce(device)
     return model, _cache_blocks(cfg, engine_cfg, context, dtype, device, shard)
 
 
@@ -187,6 +190,6 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
         max_model_len=usable_context(cfg, engine_cfg, cache),
         device=device,
         dtype=model.dtype,
-        kernels=model.ops.name,
+        kernels=model.ops.name if world == 1 else f"{model.ops.name}; {parallel_state.all_reduce_kind()}",
         workers=workers,
     )
