@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # In a frozen app (PyInstaller) the processes spawned for tensor-parallel ranks and for
+    # quantization start this executable again: this hands them to multiprocessing.
+    multiprocessing.freeze_support()
     args = build_parser().parse_args(argv)
     try:
         if args.command is None:

@@ -180,3 +180,14 @@ def kill_a_rank_mid_reply(folder, **options) -> None:
 
 def test_killed_rank_fails_the_reply_and_the_engine_loads_again(tiny_model_factory) -> None:
     kill_a_rank_mid_reply(tiny_model_factory("llama")[0], device="cpu")
+
+
+def test_awq_weights_split_along_whole_words_and_groups(tiny_model_factory, tmp_path) -> None:
+    """An AWQ checkpoint over 2 ranks: column-parallel layers take whole 8-column words (and their
+    scales), row-parallel ones whole groups of input rows; the replies match the whole model's."""
+    from tests.engine.test_awq_checkpoints import GROUP, write_awq
+
+    source, hf = tiny_model_factory("llama", vocab_size=320)
+    assert hf.config.hidden_size // 2 % GROUP == 0 and hf.config.intermediate_size // 2 % GROUP == 0
+    write_awq(source, hf, tmp_path / "awq")
+    compare(tmp_path / "awq", prompts_for(320), 2)

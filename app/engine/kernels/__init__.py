@@ -95,12 +95,12 @@ def _triton_ops() -> Ops:
 
 def _w4a16_gpu(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                group_size: int) -> torch.Tensor:
-    """W4A16 by batch size: the CUDA GEMV (csrc/w4a16) for decode-sized batches where it is built,
-    the Triton kernels otherwise."""
+    """W4A16 by batch size: the CUDA GEMV (csrc/w4a16) for decode-sized batches of fp16/bf16 where
+    it is built, the Triton kernels otherwise."""
     from app.engine.kernels import w4a16_cuda
     from app.engine.kernels.triton.w4a16 import w4a16_matmul
 
-    if x.shape[0] <= w4a16_cuda.MAX_M and x.is_cuda and w4a16_cuda.available():
+    if x.shape[0] <= w4a16_cuda.MAX_M and x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.available():
         return w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group_size)
     return w4a16_matmul(x, qweight, qzeros, scales, group_size)
 

@@ -20,6 +20,7 @@ __all__ = ["MAX_M", "available", "unavailable_reason", "w4a16_gemv", "workspace_
 
 MAX_M = 8  # LMS_W4A16_MAX_M
 _DTYPE_FLAGS = {torch.float16: 0, torch.bfloat16: 1}
+DTYPES = tuple(_DTYPE_FLAGS)  # the activations it takes
 # Workspaces per device, zero-filled at birth (the kernel leaves its counters at zero). A larger
 # shape adds a larger one; the smaller ones stay allocated, because a captured CUDA graph may
 # still point at them.
