@@ -3,6 +3,7 @@ load in our engine and give the logits of the model they dequantise to."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -45,12 +46,13 @@ def quantize_rtn(weight: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.T
 
 
 def write_awq(source: Path, hf_model, out: Path):
-    """An AWQ copy of a tiny checkpoint, and the HF model holding exactly what it dequantises to."""
+    """An AWQ copy of a tiny checkpoint, and a copy of the HF model holding exactly what it
+    dequantises to (``hf_model`` itself is left as it was: fixtures share it)."""
     out.mkdir()
     for file in source.iterdir():
         if file.suffix != ".safetensors":
             shutil.copy(file, out / file.name)
-    tensors, reference = {}, hf_model.float()
+    tensors, reference = {}, copy.deepcopy(hf_model).float()
     params = dict(reference.named_parameters())
     for name, value in reference.state_dict().items():
         value = value.half()  # AutoAWQ keeps what it does not quantize in fp16
@@ -83,9 +85,7 @@ def test_the_test_packer_follows_the_spec() -> None:
 @pytest.mark.parametrize("variant", ["llama", "qwen2", "qwen3"])
 def test_autoawq_checkpoint_logits_match_its_dequantised_model(variant, tiny_model_factory, tmp_path) -> None:
     source, hf_model = tiny_model_factory(variant)
-    import copy
-
-    reference = write_awq(source, copy.deepcopy(hf_model), tmp_path / "awq")
+    reference = write_awq(source, hf_model, tmp_path / "awq")
     core = make_core(tmp_path / "awq")
     assert core.loaded.config.quantization.group_size == GROUP
     ids = torch.randint(5, 300, (1, 24), generator=torch.Generator().manual_seed(0))

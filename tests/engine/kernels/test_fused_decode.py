@@ -128,3 +128,47 @@ def test_several_sequences_take_the_per_op_path(tiny_model_factory):
     cos = torch.zeros(2, 16, device=ours.device)
     assert ours.model.ops.decode_step(cos, cos, None, None, None) is None
     assert ours.model.ops.decode_step(cos[:1], cos[:1], None, None, None) is not None
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("variant", ["llama", "qwen3"])
+def test_fused_layer_with_4bit_weights(variant, dtype, tiny_model_factory, tmp_path):
+    """AWQ weights stay packed in the fused layer (each nibble plane summed, then put back in
+    column order): its output, residual and cache writes match the layer on the dequantised
+    weights (the torch reference, fp32)."""
+    from tests.engine.test_awq_checkpoints import write_awq
+
+    source, hf = tiny_model_factory(variant)
+    write_awq(source, hf, tmp_path / "awq")
+    ours, ref = _loaded(tmp_path / "awq", dtype, "triton"), _loaded(tmp_path / "awq", "float32", "torch")
+    assert ours.model.model.layers[0].mlp.gate_up_proj.qweight is not None  # packed, not dequantised
+    g = torch.Generator().manual_seed(3)
+    for (k_ours, v_ours), (k_ref, v_ref) in zip(ours.cache.layers, ref.cache.layers):
+        for a, b in ((k_ours, k_ref), (v_ours, v_ref)):
+            a.copy_((torch.rand(a.shape, generator=g) - 0.5).to(ours.dtype))
+            b.copy_(a.float())
+    dev, cfg = ours.device, ours.config
+    lens = torch.tensor([37])
+    tables = torch.randperm(24, generator=g)[:5][None, :]
+    positions = lens - 1
+    slots = tables[0, positions // BLOCK] * BLOCK + positions % BLOCK
+    x = (torch.randn(1, cfg.hidden_size, generator=g) + 0.1).to(ours.dtype).to(dev)
+    residual = (torch.randn(1, cfg.hidden_size, generator=g) + 0.1).to(ours.dtype).to(dev)
+    cos, sin = ours.model.rotary(positions.to(dev), None, ours.dtype)
+    tables, lens, slots = tables.to(dev), lens.to(dev), slots.to(dev)
+    ours.model.bind_cache(ours.cache.layers)
+    assert ours.model.fused_layers is not None
+    out, new_residual = ours.model.fused_layers[0](ours.model.ops.decode_step(cos, sin, slots, tables, lens),
+                                                   x, residual)
+    meta = AttentionMetadata(
+        num_seqs=1, num_decodes=1, query_starts=[0], query_lens=[1], context_lens=lens.tolist(), slot_mapping=slots,
+        block_tables=tables, decode_context_lens=lens, query_start_loc=torch.arange(2, dtype=torch.int32, device=dev),
+        context_lens_t=lens.to(torch.int32), max_query_len=1,
+    )
+    ref_out, ref_residual = ref.model.model.layers[0](x.float(), residual.float(), cos.float(), sin.float(), meta,
+                                                      ref.cache.layers[0])
+    tol = TOLERANCE[dtype]
+    assert rel_error(out.float(), ref_out) <= tol
+    assert rel_error(new_residual.float(), ref_residual) <= tol
+    for ours_cache, ref_cache in zip(ours.cache.layers[0], ref.cache.layers[0]):
+        assert rel_error(ours_cache.float(), ref_cache) <= tol

@@ -47,13 +47,12 @@ def test_engine_on_triton_kernels_matches_hf(variant: str, tiny_model_factory) -
 
 def test_awq_checkpoint_on_triton_w4a16_kernels(tiny_model_factory, tmp_path) -> None:
     """4-bit weights stay packed and run through the W4A16 kernels (not dequantised at load)."""
-    import copy
-
+    
     from app.engine.layers.linear import AWQLinear
     from tests.engine.test_awq_checkpoints import write_awq
 
     source, hf = tiny_model_factory("qwen2")
-    reference = write_awq(source, copy.deepcopy(hf), tmp_path / "awq")
+    reference = write_awq(source, hf, tmp_path / "awq")
     config = EngineConfig(model=tmp_path / "awq", device=DEVICE, dtype="float32", kernels="triton", block_size=16,
                           num_cache_blocks=32, cuda_graphs=False)
     core = EngineCore(load(config, tmp_path / "awq"), config)
