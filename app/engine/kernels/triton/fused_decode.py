@@ -113,14 +113,18 @@ def _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, rows_a, rows
 
 
 @triton.jit
-def _w4_plane(packed, zeros, scale_ptrs, word_ok, x, i: tl.constexpr):
+def _w4_plane(half, zero_half, scale_ptrs, word_ok, x, i: tl.constexpr, j: tl.constexpr):
     """x * W for nibble i of each word of a [BLOCK_K, words] AWQ tile (column 2 * (i % 4) + i // 4
-    of the word's 8), fp32. Or-ing a nibble into the bits of 2**23 makes the float 2**23 + q;
-    subtracting the zero point made alike leaves q - z exactly."""
-    q = ((packed >> (4 * i)) & 0xF) | _FLOAT_2_23
-    z = ((zeros >> (4 * i)) & 0xF) | _FLOAT_2_23
-    s = tl.load(scale_ptrs + (2 * (i % 4) + i // 4), mask=word_ok, other=0.0).to(tl.float32)
-    return x[:, None] * ((q.to(tl.float32, bitcast=True) - z.to(tl.float32, bitcast=True)[None, :]) * s[None, :])
+    of the word's 8), fp32, where ``half`` holds the tile's words shifted so that nibble i is
+    field j < 4 of their low 16 bits (zero_half likewise for the zero points). Or-ing field j
+    into the bits of 2**23 makes the float 2**23 + q * 16**j; subtracting the zero point made
+    alike leaves (q - z) * 16**j exactly, and the scale times 16**-j undoes the place. Per weight:
+    one and-or, one subtraction, one multiplication and one fused multiply-add."""
+    field: tl.constexpr = 0xF << (4 * j)
+    q = ((half & field) | _FLOAT_2_23).to(tl.float32, bitcast=True)
+    z = ((zero_half & field) | _FLOAT_2_23).to(tl.float32, bitcast=True)
+    s = tl.load(scale_ptrs + (2 * (i % 4) + i // 4), mask=word_ok, other=0.0).to(tl.float32) * (1.0 / (1 << (4 * j)))
+    return x[:, None] * ((q - z[None, :]) * s[None, :])
 
 
 @triton.jit
@@ -168,14 +172,15 @@ def _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, qw_ptr, qz_ptr, 
         group = k0 // group_size
         zeros = tl.load(qz_ptr + group * words_per_row + words, mask=word_ok, other=0)
         scale_ptrs = sc_ptr + group * N + words * 8
-        p0 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 0)
-        p1 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 1)
-        p2 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 2)
-        p3 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 3)
-        p4 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 4)
-        p5 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 5)
-        p6 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 6)
-        p7 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 7)
+        high, zeros_high = packed >> 16, zeros >> 16  # nibbles 4..7 as fields 0..3
+        p0 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 0, 0)
+        p1 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 1, 1)
+        p2 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 2, 2)
+        p3 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 3, 3)
+        p4 += _w4_plane(high, zeros_high, scale_ptrs, word_ok, x, 4, 0)
+        p5 += _w4_plane(high, zeros_high, scale_ptrs, word_ok, x, 5, 1)
+        p6 += _w4_plane(high, zeros_high, scale_ptrs, word_ok, x, 6, 2)
+        p7 += _w4_plane(high, zeros_high, scale_ptrs, word_ok, x, 7, 3)
         more = words * 0 + k0 + BLOCK_K < K  # elementwise (see _inv_rms)
         packed = _load_words(qw_ptr, words, word_ok & more, k + BLOCK_K, words_per_row)
     # Column c of a word is plane i with 2 * (i % 4) + i // 4 == c: even columns 0 2 4 6 are
