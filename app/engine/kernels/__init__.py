@@ -96,13 +96,23 @@ def _triton_ops() -> Ops:
 def _w4a16_gpu(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                group_size: int) -> torch.Tensor:
     """W4A16 by batch size: the CUDA GEMV (csrc/w4a16) for decode-sized batches of fp16/bf16 where
-    it is built, the Triton kernels otherwise."""
+    it is built; the Triton GEMM up to DEQUANTIZE_ROWS rows; above that (prefill) the weight
+    expanded once by a Triton kernel, then cuBLAS."""
     from app.engine.kernels import w4a16_cuda
-    from app.engine.kernels.triton.w4a16 import w4a16_matmul
+    from app.engine.kernels.triton import w4a16
 
-    if x.shape[0] <= w4a16_cuda.MAX_M and x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.available():
+    m = x.shape[0]
+    if m <= w4a16_cuda.MAX_M and x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.available():
         return w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group_size)
-    return w4a16_matmul(x, qweight, qzeros, scales, group_size)
+    if m >= DEQUANTIZE_ROWS:
+        return x @ w4a16.dequantize(qweight, qzeros, scales, group_size, x.dtype)
+    return w4a16.w4a16_matmul(x, qweight, qzeros, scales, group_size)
+
+
+# From this many rows of x a W4A16 product expands the weight and calls cuBLAS. The expansion
+# moves 4.5 bytes a weight (read 0.5, write 2, cuBLAS reads 2): ~0.45x bf16's speed, while the
+# Triton GEMM measured 0.87x bf16 at 64 rows but 0.2x at 128 (docs/benchmarks.md, H100).
+DEQUANTIZE_ROWS = 128
 
 
 KERNEL_CHOICES = ("auto", "torch", "triton")

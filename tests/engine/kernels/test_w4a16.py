@@ -168,6 +168,36 @@ def test_triton_w4a16_split_k(m, split_k):
     assert err <= TOLERANCE, f"relative error {err:.2e}"
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float32], ids=str)
+def test_triton_dequantize_is_the_reference(dtype):
+    """The expansion that large batches multiply through cuBLAS: exactly the reference's weight,
+    rounded once to the activation dtype (ragged tiles in both dimensions)."""
+    from app.engine.kernels.triton.w4a16 import dequantize as triton_dequantize
+
+    k, n, group = 96, 200, 32
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=11)
+    ours = triton_dequantize(qweight, qzeros, scales, group, dtype)
+    assert ours.shape == (k, n) and ours.dtype == dtype
+    assert torch.equal(ours, dequantize(qweight, qzeros, scales, group).to(dtype))
+
+
+@needs_triton
+@pytest.mark.parametrize("m", [1, 40, 300])
+def test_the_kernel_choice_by_batch_size(m):
+    """Ops.w4a16 on the Triton ops: the GEMV (or the CUDA one) at 1 row, the GEMM at 40, the
+    expanded weight through a plain matmul from DEQUANTIZE_ROWS; each against the reference."""
+    from app.engine import kernels
+
+    assert 40 < kernels.DEQUANTIZE_ROWS <= 300
+    k, n, group, dtype = 128, 64, 64, torch.bfloat16
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=m)
+    x = nonzero(m, k, dtype=dtype, seed=m + 1)
+    y = kernels._triton_ops().w4a16(x, qweight, qzeros, scales, group)
+    err = rel_error(y, w4a16_matmul_reference(x, qweight, qzeros, scales, group))
+    assert err <= TOLERANCE, f"relative error {err:.2e}"
+
+
 # --- CUDA library --------------------------------------------------------------------------------------
 
 

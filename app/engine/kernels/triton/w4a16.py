@@ -44,7 +44,7 @@ from app.engine.kernels.triton._common import (
 )
 from app.engine.kernels.w4a16_reference import check_shapes
 
-__all__ = ["CONFIGS", "GEMV_CONFIG", "LaunchPlan", "TileConfig", "launch_plan", "w4a16_matmul"]
+__all__ = ["CONFIGS", "GEMV_CONFIG", "LaunchPlan", "TileConfig", "dequantize", "launch_plan", "w4a16_matmul"]
 
 PROGRAMS_PER_SM = 2  # split K until about this many programs per SM are busy
 _FLOAT_2_23 = tl.constexpr(0x4B000000)  # bits of 2.0 ** 23
@@ -214,6 +214,41 @@ def _sum_slices_kernel(part_ptr, out_ptr, M, N, slices, stride_om, BLOCK: tl.con
     for s in range(slices):
         acc += tl.load(part_ptr + s * M * N + offs, mask=ok, other=0.0)
     tl.store(out_ptr + (offs // N) * stride_om + offs % N, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dequantize_kernel(qweight_ptr, qzeros_ptr, scales_ptr, w_ptr, K, N, group_size,
+                       BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr):
+    """W [K, N] = (q - z) * s for a [BLOCK_K, BLOCK_W words] tile: nibble plane i of the words
+    goes to columns 8 * word + (2 * (i % 4) + i // 4)."""
+    k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    words = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    words_per_row = N // 8
+    ok = (k < K)[:, None] & (words < words_per_row)[None, :]
+    packed = tl.load(qweight_ptr + k.to(tl.int64)[:, None] * words_per_row + words[None, :], mask=ok, other=0)
+    group = (k // group_size)[:, None]
+    zeros = tl.load(qzeros_ptr + group * words_per_row + words[None, :], mask=ok, other=0)
+    rows = w_ptr + k.to(tl.int64)[:, None] * N + words[None, :] * 8
+    for i in tl.static_range(8):
+        column = 2 * (i % 4) + i // 4
+        q = ((packed >> (4 * i)) & 0xF).to(tl.float32)
+        z = ((zeros >> (4 * i)) & 0xF).to(tl.float32)
+        s = tl.load(scales_ptr + group * N + words[None, :] * 8 + column, mask=ok, other=0.0).to(tl.float32)
+        tl.store(rows + column, ((q - z) * s).to(w_ptr.dtype.element_ty), mask=ok)
+
+
+def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
+               dtype: torch.dtype) -> torch.Tensor:
+    """The AWQ weight as a dense [K, N] matrix of ``dtype``: for products with many rows of x
+    (prefill), where one pass over the weight to expand it costs less than the GEMM kernel's
+    in-loop dequantisation, and cuBLAS then runs at its full rate."""
+    k, n = check_shapes(qweight, qzeros, scales, group_size)
+    w = torch.empty((k, n), dtype=dtype, device=qweight.device)
+    block_k, block_w = 32, 32
+    _dequantize_kernel[(cdiv(k, block_k), cdiv(n // 8, block_w))](
+        qweight, qzeros, scales, w, k, n, group_size, BLOCK_K=block_k, BLOCK_W=block_w, num_warps=4,
+    )
+    return w
 
 
 @dataclass(frozen=True)
