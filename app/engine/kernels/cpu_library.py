@@ -17,18 +17,17 @@ entry points are handed to the library once at load (see ``csrc/cpu/gemv.c``).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from app.engine.kernels.native_build import bind, build_once, cache_dir
 
 __all__ = ["Library", "library"]
 
@@ -62,15 +61,6 @@ class Library:
     isa: str = ""  # instruction set in use: avx512bf16, avx2 or portable
 
 
-def _cache_dir() -> Path:
-    home = os.environ.get("LMSTATION_HOME")
-    if home:
-        return Path(home).expanduser() / "cache" / "kernels"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("LMStation", appauthor=False)) / "kernels"
-
-
 def _compiler() -> str | None:
     cc = os.environ.get("CC")
     if cc:
@@ -87,28 +77,13 @@ def _build(source_dir: Path) -> Path:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC)")
-    digest = hashlib.sha256(" ".join([cc, *_CFLAGS, *_LIBS]).encode())
-    for path in sorted([*sources, *source_dir.glob("*.h")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    suffix = ".dll" if os.name == "nt" else ".so"
-    target = _cache_dir() / f"lms_cpu-{digest.hexdigest()[:16]}{suffix}"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent first runs never see half a file.
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        cmd = [cc, *_CFLAGS, "-o", tmp, *map(str, sources), *_LIBS]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            raise RuntimeError(f"{cc} failed: {last}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    def failed(proc) -> str:
+        return f"{cc} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+
+    return build_once(cache_dir(), "lms_cpu", [" ".join([cc, *_CFLAGS, *_LIBS])],
+                      [*sources, *source_dir.glob("*.h")],
+                      lambda out: [cc, *_CFLAGS, "-o", out, *map(str, sources), *_LIBS], 180, failed)
 
 
 def _omp_entry_points() -> tuple[int, int, int] | None:
@@ -151,10 +126,7 @@ def library() -> Library:
         return Library(None, "disabled by LMSTATION_NO_CPU_KERNELS")
     try:
         prebuilt = os.environ.get("LMSTATION_CPU_KERNELS_LIB")
-        lib = ctypes.CDLL(prebuilt or str(_build(SOURCE_DIR)))
-        for name, (argtypes, restype) in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = argtypes, restype
+        lib = bind(ctypes.CDLL(prebuilt or str(_build(SOURCE_DIR))), _SIGNATURES)
         lib.lms_set_omp(*(_omp_entry_points() or (None, None, None)))
         isa = lib.lms_set_isa(-1)
     except Exception as exc:  # a broken toolchain must never take the engine down

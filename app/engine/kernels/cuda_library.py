@@ -16,17 +16,17 @@ no failure (no GPU, no nvcc, a failed build) raises: :func:`library` reports why
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from app.engine.kernels.native_build import bind, build_once, cache_dir
 
 __all__ = ["ABI_VERSION", "NVCC_FLAGS", "Library", "build", "find_nvcc", "library", "sources"]
 
@@ -59,15 +59,6 @@ class Library:
     reason: str = ""
 
 
-def _cache_dir() -> Path:
-    home = os.environ.get("LMSTATION_HOME")
-    if home:
-        return Path(home).expanduser() / "cache" / "kernels"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("LMStation", appauthor=False)) / "kernels"
-
-
 def find_nvcc() -> str | None:
     """NVCC, else nvcc under CUDA_HOME / CUDA_PATH, on the PATH, or in /usr/local/cuda."""
     if os.environ.get("NVCC"):
@@ -97,35 +88,18 @@ def build(target_dir: Path, source_dir: Path = SOURCE_DIR, nvcc: str | None = No
     if nvcc is None:
         raise RuntimeError("nvcc not found (set NVCC or CUDA_HOME, or install the CUDA toolkit)")
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    digest = hashlib.sha256("\0".join([version, *NVCC_FLAGS]).encode())
-    for path in sorted([*files, *source_dir.glob("*.h"), *source_dir.glob("*.cuh")]):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    suffix = ".dll" if os.name == "nt" else ".so"
-    target = target_dir / f"lms_cuda-{digest.hexdigest()[:16]}{suffix}"
-    if target.exists():
-        return target
-    target_dir.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent first runs never see half a file.
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=target_dir)
-    os.close(fd)
-    try:
-        cmd = [nvcc, *NVCC_FLAGS, "-o", tmp, *map(str, files)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            errors = [line for line in proc.stderr.splitlines() if "error" in line] or proc.stderr.splitlines() or ["?"]
-            raise RuntimeError(f"nvcc failed: {errors[0].strip()}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    def failed(proc) -> str:
+        errors = [line for line in proc.stderr.splitlines() if "error" in line] or proc.stderr.splitlines() or ["?"]
+        return f"nvcc failed: {errors[0].strip()}"
+
+    return build_once(target_dir, "lms_cuda", [version, *NVCC_FLAGS],
+                      [*files, *source_dir.glob("*.h"), *source_dir.glob("*.cuh")],
+                      lambda out: [nvcc, *NVCC_FLAGS, "-o", out, *map(str, files)], 600, failed)
 
 
 def _load(path: str) -> ctypes.CDLL:
-    lib = ctypes.CDLL(path)
-    for name, (argtypes, restype) in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, restype
+    lib = bind(ctypes.CDLL(path), _SIGNATURES)
     found = lib.lms_w4a16_abi_version()
     if found != ABI_VERSION:
         raise RuntimeError(f"{path} has ABI version {found}, this code needs {ABI_VERSION}")
@@ -141,7 +115,7 @@ def library() -> Library:
     if not prebuilt and not torch.cuda.is_available():
         return Library(None, "no CUDA device")
     try:
-        return Library(_load(prebuilt or str(build(_cache_dir()))))
+        return Library(_load(prebuilt or str(build(cache_dir()))))
     except Exception as exc:  # a broken toolchain must never take the engine down
         reason = f"{type(exc).__name__}: {exc}"
         warnings.warn(f"CUDA kernels unavailable, using Triton/torch ({reason})", RuntimeWarning, stacklevel=2)
