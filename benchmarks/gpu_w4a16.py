@@ -146,12 +146,13 @@ def sweep(shapes: dict[str, Shape], cuda_ok: bool) -> None:
     """Per shape and batch: each Triton tile config (GEMV_CONFIG at batch 1, else the bucket's
     entry of CONFIGS replaced), and each CUDA split count (0 = automatic)."""
     saved, saved_gemv = dict(triton_w4a16.CONFIGS), triton_w4a16.GEMV_CONFIG
-    for m in (1, 4, 8, 64):
+    for m in (1, 4, 8, 64, 128):
         key = next(limit for limit in sorted(saved) if m <= limit)
         if m == 1:
             tiles = [triton_w4a16.TileConfig(1, *t) for t in SWEEP_GEMV]
         else:
-            tiles = [triton_w4a16.TileConfig(*t) for t in SWEEP_TILES if min(m, 64) <= t[0] <= max(16, m)]
+            tiles = [triton_w4a16.TileConfig(*t, widen_by_load=by_load) for by_load in (False, True)
+                     for t in SWEEP_TILES if min(m, 64) <= t[0] <= max(16, m)]
         print(f"\nsweep, M = {m} (now {saved_gemv if m == 1 else saved[key]})")
         for name, s in shapes.items():
             x = torch.randn(m, s.k, device="cuda", dtype=torch.bfloat16)
@@ -161,7 +162,8 @@ def sweep(shapes: dict[str, Shape], cuda_ok: bool) -> None:
                     triton_w4a16.GEMV_CONFIG = tile
                 else:
                     triton_w4a16.CONFIGS[key] = tile
-                label = f"triton {tile.block_m}x{tile.block_n}x{tile.block_k} w{tile.num_warps} s{tile.num_stages}"
+                label = (f"triton {tile.block_m}x{tile.block_n}x{tile.block_k} w{tile.num_warps} s{tile.num_stages}"
+                         + (" by-load" if tile.widen_by_load else ""))
                 row.append((s.triton_us(x), label))
             triton_w4a16.CONFIGS.update(saved)
             triton_w4a16.GEMV_CONFIG = saved_gemv

@@ -10,6 +10,7 @@ are never zero.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import sys
 
@@ -165,6 +166,23 @@ def test_triton_w4a16_split_k(m, split_k):
     y = w4a16_matmul(x, qweight, qzeros, scales, group, out=out, split_k=split_k)
     assert y.shape == (m, 1, n) and y.data_ptr() == out.data_ptr()
     err = rel_error(y, w4a16_matmul_reference(x, qweight, qzeros, scales, group))
+    assert err <= TOLERANCE, f"relative error {err:.2e}"
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [3, 40])
+def test_triton_w4a16_widened_by_load(dtype, m, monkeypatch):
+    """The GEMM's other way to give each word its 8 columns (one load per column)."""
+    from app.engine.kernels.triton import w4a16
+
+    monkeypatch.setattr(w4a16, "CONFIGS", {limit: dataclasses.replace(c, widen_by_load=True)
+                                           for limit, c in w4a16.CONFIGS.items()})
+    k, n, group = 256, 192, 64
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=m)
+    x = nonzero(m, k, dtype=dtype, seed=m)
+    err = rel_error(w4a16.w4a16_matmul(x, qweight, qzeros, scales, group),
+                    w4a16_matmul_reference(x, qweight, qzeros, scales, group))
     assert err <= TOLERANCE, f"relative error {err:.2e}"
 
 

@@ -59,6 +59,9 @@ class TileConfig:
     block_k: int  # at most; lowered to divide the group size
     num_warps: int
     num_stages: int
+    # GEMM: how each word reaches its 8 columns: widened in registers (tl.interleave), or loaded
+    # once per column (the same word 8 times, served by L1), which needs no layout change.
+    widen_by_load: bool = False
 
 
 # From an H100 sweep over Llama-3-8B's linears at M = 1, 4, 8 and 64, bf16 (benchmarks/gpu_w4a16.py
@@ -86,7 +89,8 @@ def _w4a16_kernel(
     x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, out_ptr,
     M, N, K, group_size, stride_xm, stride_om, k_per_split,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_FP32: tl.constexpr, OFFSET: tl.constexpr, OFFSET_BITS: tl.constexpr, PDL: tl.constexpr,
+    DOT_FP32: tl.constexpr, OFFSET: tl.constexpr, OFFSET_BITS: tl.constexpr, WIDEN_BY_LOAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program (m tile, n tile, K slice). With SPLIT, out is the fp32 partials [slices, M, N];
     else y itself."""
@@ -111,12 +115,21 @@ def _w4a16_kernel(
     for k0 in range(k_begin, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_rows + k[None, :], mask=row_ok[:, None], other=0.0)
-        packed = tl.load(qweight_ptr + k[:, None] * words_per_row + words[None, :], mask=word_ok[None, :], other=0)
         group = k0 // group_size
-        packed_zeros = tl.load(qzeros_ptr + group * words_per_row + words, mask=word_ok, other=0)
         scales = tl.load(scales_ptr + group * N + cols, mask=col_ok, other=0.0).to(tl.float32)
-        q = (_widen(packed) >> shifts[None, :]) & 0xF
-        z = (_widen(packed_zeros[None, :]) >> shifts[None, :]) & 0xF
+        if WIDEN_BY_LOAD:
+            col_words = cols // 8
+            packed = tl.load(qweight_ptr + k[:, None] * words_per_row + col_words[None, :], mask=col_ok[None, :],
+                             other=0)
+            q = (packed >> shifts[None, :]) & 0xF
+            z = (tl.load(qzeros_ptr + group * words_per_row + col_words, mask=col_ok, other=0)[None, :]
+                 >> shifts[None, :]) & 0xF
+        else:
+            packed = tl.load(qweight_ptr + k[:, None] * words_per_row + words[None, :], mask=word_ok[None, :],
+                             other=0)
+            packed_zeros = tl.load(qzeros_ptr + group * words_per_row + words, mask=word_ok, other=0)
+            q = (_widen(packed) >> shifts[None, :]) & 0xF
+            z = (_widen(packed_zeros[None, :]) >> shifts[None, :]) & 0xF
         if DOT_FP32:  # fp32 activations, or the interpreter (whose bf16 arithmetic is broken)
             sums = tl.dot(x.to(tl.float32), q.to(tl.float32) + OFFSET, input_precision="ieee")
         else:
@@ -317,7 +330,8 @@ def w4a16_matmul(
         _w4a16_kernel[plan.grid](
             x2, qweight, qzeros, scales, target, m, n, k, group_size, x2.stride(0), y.stride(0), plan.k_per_split,
             BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=plan.block_k, SPLIT=split, DOT_FP32=dot_fp32,
-            OFFSET=offset, OFFSET_BITS=offset_bits, num_warps=c.num_warps, num_stages=c.num_stages, **pdl,
+            OFFSET=offset, OFFSET_BITS=offset_bits, WIDEN_BY_LOAD=c.widen_by_load,
+            num_warps=c.num_warps, num_stages=c.num_stages, **pdl,
         )
     if split:
         block = 1024
