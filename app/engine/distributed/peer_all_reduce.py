@@ -1,14 +1,15 @@
 """One-shot all-reduce through GPU buffers mapped into every rank (CUDA IPC), for small sums.
 
 A decode step of an 8B model split over 2 GPUs sums 64 tensors of a few KB; NCCL's ring takes
-15-20 µs for each, a third of the step. Here every rank copies its part into its own buffer,
-tells the others (a flag written into each peer's buffer), waits for theirs, and sums every
-rank's copy over NVLink or PCIe: one kernel of a few µs.
+15-20 µs for each, a third of the step. Here every rank writes its part into each peer's buffer
+over NVLink or PCIe (writes are posted: no round trip), then a flag after it, waits for the
+peers' flags in its own buffer and sums what they wrote there: one kernel of a few µs.
 
-Layout of each rank's buffer: [flags: MAX_PROGRAMS x world int32][data slot 0][data slot 1].
-Program p of a call writes slot (epoch & 1), where epoch counts program p's calls. Alternating
-slots makes reuse safe without a second barrier: a rank writes slot s again two calls later,
-after the call between, which no peer enters before finishing its reads of slot s.
+Layout of each rank's buffer: [flags: MAX_PROGRAMS x world int32][slot 0][slot 1], each slot
+holding one region per rank (what that rank sent). Program p of a call uses slot (epoch & 1),
+where epoch counts program p's calls. Alternating slots makes reuse safe without a second
+barrier: a rank writes a peer's slot s again two calls later, after the call between, which the
+peer enters only once it has read slot s (its flag for that call says so).
 
 Every rank sums the copies in rank order, so all ranks hold bit-identical results (their
 replicated residual streams must not drift apart). A spinning wait ends when the flags come,
@@ -53,28 +54,38 @@ def _one_shot_kernel(x_ptr, out_ptr, n, addresses_ptr, counters_ptr, abort_ptr, 
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
 
-    mine = tl.load(addresses_ptr + rank)
-    tl.store(_aligned(mine + data_offset, elem) + offs, tl.load(x_ptr + offs, mask=mask), mask=mask)
-    tl.debug_barrier()  # every thread's copy is in before the flags say so (release is cumulative)
+    slot = FLAGS_BYTES + (epoch & 1).to(tl.int64) * WORLD * SLOT_BYTES
+    x = tl.load(x_ptr + offs, mask=mask)
     for peer in tl.static_range(WORLD):
-        flags = tl.load(addresses_ptr + peer).to(tl.pointer_type(tl.int32))
-        tl.atomic_xchg(flags + pid * WORLD + rank, epoch, sem="release", scope="sys")
+        if peer != rank:
+            region = tl.load(addresses_ptr + peer) + slot + rank * SLOT_BYTES
+            tl.store(_aligned(region, elem) + offs, x, mask=mask)
+    tl.debug_barrier()  # every thread's writes are out before the flags say so (release is cumulative)
+    for peer in tl.static_range(WORLD):
+        if peer != rank:
+            flags = tl.load(addresses_ptr + peer).to(tl.pointer_type(tl.int32))
+            tl.atomic_xchg(flags + pid * WORLD + rank, epoch, sem="release", scope="sys")
 
+    mine = tl.load(addresses_ptr + rank)
     my_flags = mine.to(tl.pointer_type(tl.int32))
     for peer in tl.static_range(WORLD):
-        spins = 0
-        seen = tl.atomic_add(my_flags + pid * WORLD + peer, 0, sem="acquire", scope="sys")
-        while (seen != epoch) & (spins < SPINS):
-            if tl.load(abort_ptr, volatile=True) != 0:
-                spins = SPINS
-            spins += 1
+        if peer != rank:
+            spins = 0
             seen = tl.atomic_add(my_flags + pid * WORLD + peer, 0, sem="acquire", scope="sys")
+            while (seen != epoch) & (spins < SPINS):
+                if tl.load(abort_ptr, volatile=True) != 0:
+                    spins = SPINS
+                spins += 1
+                seen = tl.atomic_add(my_flags + pid * WORLD + peer, 0, sem="acquire", scope="sys")
     tl.debug_barrier()
 
     acc = tl.zeros([BLOCK], tl.float32)
-    for peer in tl.static_range(WORLD):
-        data = _aligned(tl.load(addresses_ptr + peer) + data_offset, elem)
-        acc += tl.load(data + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    for peer in tl.static_range(WORLD):  # in rank order on every rank: the same sums everywhere
+        if peer == rank:
+            acc += x.to(tl.float32)
+        else:
+            region = _aligned(mine + slot + peer * SLOT_BYTES, elem)
+            acc += tl.load(region + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
     tl.store(out_ptr + offs, acc.to(elem), mask=mask)
 
 
@@ -84,7 +95,7 @@ class PeerAllReduce:
     def __init__(self, store: dist.Store, rank: int, world: int, device: torch.device):
         self.rank, self.world = rank, world
         self.flags_bytes = -(-MAX_PROGRAMS * world * 4 // 256) * 256
-        self.buffer = torch.zeros(self.flags_bytes + 2 * MAX_BYTES, dtype=torch.uint8, device=device)
+        self.buffer = torch.zeros(self.flags_bytes + 2 * world * MAX_BYTES, dtype=torch.uint8, device=device)
         handle = b""  # the peers wait for this key: an empty one tells them sharing failed here
         try:
             handle = pickle.dumps(self.buffer.untyped_storage()._share_cuda_())
