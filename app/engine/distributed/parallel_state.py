@@ -83,7 +83,7 @@ def enable_peer_all_reduce(device: torch.device) -> None:
     try:
         from app.engine.distributed.peer_all_reduce import PeerAllReduce
 
-        peer = PeerAllReduce(_store, dist.get_rank(), dist.get_world_size(), device)
+        peer = PeerAllReduce.connect(_store, dist.get_rank(), dist.get_world_size(), device)
     except Exception:  # no peer access between these GPUs (or no Triton): NCCL serves
         pass
     # Agreed before the probe: a rank waits in it for every other one.
@@ -99,6 +99,11 @@ def _everyone(ok: bool, device: torch.device) -> bool:
     flag = torch.tensor([int(ok)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def peer_all_reduce() -> PeerAllReduce | None:
+    """The peer buffers, where the ranks agreed to use them (for sums fused into kernels)."""
+    return _peer
 
 
 def all_reduce_kind() -> str:
