@@ -32,15 +32,17 @@ def _perplexity(folder: Path, device: str, settings: dict) -> float:
                                seqlen=settings["ppl_seqlen"]).perplexity
 
 
-def _speed_and_answers(folder: Path, engine: dict, settings: dict) -> tuple[float, list[str]]:
-    """Decode tokens per second of one conversation (what a chat feels like), and the answers."""
+def _speed_and_answers(folder: Path, engine: dict, settings: dict) -> tuple[float, list[str], str]:
+    """Decode tokens per second of one conversation (what a chat feels like), the answers, and
+    the device that ran them."""
     from app.engine import pipeline
 
     with pipeline(folder, **{**engine, **REPORT_ENGINE}) as pipe:
         chats = [[{"role": "user", "content": p}] for p in PROMPTS]
         answers = pipe(chats, temperature=0.0, max_new_tokens=settings["answer_tokens"])
         timed = pipe(SPEED_PROMPT, temperature=0.0, max_new_tokens=settings["decode_tokens"], ignore_eos=True)
-    return timed.stats.decode_tokens_per_s or 0.0, [a.text.strip() for a in answers]
+        device = pipe.engine.stats().get("device", "")
+    return timed.stats.decode_tokens_per_s or 0.0, [a.text.strip() for a in answers], device
 
 
 def build_report(source: Path, out: Path, device: str, engine: dict, settings: dict, step: Step) -> dict:
@@ -60,7 +62,8 @@ def build_report(source: Path, out: Path, device: str, engine: dict, settings: d
             report[side]["perplexity"] = _perplexity(folder, device, settings)
         for side, folder, what in sides:
             step(f"Timing {what} and asking it the three questions")
-            report[side]["tokens_per_s"], report[side]["answers"] = _speed_and_answers(folder, engine, settings)
+            report[side]["tokens_per_s"], report[side]["answers"], report["speed_device"] = (
+                _speed_and_answers(folder, engine, settings))
     except QuantizeCancelled:
         raise
     except (EngineError, OSError, RuntimeError, ValueError) as exc:

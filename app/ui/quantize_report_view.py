@@ -110,8 +110,7 @@ class QuantizeReportView(QWidget):
                                            show(a) if a is not None else MISSING)):
                 grid.addWidget(_cell(text), row, column)
             grid.addWidget(_change(b, a, higher_is_better), row, 3)
-        note = (f"Perplexity over {report['ppl_text']}, never used for calibration. Speed: one conversation, "
-                "on the device set in Settings.")
+        note = f"Perplexity over {report['ppl_text']}, never used for calibration. " + _speed_note(report)
         grid.addWidget(_cell(note, muted=True), len(rows) + 1, 0, 1, 4)
         grid.setColumnStretch(0, 2)
         for column in (1, 2, 3):
@@ -134,3 +133,14 @@ class QuantizeReportView(QWidget):
         grid.setColumnStretch(1, 3)
         grid.setColumnStretch(2, 3)
         return card
+
+
+def _speed_note(report: dict) -> str:
+    """Where the speeds were measured; on a CPU, why the 4-bit model is no faster there."""
+    device = report.get("speed_device", "")
+    if device.startswith("cuda"):
+        return "Speed: one conversation, on the GPU, which reads the 4-bit weights packed."
+    if device == "cpu":
+        return ("Speed: one conversation, on the CPU. There the 4-bit weights are expanded when the model loads, "
+                "so it runs about as fast as the original; on a GPU it reads them packed and decodes faster.")
+    return "Speed: one conversation, on the device set in Settings."

@@ -9,6 +9,7 @@ import re
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel
 
 from app import paths
 from app.library import describe_model
@@ -72,12 +73,15 @@ def test_one_click_gives_a_loaded_4_bit_model_and_its_report_without_stalling_th
         assert len(figures["answers"]) == 3 and all(answer.strip() for answer in figures["answers"])
     assert report["after"]["size_bytes"] < report["before"]["size_bytes"] / 2
     assert "Paris" in report["before"]["answers"][0]
+    assert report["speed_device"] == "cpu"  # and the report says why 4 bits are no faster there
 
     qtbot.waitUntil(lambda: window.model_label.text() == f"{STARTER}-AWQ" and window.state_label.text() == "Ready",
                     timeout=120_000)
     assert window.pages.currentWidget() is window.quantize_page
     assert window.quantize_page.stack.currentIndex() == REPORT
     assert f"{STARTER}-AWQ is ready" in window.quantize_page.report_view.heading.text()
+    notes = [label.text() for label in window.quantize_page.report_view.findChildren(QLabel)]
+    assert any("expanded when the model loads" in text for text in notes), notes
     select(models, f"{STARTER}-AWQ")
     assert models.selected().weight_type == "AWQ 4-bit, group 64"
     assert not models.quantize_button.isVisibleTo(models)  # already 4-bit
