@@ -64,9 +64,24 @@ class LocalModel:
     parameters: int
     weight_type: str  # "bfloat16", "float16", … or a quantization such as "AWQ 4-bit, group 128"
     size_bytes: int  # every file in the folder
-    memory_bytes: int  # weights + KV cache for ``context`` tokens + workspace: what loading it needs
+    weight_bytes: int
+    kv_bytes: int  # KV cache for ``context`` tokens
+    kv_heads: int
     context: int
     linked: bool  # imported in place: deleting forgets it and leaves its files alone
+
+    @property
+    def memory_bytes(self) -> int:
+        """Weights + KV cache for ``context`` tokens + workspace: what loading it on one device needs."""
+        return self.memory_per_gpu(1)
+
+    def memory_per_gpu(self, split: int) -> int:
+        """What each GPU needs with the model split over ``split`` of them: a share of the
+        weights, and of the KV heads (each rank keeps one whole head where there are fewer
+        heads than ranks)."""
+        heads = max(1, self.kv_heads)
+        kv = self.kv_bytes * max(1, heads // split) / heads
+        return int(self.weight_bytes / split * (1 + _WORKSPACE_SHARE) + kv)
 
 
 def _safetensors_header(path: Path) -> dict:
@@ -121,12 +136,13 @@ def describe_model(folder: Path, linked: bool = False) -> LocalModel:
     heads = text.get("num_attention_heads", 1)
     head_dim = text.get("head_dim") or text.get("hidden_size", 0) // max(1, heads)
     context = min(text.get("max_position_embeddings", _ESTIMATE_CONTEXT), _ESTIMATE_CONTEXT)
-    kv_bytes = 2 * text.get("num_hidden_layers", 0) * text.get("num_key_value_heads", heads) * head_dim * 2 * context
+    kv_heads = text.get("num_key_value_heads", heads)
+    kv_bytes = 2 * text.get("num_hidden_layers", 0) * kv_heads * head_dim * 2 * context
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     return LocalModel(
         name=folder.name, path=folder, architecture=(config.get("architectures") or ["unknown"])[0],
-        parameters=parameters, weight_type=weight_type, size_bytes=size,
-        memory_bytes=int(weight_bytes * (1 + _WORKSPACE_SHARE) + kv_bytes), context=context, linked=linked,
+        parameters=parameters, weight_type=weight_type, size_bytes=size, weight_bytes=weight_bytes,
+        kv_bytes=kv_bytes, kv_heads=kv_heads, context=context, linked=linked,
     )
 
 

@@ -40,6 +40,9 @@ class EngineConfig:
     # Ranks the model is split over (app/engine/distributed): GPUs from the device's index on
     # (one spawned process each beside this one), or processes on the CPU.
     tensor_parallel: int = 1
+    # The GPUs of a split model, rank by rank (rank 0's is the engine's device); empty: the
+    # tensor_parallel GPUs from the device's index on.
+    gpus: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.load_format not in ("safetensors", "random"):
@@ -48,6 +51,9 @@ class EngineConfig:
             raise ValueError(f"kernels must be auto, torch or triton, got {self.kernels!r}")
         if self.tensor_parallel not in TENSOR_PARALLEL_SIZES:
             raise ValueError(f"tensor_parallel must be one of {TENSOR_PARALLEL_SIZES}, got {self.tensor_parallel!r}")
+        if self.gpus and (len(self.gpus) != self.tensor_parallel or len(set(self.gpus)) != len(self.gpus)
+                          or min(self.gpus) < 0):
+            raise ValueError(f"gpus must name {self.tensor_parallel} different GPUs, got {self.gpus!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if min(self.block_size, self.prefill_chunk_size, self.max_num_seqs, self.prefill_interval) < 1:

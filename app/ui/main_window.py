@@ -114,6 +114,8 @@ class MainWindow(QMainWindow):
         self.downloads_panel.finished.connect(self._on_download_finished)
         self.settings_page.theme_changed.connect(lambda theme: apply_theme(QApplication.instance(), theme))
         self.settings_page.models_dir_changed.connect(self.models.refresh)
+        self.settings_page.split_changed.connect(self.models.set_split)
+        self.models.set_split(self.settings.split)
         self.settings_page.reload_requested.connect(lambda: self.load(self.models.loaded_path))
         self._memory_timer = QTimer(self, interval=MEMORY_POLL_MS,
                                     timeout=lambda: bridge.request_memory.emit(self.device))

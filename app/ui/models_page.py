@@ -42,6 +42,7 @@ class ModelsPage(QWidget):
         self.quantizer = quantizer
         self.models: list[LocalModel] = []
         self.loaded_path: str | None = None
+        self.split = 1  # GPUs a model loads split over (Settings); the memory column is per GPU then
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -92,6 +93,15 @@ class ModelsPage(QWidget):
         self.table.itemDoubleClicked.connect(self._load)
         self.refresh()
 
+    def set_split(self, split: int) -> None:
+        self.split = split
+        self.refresh()
+
+    def _memory(self, model: LocalModel) -> str:
+        if self.split == 1:
+            return _gib(model.memory_bytes)
+        return f"{_gib(model.memory_per_gpu(self.split))} × {self.split} GPUs"
+
     def refresh(self) -> None:
         selected = self.selected()
         self.models, problems = list_models()
@@ -99,7 +109,7 @@ class ModelsPage(QWidget):
         for row, model in enumerate(self.models):
             loaded = str(model.path) == self.loaded_path
             cells = (model.name, model.architecture, _count(model.parameters), model.weight_type,
-                     _gib(model.size_bytes), _gib(model.memory_bytes), "● Loaded" if loaded else "")
+                     _gib(model.size_bytes), self._memory(model), "● Loaded" if loaded else "")
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if loaded:

@@ -13,6 +13,7 @@ from PySide6.QtCore import QSettings
 from app import paths
 
 THEMES = ("system", "light", "dark")
+SPLITS = (2, 4, 8)  # how many GPUs a model can be split over (tensor parallelism)
 
 
 class AppSettings:
@@ -48,6 +49,23 @@ class AppSettings:
         self._set("device", value)
 
     @property
+    def gpus(self) -> list[int]:  # GPUs picked to split models over; fewer than 2: no split
+        text = self._get("gpus", "", str)
+        try:
+            return sorted({int(part) for part in text.split(",") if part.strip()})
+        except ValueError:
+            return []
+
+    @gpus.setter
+    def gpus(self, value: list[int]) -> None:
+        self._set("gpus", ",".join(str(i) for i in sorted(set(value))))
+
+    @property
+    def split(self) -> int:
+        """GPUs a model loads split over: the picked ones when they are 2, 4 or 8, else 1."""
+        return len(self.gpus) if len(self.gpus) in SPLITS else 1
+
+    @property
     def cache_percent(self) -> int:  # share of free memory for the KV cache; 0: the engine's default
         return self._get("cache_percent", 0, int)
 
@@ -81,6 +99,8 @@ class AppSettings:
 
     def engine_options(self) -> dict:
         options: dict = {"device": self.device}
+        if self.split > 1:  # the picked GPUs, rank 0 on the first
+            options.update(device=f"cuda:{self.gpus[0]}", tensor_parallel=self.split, gpus=tuple(self.gpus))
         if self.cache_percent:
             options["cache_memory_fraction"] = self.cache_percent / 100
         if self.max_context:

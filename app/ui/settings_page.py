@@ -1,4 +1,5 @@
-"""Settings: where models live, which device runs them, KV-cache memory, context length, theme.
+"""Settings: where models live, which device runs them (or which GPUs a model is split over),
+KV-cache memory, context length, theme.
 
 Each change is stored at once. The theme and the models folder apply at once; the engine
 settings apply when a model loads next, and "Reload model" does that now.
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox, QVBoxLayout,
+    QWidget,
 )
 
 from app import paths
 from app.downloader import TokenStore
-from app.ui.settings import THEMES, AppSettings
+from app.ui.settings import SPLITS, THEMES, AppSettings
 
 HUBS = {"hf": "Hugging Face", "modelscope": "ModelScope"}
 
@@ -22,6 +24,7 @@ class SettingsPage(QWidget):
     theme_changed = Signal(str)
     models_dir_changed = Signal()
     reload_requested = Signal()
+    split_changed = Signal(int)  # GPUs models now load split over (1: none)
 
     def __init__(self, settings: AppSettings, tokens: TokenStore | None = None):
         super().__init__()
@@ -37,6 +40,16 @@ class SettingsPage(QWidget):
 
         self.device = QComboBox()
         self.device.addItem("Automatic (the first GPU, else the CPU)", "auto")
+        # Tensor parallelism: one box per GPU, filled by set_devices; shown with 2 or more GPUs.
+        self.gpu_boxes: dict[int, QCheckBox] = {}
+        self.gpu_row = QWidget()
+        self.gpu_box_row = QHBoxLayout()
+        self.gpu_box_row.setContentsMargins(0, 0, 0, 0)
+        self.split_note = QLabel(objectName="muted", wordWrap=True)
+        gpu_column = QVBoxLayout(self.gpu_row)
+        gpu_column.setContentsMargins(0, 0, 0, 0)
+        gpu_column.addLayout(self.gpu_box_row)
+        gpu_column.addWidget(self.split_note)
         self.cache_percent = QSpinBox(minimum=0, maximum=95, singleStep=5, suffix=" % of free memory",
                                       specialValueText="Automatic (85% of a GPU's free memory, 10% of RAM)")
         self.cache_percent.setValue(settings.cache_percent)
@@ -61,13 +74,15 @@ class SettingsPage(QWidget):
         form = QFormLayout()
         form.addRow("Models folder", folder_row)
         form.addRow("Device", self.device)
+        form.addRow("Split models over", self.gpu_row)
+        self._form = form
         form.addRow("KV-cache memory", self.cache_percent)
         form.addRow("Longest context", self.max_context)
         form.addRow("Theme", self.theme)
         for source, hub in HUBS.items():
             form.addRow(f"{hub} mirror", self.mirrors[source])
             form.addRow(f"{hub} access token", self.token_fields[source])
-        note = QLabel("Device, KV-cache memory and context take effect when a model loads.", objectName="muted")
+        note = QLabel("Device, split, KV-cache memory and context take effect when a model loads.", objectName="muted")
         reload_row = QHBoxLayout()
         reload_row.addWidget(self.reload_button)
         reload_row.addStretch(1)
@@ -89,6 +104,7 @@ class SettingsPage(QWidget):
         self.max_context.valueChanged.connect(lambda v: setattr(settings, "max_context", v))
         self.theme.currentIndexChanged.connect(self._on_theme)
         self.reload_button.clicked.connect(self.reload_requested)
+        self.set_devices([])
 
     def _save_token(self, source: str, token: str) -> None:
         """Kept in the system keyring where there is one, else in a file only this user can read."""
@@ -108,6 +124,39 @@ class SettingsPage(QWidget):
         index = self.device.findData(self.settings.device)
         self.device.setCurrentIndex(max(0, index))
         self.device.blockSignals(False)
+
+        gpus = [int(d["id"].split(":")[1]) for d in devices if d["id"].startswith("cuda:")]
+        if devices:  # GPUs picked on another machine, or since removed, are forgotten
+            self.settings.gpus = [gpu for gpu in self.settings.gpus if gpu in gpus]
+        while self.gpu_box_row.count():
+            widget = self.gpu_box_row.takeAt(0).widget()
+            if widget is not None:
+                widget.deleteLater()
+        self.gpu_boxes = {}
+        for gpu in gpus:
+            box = QCheckBox(f"GPU {gpu}", checked=gpu in self.settings.gpus)
+            box.toggled.connect(self._on_gpus)
+            self.gpu_box_row.addWidget(box)
+            self.gpu_boxes[gpu] = box
+        self.gpu_box_row.addStretch(1)
+        self._form.setRowVisible(self.gpu_row, len(gpus) >= 2)
+        self._show_split()
+
+    def _on_gpus(self) -> None:
+        self.settings.gpus = [gpu for gpu, box in self.gpu_boxes.items() if box.isChecked()]
+        self._show_split()
+        self.split_changed.emit(self.settings.split)
+
+    def _show_split(self) -> None:
+        picked, split = len(self.settings.gpus), self.settings.split
+        if split > 1:
+            text = (f"Models load split over these {split} GPUs (tensor parallelism): each holds 1/{split} of the "
+                    "weights and of the KV cache, and the Device above is not used.")
+        elif picked <= 1:
+            text = "Pick 2, 4 or 8 GPUs to run models too large for one of them (or faster) across them."
+        else:
+            text = f"Pick 2, 4 or 8 GPUs to split a model over ({picked} picked: models load on the Device above)."
+        self.split_note.setText(text)
 
     def _pick_models_dir(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Models folder", str(paths.models_dir()))

@@ -191,3 +191,17 @@ def test_awq_weights_split_along_whole_words_and_groups(tiny_model_factory, tmp_
     assert hf.config.hidden_size // 2 % GROUP == 0 and hf.config.intermediate_size // 2 % GROUP == 0
     write_awq(source, hf, tmp_path / "awq")
     compare(tmp_path / "awq", prompts_for(320), 2)
+
+
+def test_named_gpus() -> None:
+    """EngineConfig.gpus: the GPUs of a split model, rank by rank (Settings' picked GPUs)."""
+    from app.engine.distributed.parallel_state import rank_device
+
+    config = EngineConfig(model="m", tensor_parallel=2, gpus=(1, 3))
+    assert [rank_device(torch.device("cuda", 1), r, config.gpus) for r in (0, 1)] == [
+        torch.device("cuda", 1), torch.device("cuda", 3)]
+    assert rank_device(torch.device("cuda", 2), 1) == torch.device("cuda", 3)  # none named: the next ones
+    assert rank_device(torch.device("cpu"), 1, (0, 1)) == torch.device("cpu")
+    for bad in ((1,), (1, 1), (0, -1)):
+        with pytest.raises(ValueError, match="different GPUs"):
+            EngineConfig(model="m", tensor_parallel=2, gpus=bad)

@@ -52,3 +52,15 @@ def test_awq_over_two_gpus_matches_one(dtype: str, tiny_model_factory, tmp_path)
     (_, whole), (_, split) = results[0][0], results[1][0]
     first_whole, first_split = whole.logits[0].float(), split.logits[0].float()
     assert (first_split - first_whole).abs().max().item() <= 2e-2 * first_whole.abs().max().item()
+
+
+def test_named_gpus_in_any_order(tiny_model_factory) -> None:
+    """Settings' picked GPUs: rank 0 on GPU 1, rank 1 on GPU 0, the same replies as one GPU."""
+    folder, hf = tiny_model_factory("llama", vocab_size=320)
+    prompts = prompts_for(320)
+    with engine_core(folder, 1, device="cuda") as core:
+        whole = generate(core, prompts)
+    with engine_core(folder, 2, device="cuda", gpus=(1, 0)) as core:
+        assert core.loaded.device == torch.device("cuda", 1)
+        split = generate(core, prompts)
+    assert_same(whole, split)

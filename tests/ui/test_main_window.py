@@ -218,6 +218,29 @@ def test_settings_are_kept_and_applied(qtbot, open_window, tiny_model_factory, t
         apply_theme(QApplication.instance(), "light")
 
 
+def test_picking_gpus_splits_the_next_load(qtbot, open_window, tiny_model_factory, tmp_path) -> None:
+    """With several GPUs listed, Settings offers to split models over them: 2, 4 or 8 picked make
+    the next load tensor-parallel on exactly those (rank 0 on the first), any other count none,
+    and the Models page's memory column turns per GPU."""
+    folder, _ = tiny_model_factory("llama")
+    window = open_window(folder)
+    page = window.settings_page
+    gpus = [{"id": f"cuda:{i}", "name": "Test GPU", "memory_bytes": 24 * 2**30} for i in range(4)]
+    page.set_devices([{"id": "cpu", "name": "CPU", "memory_bytes": 16 * 2**30}, *gpus])
+    assert page.gpu_row.isVisibleTo(page) and sorted(page.gpu_boxes) == [0, 1, 2, 3]
+    page.gpu_boxes[1].setChecked(True)
+    page.gpu_boxes[3].setChecked(True)
+    options = AppSettings(tmp_path / "settings.ini").engine_options()
+    assert (options["tensor_parallel"], options["gpus"], options["device"]) == (2, (1, 3), "cuda:1")
+    assert window.models.split == 2 and window.models.table.item(0, 5).text().endswith("× 2 GPUs")
+    assert "split over these 2 GPUs" in page.split_note.text()
+    page.gpu_boxes[0].setChecked(True)  # 3: no split, and the note says why
+    assert "tensor_parallel" not in AppSettings(tmp_path / "settings.ini").engine_options()
+    assert window.models.split == 1 and "3 picked" in page.split_note.text()
+    page.set_devices([{"id": "cpu", "name": "CPU", "memory_bytes": 16 * 2**30}, gpus[0]])  # one GPU left
+    assert not page.gpu_row.isVisibleTo(page) and AppSettings(tmp_path / "settings.ini").gpus == [0]
+
+
 def test_every_page_fits_1280_by_800(qtbot, open_window, tiny_model_factory) -> None:
     """The screenshots' size: no page may force the window wider or taller (Qt would overlap or
     clip what does not fit)."""

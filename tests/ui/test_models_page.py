@@ -14,7 +14,7 @@ from app import paths
 from app.engine.starter import starter_gguf_path
 from app.library import _safetensors_header
 from app.ui.engine_bridge import start_bridge, stop_bridge
-from app.ui.models_page import ModelsPage
+from app.ui.models_page import ModelsPage, _gib
 from tests.ui.test_chat_page import answer_next_dialog
 
 
@@ -58,6 +58,16 @@ def test_each_model_shows_what_it_is_and_what_it_needs(page, library, tiny_model
         kv = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 2 * model.context
         assert model.memory_bytes == int(weights * 1.1 + kv) and model.size_bytes > weights
     assert "half-done holds no .safetensors weights" in page.message.text()  # explained, not hidden
+
+    # Split over GPUs (Settings), the column is per GPU: half the weights, and half of the 2 KV
+    # heads at 2 GPUs; at 4 each GPU still holds one whole head.
+    llama_model = page.models[0]
+    assert llama_model.kv_heads == 2
+    page.set_split(2)
+    per_gpu = llama_model.memory_per_gpu(2)
+    assert per_gpu == int(llama_model.weight_bytes / 2 * 1.1 + llama_model.kv_bytes / 2)
+    assert cells(page, 0)[5] == f"{_gib(per_gpu)} × 2 GPUs"
+    assert llama_model.memory_per_gpu(4) == int(llama_model.weight_bytes / 4 * 1.1 + llama_model.kv_bytes / 2)
 
 
 def test_import_in_place_and_delete_ask_first(page, library, tiny_model_factory, tmp_path, qtbot) -> None:

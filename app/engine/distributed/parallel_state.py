@@ -39,11 +39,12 @@ class Shard:
         return all_reduce if self.world > 1 else None
 
 
-def rank_device(device: torch.device, rank: int) -> torch.device:
-    """Rank r's device: the r-th GPU from the engine's, or the CPU."""
+def rank_device(device: torch.device, rank: int, gpus: tuple[int, ...] = ()) -> torch.device:
+    """Rank r's device: gpus[r] where the GPUs are named, else the r-th GPU from the engine's;
+    or the CPU."""
     if device.type != "cuda":
         return device
-    return torch.device("cuda", (device.index or 0) + rank)
+    return torch.device("cuda", gpus[rank] if gpus else (device.index or 0) + rank)
 
 
 def configure_environment(rank: int) -> None:

@@ -36,7 +36,7 @@ def main(rank: int, config: EngineConfig, model_dir: Path, device: torch.device,
     as ("error", text) before the process exits with status 1."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is for the app; it stops the ranks
     shard = Shard(rank, config.tensor_parallel)
-    device = parallel_state.rank_device(device, rank)
+    device = parallel_state.rank_device(device, rank, config.gpus)
     status = 0
     try:
         if device.type == "cpu":  # the ranks share the cores

@@ -54,15 +54,19 @@ class LoadedModel:
             self.workers.close()
 
 
-def resolve_device(name: str, tensor_parallel: int = 1) -> torch.device:
-    """The device (rank 0's, under tensor parallelism; the others take the next GPUs)."""
+def resolve_device(name: str, tensor_parallel: int = 1, gpus: tuple[int, ...] = ()) -> torch.device:
+    """The device (rank 0's, under tensor parallelism: the first of ``gpus``, else ``name``'s,
+    and the others take the next GPUs)."""
+    if gpus:
+        name = f"cuda:{gpus[0]}"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device 'cuda' was asked for, but no CUDA GPU is available")
     first = device.index or 0
-    if tensor_parallel > 1 and device.type == "cuda" and first + tensor_parallel > torch.cuda.device_count():
+    wanted = list(gpus) or list(range(first, first + tensor_parallel))
+    if tensor_parallel > 1 and device.type == "cuda" and max(wanted) >= torch.cuda.device_count():
         raise ModelLoadError(
-            f"tensor_parallel={tensor_parallel} from cuda:{first} needs GPUs {first} to {first + tensor_parallel - 1}; "
+            f"tensor_parallel={tensor_parallel} needs GPUs {', '.join(map(str, wanted))}; "
             f"this machine has {torch.cuda.device_count()}"
         )
     # With an index: the process group binds its NCCL communicator to that exact device.
@@ -164,7 +168,7 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
     ``progress`` hears the share of rank 0's weights read."""
     world = engine_cfg.tensor_parallel
     cfg = checked or check_model_folder(model_dir, engine_cfg.load_format, world)
-    device = resolve_device(engine_cfg.device, world)
+    device = resolve_device(engine_cfg.device, world, engine_cfg.gpus)
     tokenizer = load_tokenizer(model_dir)
     workers = None
     if world > 1:
