@@ -1,0 +1,1 @@
+"""Vision-language models' image side: vision towers, projectors, image inputs."""
