@@ -15,7 +15,7 @@ from app.engine.sequence import Sequence
 
 
 def block_hash(parent: bytes, tokens: list[int], extra: bytes = b"") -> bytes:
-    """Chain hash of a full block; ``extra`` will carry image identity for vision models."""
+    """Chain hash of a full block; ``extra``: the images it holds part of (Sequence.block_extra)."""
     h = blake2b(parent, digest_size=16)
     h.update(array("q", tokens).tobytes())
     h.update(extra)
@@ -52,7 +52,8 @@ class BlockManager:
             return
         parent = b""
         for i in range((seq.num_tokens - 1) // self.block_size):
-            h = block_hash(parent, seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            h = block_hash(parent, seq.token_ids[i * self.block_size : (i + 1) * self.block_size],
+                           seq.block_extra(i, self.block_size))
             block = self.cached.get(h)
             if block is None:
                 break
@@ -81,7 +82,8 @@ class BlockManager:
         full = seq.num_computed_tokens // self.block_size
         for i in range(len(seq.block_hashes), full):
             parent = seq.block_hashes[-1] if seq.block_hashes else b""
-            h = block_hash(parent, seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            h = block_hash(parent, seq.token_ids[i * self.block_size : (i + 1) * self.block_size],
+                           seq.block_extra(i, self.block_size))
             seq.block_hashes.append(h)
             block = seq.block_table[i]
             if h not in self.cached:  # an identical block cached already keeps serving

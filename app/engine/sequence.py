@@ -6,6 +6,7 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.engine.config import GenerationConfig
 
@@ -16,6 +17,22 @@ class SeqStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSpan:
+    """An image in a prompt: its placeholder tokens [start, start + length), which the model
+    replaces by the image's embeddings; ``pixels``: the model's preprocessed input for it;
+    ``digest``: the picture's identity (vision.images.ImageInput.digest)."""
+
+    start: int
+    length: int
+    digest: str
+    pixels: Any = field(repr=False)  # a tensor, kept on the host until the tower runs
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
 
 
 @dataclass(eq=False)
@@ -38,12 +55,20 @@ class Sequence:
     arrival_time: float = field(default_factory=time.perf_counter)
     first_token_time: float | None = None
     num_preemptions: int = 0
+    images: tuple[ImageSpan, ...] = ()  # in prompt order, not overlapping
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = self.num_prompt_tokens or len(self.token_ids)
 
     # token_ids may end in a placeholder: a token sampled by the step still on the device, as
     # -(its row in that step's samples + 1). Only the newest token can be one (see EngineCore).
+
+    def block_extra(self, index: int, block_size: int) -> bytes:
+        """What identifies block ``index`` beyond its tokens: the images it holds part of (their
+        placeholder tokens are alike for every picture) and where in them it starts."""
+        begin, end = index * block_size, (index + 1) * block_size
+        return b"".join(f"{image.digest}@{begin - image.start};".encode()
+                        for image in self.images if image.start < end and begin < image.end)
 
     @property
     def num_tokens(self) -> int:
