@@ -21,7 +21,7 @@ from app.engine.loader.model_loader import LoadedModel
 from app.engine.model_runner import ModelRunner, StepOutput
 from app.engine.outputs import Delta, RequestStats
 from app.engine.scheduler import Scheduler
-from app.engine.sequence import Sequence
+from app.engine.sequence import ImageSpan, Sequence
 from app.engine.tokenizer import encode_chat, encode_prompt, Message
 
 
@@ -87,10 +87,14 @@ class EngineCore:
         return encode_chat(tok, messages) if messages is not None else encode_prompt(tok, prompt)
 
     def add_request(
-        self, token_ids: list[int], gen: GenerationConfig, emit: Callable[[Delta], None], request_id: int | None = None
+        self, token_ids: list[int], gen: GenerationConfig, emit: Callable[[Delta], None], request_id: int | None = None,
+        images: tuple[ImageSpan, ...] = (),
     ) -> int:
-        """Queues a request; raises RequestError when it cannot be served at all."""
+        """Queues a request; raises RequestError when it cannot be served at all. ``images``: the
+        prompt's pictures, each over its run of placeholder tokens (a vision-language model's)."""
         gen.validate()
+        if images:
+            self._check_images(token_ids, images)
         limit = self.loaded.max_model_len
         if not token_ids:
             raise RequestError("the prompt is empty")
@@ -106,7 +110,7 @@ class EngineCore:
         if not gen.ignore_eos:
             stop_ids |= self.loaded.eos_token_ids
         seq = Sequence(list(token_ids), gen, stop_token_ids=frozenset(stop_ids),
-                       max_tokens=min(len(token_ids) + gen.max_new_tokens, limit))
+                       max_tokens=min(len(token_ids) + gen.max_new_tokens, limit), images=tuple(images))
         if request_id is not None:
             seq.seq_id = request_id
         seq.seed = gen.seed if gen.seed is not None else random.getrandbits(63)
@@ -114,6 +118,18 @@ class EngineCore:
         self.requests[seq.seq_id] = _Request(seq, detok, emit)
         self.scheduler.add(seq)
         return seq.seq_id
+
+    def _check_images(self, token_ids: list[int], images: tuple[ImageSpan, ...]) -> None:
+        token = getattr(self.loaded.model, "image_token_id", None)
+        if token is None:
+            raise RequestError("this model reads text only; load a vision-language model to ask about pictures")
+        end = 0
+        for image in images:
+            if image.start < end or image.end > len(token_ids) or image.length < 1:
+                raise RequestError("image spans must lie in the prompt, in order, without overlapping")
+            if any(t != token for t in token_ids[image.start : image.end]):
+                raise RequestError("an image span must cover the model's image placeholder tokens only")
+            end = image.end
 
     def cancel(self, request_id: int) -> bool:
         req = self.requests.get(request_id)

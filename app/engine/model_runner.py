@@ -15,6 +15,7 @@ import torch
 from app.engine.attention_metadata import AttentionMetadata
 from app.engine.cuda_graphs import DecodeGraphs
 from app.engine.distributed import parallel_state
+from app.engine.errors import RequestError
 from app.engine.kv_cache import KVCache
 from app.engine.models.decoder import DecoderLM
 from app.engine.sampling import sample
@@ -61,6 +62,9 @@ class StepInputs:
     context_lens: list[int]
     num_decodes: int
     sampling: list[int]  # the sequences (indices in the batch) whose chunk samples a token
+    # Image placeholder tokens in this step: (first row in ids, sequence's index in the batch,
+    # its image's index, first and end token of the image covered).
+    images: list[tuple[int, int, int, int, int]] = field(default_factory=list)
 
     @classmethod
     def of(cls, batch: Batch, block_size: int) -> "StepInputs":
@@ -68,6 +72,7 @@ class StepInputs:
         positions: list[int] = []
         slots: list[int] = []
         tables, starts, lens, ctx_lens, sampling = [], [], [], [], []
+        images: list[tuple[int, int, int, int, int]] = []
         for i, item in enumerate(batch.items):
             seq, n = item.seq, item.num_tokens
             first, table = seq.num_computed_tokens, seq.block_table
@@ -77,16 +82,20 @@ class StepInputs:
             tables.append(table)
             if item.samples:
                 sampling.append(i)
-            if n == 1:  # a decode: the common case, kept cheap
+            if n == 1 and not (seq.images and first < seq.images[-1].end):  # a decode: the common case, kept cheap
                 ids.append(seq.token_ids[first])
                 positions.append(first)
                 slots.append(table[first // block_size] * block_size + first % block_size)
                 continue
+            for j, image in enumerate(seq.images):  # prompt chunks only (n == 1 decodes hold none)
+                lo, hi = max(first, image.start), min(first + n, image.end)
+                if lo < hi:
+                    images.append((len(ids) + lo - first, i, j, lo - image.start, hi - image.start))
             ids.extend(seq.token_ids[first : first + n])
             span = range(first, first + n)
             positions.extend(span)
             slots.extend(table[p // block_size] * block_size + p % block_size for p in span)
-        return cls(ids, positions, slots, tables, starts, lens, ctx_lens, batch.num_decodes, sampling)
+        return cls(ids, positions, slots, tables, starts, lens, ctx_lens, batch.num_decodes, sampling, images)
 
 
 class ModelRunner:
@@ -104,6 +113,7 @@ class ModelRunner:
         self.last_sampled: torch.Tensor | None = None
         self._host_buffers: list[torch.Tensor | None] = [None, None]  # pinned; two steps in flight at most
         self._next_buffer = 0
+        self._image_features: dict[tuple[int, int], torch.Tensor] = {}  # (seq id, image) -> embeddings
         self.graphs: DecodeGraphs | None = None
         if graph_batch > 0:
             self.graphs = DecodeGraphs(model, cache, graph_batch, max_model_len)
@@ -152,7 +162,7 @@ class ModelRunner:
         inputs = StepInputs.of(batch, self.cache.block_size)
         if self.workers is not None:
             self.workers.send(inputs)
-        logits = self._forward(inputs)
+        logits = self._forward(inputs, self._image_embeddings(batch, inputs))
         if not inputs.sampling:
             return StepOutput()
         return self._sample(logits, [batch.items[i].seq for i in inputs.sampling])
@@ -167,15 +177,42 @@ class ModelRunner:
             tokens = torch.empty(len(inputs.sampling), dtype=torch.long, device=self.device)
             self.last_sampled = parallel_state.broadcast(tokens)
 
-    def _forward(self, inputs: StepInputs) -> torch.Tensor:
-        """The logits of the sampling rows; on ranks that compute none, the hidden states."""
+    def _image_embeddings(self, batch: Batch, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows of the step's ids, their embeddings) for the image tokens in this step. Each
+        image goes through the vision tower once (those a step needs, batched) and its
+        embeddings are kept until its last token is prefilled; a sequence that leaves the batch
+        meanwhile has them made again if it comes back."""
+        if not inputs.images:
+            self._image_features.clear()
+            return None
+        keys = [(batch.items[i].seq.seq_id, j) for _, i, j, _, _ in inputs.images]
+        self._image_features = {k: v for k, v in self._image_features.items() if k in keys}
+        todo = [(key, batch.items[i].seq.images[j]) for key, (_, i, j, _, _) in zip(keys, inputs.images)
+                if key not in self._image_features]
+        if todo:
+            for (key, image), features in zip(todo, self.model.encode_images([image.pixels for _, image in todo])):
+                if features.shape[0] != image.length:
+                    raise RequestError(f"the vision tower made {features.shape[0]} embeddings for an image with "
+                                       f"{image.length} placeholder tokens")
+                self._image_features[key] = features
+        rows, values = [], []
+        for key, (row, i, j, lo, hi) in zip(keys, inputs.images):
+            rows.append(torch.arange(row, row + hi - lo, device=self.device))
+            values.append(self._image_features[key][lo:hi])
+            if hi == batch.items[i].seq.images[j].length:
+                del self._image_features[key]  # all its tokens are in the cache after this step
+        return torch.cat(rows), torch.cat(values)
+
+    def _forward(self, inputs: StepInputs, images: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """The logits of the sampling rows; on ranks that compute none, the hidden states.
+        ``images``: (rows, embeddings) that replace the image tokens' embeddings."""
         num_seqs = len(inputs.query_lens)
-        if self.graphs is not None and inputs.num_decodes == num_seqs <= self.graphs.max_batch:
+        if images is None and self.graphs is not None and inputs.num_decodes == num_seqs <= self.graphs.max_batch:
             resolve = self._resolve if min(inputs.ids) < 0 else None
             return self.graphs.run(inputs.ids, inputs.positions, inputs.slots, inputs.block_tables,
                                    inputs.context_lens, resolve)
         input_ids, positions, meta, seq_lens = self._prepare(inputs)
-        hidden = self.model(input_ids, positions, meta, self.cache.layers, seq_lens)
+        hidden = self.model(input_ids, positions, meta, self.cache.layers, seq_lens, images)
         if not inputs.sampling or not self.model.computes_logits:
             return hidden
         last_rows = torch.tensor(

@@ -55,6 +55,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     torch_dtype: str | None = None
     quantization: QuantConfig | None = None
+    vision: Any = None  # a vision-language model's image side (e.g. models.llava.LlavaVisionConfig)
 
     @property
     def context_length(self) -> int:

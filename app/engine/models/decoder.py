@@ -129,10 +129,15 @@ class DecoderLM(nn.Module):
         meta: AttentionMetadata,
         kv_caches: list[KVCache],
         seq_lens: torch.Tensor | None = None,
+        images: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Hidden states after the final norm, one row per input token."""
+        """Hidden states after the final norm, one row per input token. ``images``: (rows,
+        embeddings) that replace the token embeddings of those rows (a VLM's image tokens)."""
         cos, sin = self.rotary(positions, seq_lens, self.dtype)
         x = self.model.embed_tokens(input_ids)
+        if images is not None:
+            rows, embeddings = images
+            x = x.index_copy(0, rows, embeddings.to(x.dtype))
         residual = None
         step = None
         if self.fused_layers is not None and meta.num_decodes == meta.num_seqs:

@@ -1,0 +1,116 @@
+"""LLaVA 1.5 (``LlavaForConditionalGeneration``): a CLIP vision tower, a two-layer projector, and
+a Llama-family language model (ours, DecoderLM) whose input embeddings take the projected image
+patches at the image's placeholder tokens.
+
+Checkpoints name their tensors in several ways: as the hub's llava-hf repositories were written
+(``language_model.model.*``, ``vision_tower.vision_model.*``, ``multi_modal_projector.*``), as
+transformers 5 saves them (the same, with ``vision_tower.*``) and as it names them in memory
+(``model.language_model.*``, ``model.vision_tower.*``, ``model.multi_modal_projector.*``); all load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from app.engine.distributed.parallel_state import Shard
+from app.engine.errors import ModelLoadError, UnsupportedModelError
+from app.engine.kernels import Ops
+from app.engine.models.config import ModelConfig
+from app.engine.models.decoder import DecoderLM
+from app.engine.vision.clip import ClipVisionConfig, ClipVisionTower, LlavaProjector
+
+TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_PREFIXES = (  # checkpoint prefix -> (part, our prefix)
+    ("model.language_model.", "text", "model."), ("language_model.model.", "text", "model."),
+    ("language_model.lm_head.", "text", "lm_head."), ("lm_head.", "text", "lm_head."),
+    ("model.vision_tower.", "tower", ""), ("vision_tower.vision_model.", "tower", ""), ("vision_tower.", "tower", ""),
+    ("model.multi_modal_projector.", "projector", ""), ("multi_modal_projector.", "projector", ""),
+)
+
+
+@dataclass(frozen=True)
+class LlavaVisionConfig:
+    tower: ClipVisionConfig
+    feature_layers: tuple[int, ...]
+    drop_class_token: bool  # vision_feature_select_strategy "default" (else "full")
+    projector_act: str
+    image_token_id: int
+
+    @classmethod
+    def from_hf(cls, config: Any) -> "LlavaVisionConfig":
+        """From transformers' LlavaConfig (which fills what old config.json files leave out)."""
+        vision = config.vision_config
+        if vision.model_type != "clip_vision_model":
+            raise UnsupportedModelError(f"LLaVA with a {vision.model_type} vision tower is not supported yet")
+        layers = config.vision_feature_layer
+        return cls(ClipVisionConfig.from_dict(vision.to_dict()),
+                   tuple(layers) if isinstance(layers, (list, tuple)) else (layers,),
+                   config.vision_feature_select_strategy == "default", config.projector_hidden_act,
+                   config.image_token_id)
+
+
+class LlavaLM(DecoderLM):
+    def __init__(self, cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_len: int,
+                 shard: Shard = Shard()):
+        if shard.world > 1:
+            raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
+        super().__init__(cfg, ops, dtype, device, max_len, shard)
+        vision: LlavaVisionConfig = cfg.vision
+        self.image_token_id = vision.image_token_id
+        self.drop_class_token = vision.drop_class_token
+        self.vision_tower = ClipVisionTower(vision.tower, vision.feature_layers).to(device=device, dtype=dtype)
+        width = vision.tower.hidden_size * len(vision.feature_layers)
+        self.projector = LlavaProjector(width, cfg.hidden_size, vision.projector_act).to(device=device, dtype=dtype)
+        self.vision_tower.requires_grad_(False)
+        self.projector.requires_grad_(False)
+
+    def _weight_slots(self):
+        """The language model's (the image side loads in load_weights)."""
+        return {name: store for name, store in super()._weight_slots().items()
+                if not name.startswith(("vision_tower.", "projector."))}
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each image's embeddings for its placeholder tokens, [tokens, hidden], in one batch."""
+        features = self.vision_tower(torch.stack(pixels).to(self.device, self.dtype))
+        if self.drop_class_token:
+            features = features[:, 1:]
+        return list(self.projector(features))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """The language model's tensors go to DecoderLM's loader, the tower's and projector's here."""
+        params = {"tower": dict(self.vision_tower.named_parameters()), "projector": dict(self.projector.named_parameters())}
+        loaded: set[tuple[str, str]] = set()
+
+        def text() -> Iterator[tuple[str, torch.Tensor]]:
+            for name, tensor in weights:
+                part, ours = _route(name)
+                if part == "text":
+                    yield ours, tensor
+                    continue
+                if part == "tower":
+                    ours = self.vision_tower.checkpoint_name(ours)
+                    if ours is None:
+                        continue
+                target = params[part].get(ours)
+                if target is None or target.shape != tensor.shape:
+                    raise ModelLoadError(f"the checkpoint's {name} {tuple(tensor.shape)} does not fit this model")
+                with torch.no_grad():
+                    target.copy_(tensor)
+                loaded.add((part, ours))
+
+        super().load_weights(text())
+        missing = [f"{part}.{name}" for part, names in params.items() for name in names if (part, name) not in loaded]
+        if missing:
+            raise ModelLoadError(f"the checkpoint lacks the vision tensors {', '.join(missing[:5])}")
+
+
+def _route(name: str) -> tuple[str, str]:
+    for prefix, part, ours in _PREFIXES:
+        if name.startswith(prefix):
+            return part, ours + name.removeprefix(prefix)
+    return "text", name
