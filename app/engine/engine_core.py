@@ -86,6 +86,19 @@ class EngineCore:
         tok = self.loaded.tokenizer
         return encode_chat(tok, messages) if messages is not None else encode_prompt(tok, prompt)
 
+    def prepare(self, prompt: str | None = None,
+                messages: list[Message] | None = None) -> tuple[list[int], tuple[ImageSpan, ...]]:
+        """A request's token ids, and its pictures' spans: messages with pictures go through a
+        vision-language model's processor; to a text-only model they are refused."""
+        from app.engine.vision import prompts
+
+        if messages is None or not prompts.has_images(messages):
+            return self.tokenize(prompt, messages), ()
+        if self.loaded.processor is None:
+            raise RequestError(f"{self.loaded.path.name} reads text only: load a vision-language model to ask "
+                               "about pictures")
+        return prompts.build_prompt(self.loaded.processor, messages, self.loaded.model.image_token_id)
+
     def add_request(
         self, token_ids: list[int], gen: GenerationConfig, emit: Callable[[Delta], None], request_id: int | None = None,
         images: tuple[ImageSpan, ...] = (),

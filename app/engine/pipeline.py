@@ -7,11 +7,20 @@ from typing import Any
 
 from app.engine.config import EngineConfig, GenerationConfig
 from app.engine.engine import Completion, Engine
-from app.engine.tokenizer import Message
 
 
 def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
+def _as_messages(value: Any) -> Any:
+    """(text, picture or [pictures]) -> one user message with the pictures first; else as given."""
+    if not isinstance(value, tuple):
+        return value
+    text, pictures = value
+    pictures = pictures if isinstance(pictures, list) else [pictures]
+    return [{"role": "user", "content": [*({"type": "image", "image": p} for p in pictures),
+                                         {"type": "text", "text": text}]}]
 
 
 class Pipeline:
@@ -19,13 +28,13 @@ class Pipeline:
         self.engine = Engine()
         self.engine.load(EngineConfig(model=model_dir, **engine_options)).result()
 
-    def __call__(
-        self, inputs: str | list[Message] | list[str | list[Message]], gen: GenerationConfig | None = None, **gen_options: Any
-    ) -> Completion | list[Completion]:
-        """A prompt or a message list gives one Completion; a list of them gives a list, run as one batch."""
+    def __call__(self, inputs: Any, gen: GenerationConfig | None = None, **gen_options: Any) -> Completion | list[Completion]:
+        """A prompt, a message list or a (text, picture or [pictures]) pair gives one Completion;
+        a list of them gives a list, run as one batch. Pictures: paths, bytes, data URLs or PIL
+        images, for a vision-language model."""
         gen = gen or GenerationConfig(**gen_options)
-        single = isinstance(inputs, str) or _is_messages(inputs)
-        items = [inputs] if single else list(inputs)
+        single = isinstance(inputs, (str, tuple)) or _is_messages(inputs)
+        items = [_as_messages(item) for item in ([inputs] if single else list(inputs))]
         handles = [
             self.engine.submit(messages=item, gen=gen) if _is_messages(item) else self.engine.submit(item, gen=gen)
             for item in items

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import torch
@@ -17,7 +17,7 @@ from app.engine.config import EngineConfig
 from app.engine.distributed import parallel_state
 from app.engine.distributed.parallel_state import Shard
 from app.engine.distributed.sharding import check_divisible
-from app.engine.errors import ModelLoadError, ModelNotFoundError
+from app.engine.errors import ModelLoadError, ModelNotFoundError, UnsupportedModelError
 from app.engine.kernels import ops_for
 from app.engine.kv_cache import KVCache, bytes_per_block
 from app.engine.loader.weights import checkpoint_files, count_tensors, iter_weights, reporting, validate_file
@@ -47,6 +47,7 @@ class LoadedModel:
     dtype: torch.dtype
     kernels: str
     workers: WorkerGroup | None = None  # tensor parallel: ranks 1.., each in a process of its own
+    processor: Any = None  # a vision-language model's (vision.prompts.load_processor)
 
     def close(self) -> None:
         """Stops the other tensor-parallel ranks (their processes end)."""
@@ -170,6 +171,13 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
     cfg = checked or check_model_folder(model_dir, engine_cfg.load_format, world)
     device = resolve_device(engine_cfg.device, world, engine_cfg.gpus)
     tokenizer = load_tokenizer(model_dir)
+    processor = None
+    if cfg.vision is not None:
+        from app.engine.vision.prompts import load_processor
+
+        if world > 1:
+            raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
+        processor = load_processor(model_dir)
     workers = None
     if world > 1:
         from app.engine.distributed.group import WorkerGroup  # here: its ranks import this module
@@ -196,4 +204,5 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
         dtype=model.dtype,
         kernels=model.ops.name if world == 1 else f"{model.ops.name}; {parallel_state.all_reduce_kind()}",
         workers=workers,
+        processor=processor,
     )

@@ -1,30 +1,53 @@
 """LLaVA 1.5 in the engine against HF transformers on a tiny random checkpoint (fp32, <= 1e-4):
 prompts with no image, one image and two images, batched together and prefilled in chunks that
 cut through the images, then decoded; the prefix cache tells two pictures apart and reuses the
-blocks of one sent twice."""
+blocks of one sent twice. Chat messages with pictures go through the checkpoint's processor."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from app.engine.config import GenerationConfig
+from app.engine.errors import EngineError
 from app.engine.sequence import ImageSpan
 from tests.tiny_models import make_core, write_tokenizer
 
 TOLERANCE = 1e-4
 IMAGE_TOKENS = 16  # (28 / 7) ** 2 patches, the class token dropped
+IMAGE_TOKEN = 317  # <image>, added to the tiny tokenizer's 317 tokens
 
 
-def write_tiny_llava(folder):
+VLM_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
+)
+
+
+def write_tiny_llava(folder, image_token_id: int = 318):
+    """A tiny random LLaVA 1.5 with its processor (tokenizer with an <image> token, CLIP's image
+    processor at 28 pixels, a chat template taking image parts)."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
     tokenizer = write_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer=tokenizer, patch_size=7, vision_feature_select_strategy="default", chat_template=VLM_TEMPLATE,
+        num_additional_image_tokens=1)
+    processor.save_pretrained(folder)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                               image_size=28, patch_size=7, projection_dim=16)
     text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=320, max_position_embeddings=256,
                        eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=318))
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text,
+                                                      image_token_id=image_token_id))
     model.save_pretrained(folder)
     return model.eval()
 
@@ -37,7 +60,7 @@ def prompt(text: list[int], images: list[tuple[int, str, torch.Tensor]]) -> tupl
     """Text tokens with each image's placeholder run inserted at its position."""
     ids, spans = list(text), []
     for position, digest, image in sorted(images, key=lambda x: x[0], reverse=True):
-        ids[position:position] = [318] * IMAGE_TOKENS
+        ids[position:position] = [IMAGE_TOKEN] * IMAGE_TOKENS
     offset = 0
     for position, digest, image in sorted(images, key=lambda x: x[0]):
         spans.append(ImageSpan(position + offset, IMAGE_TOKENS, digest, image))
@@ -96,3 +119,64 @@ def test_llava_matches_hf_through_chunks_batches_and_the_prefix_cache(tmp_path) 
     assert (torch.stack(with_dog.logits) - torch.stack(cat_again.logits)).abs().max().item() > 1e-3
     theirs = hf_logits(hf, other[0], other[1], [t for t in run(core, [other])[0][0]])
     assert (torch.stack(with_dog.logits).float() - theirs).abs().max().item() <= TOLERANCE
+
+
+def test_chat_messages_with_pictures_go_through_the_processor(tmp_path) -> None:
+    """Messages with image parts (a file path and a data URL, OpenAI style) through the Engine:
+    the checkpoint's processor builds the prompt, and the reply's logits are HF's on the
+    processor's own inputs. A text-only model refuses pictures with a clear message."""
+    import base64
+    import io
+
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from app.engine import Engine, EngineConfig
+    from tests.tiny_models import write_tiny_model
+
+    hf = write_tiny_llava(tmp_path / "llava")
+    rng = torch.Generator().manual_seed(5)
+    pictures = [Image.fromarray((torch.rand(40, 30, 3, generator=rng) * 255).to(torch.uint8).numpy()) for _ in range(2)]
+    pictures[0].save(tmp_path / "a.png")
+    buffer = io.BytesIO()
+    pictures[1].save(buffer, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    messages = [{"role": "user", "content": [
+        {"type": "image", "image": str(tmp_path / "a.png")}, {"type": "text", "text": "and"},
+        {"type": "image_url", "image_url": {"url": data_url}}, {"type": "text", "text": "What differs?"}]}]
+    gen = GenerationConfig(temperature=0, max_new_tokens=4, ignore_eos=True, output_logits=True)
+    with Engine() as engine:
+        engine.load(EngineConfig(model=tmp_path / "llava", device="cpu", dtype="float32")).result()
+        reply = engine.submit(messages=messages, gen=gen).result()  # raises on an error
+
+        processor = AutoProcessor.from_pretrained(tmp_path / "llava")
+        text = processor.apply_chat_template([{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"},
+            {"type": "text", "text": "What differs?"}]}], add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=text, images=pictures, return_tensors="pt")
+        ids = inputs["input_ids"][0].tolist()
+        assert ids.count(IMAGE_TOKEN) == 2 * IMAGE_TOKENS
+        full = torch.tensor([ids + reply.token_ids[:-1]])
+        with torch.no_grad():
+            theirs = hf(input_ids=full, pixel_values=inputs["pixel_values"]).logits[0, len(ids) - 1:]
+        assert (torch.stack(reply.logits).float() - theirs).abs().max().item() <= TOLERANCE
+
+        write_tiny_model(tmp_path / "text-only", "llama")
+        engine.load(EngineConfig(model=tmp_path / "text-only", device="cpu", dtype="float32")).result()
+        with pytest.raises(EngineError, match="reads text only: load a vision-language model"):
+            engine.submit(messages=messages, gen=gen).result()
+
+
+def test_pipeline_takes_text_and_pictures(tmp_path) -> None:
+    """pipeline(model)((text, picture)) and ((text, [pictures])), batched with a plain prompt."""
+    from PIL import Image
+
+    from app.engine import pipeline
+
+    write_tiny_llava(tmp_path / "llava")
+    picture = Image.new("RGB", (50, 40), (200, 30, 90))
+    with pipeline(tmp_path / "llava", device="cpu", dtype="float32") as pipe:
+        one, two, plain = pipe([("Describe", picture), ("Describe", [picture, picture]), "Hello"],
+                               temperature=0, max_new_tokens=3, ignore_eos=True)
+        assert [len(c.token_ids) for c in (one, two, plain)] == [3, 3, 3]
+        assert two.stats.prompt_tokens - one.stats.prompt_tokens == IMAGE_TOKENS  # one more picture's places
