@@ -72,3 +72,38 @@ def make_core(folder: Path, **options):
 
     config = EngineConfig(**{"model": folder, "device": "cpu", "dtype": "float32", **options})
     return EngineCore(load(config, folder), config)
+
+
+VLM_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
+)
+
+
+def write_tiny_llava(folder: Path):
+    """A tiny random LLaVA 1.5 with its processor (tokenizer with an <image> token, CLIP's image
+    processor at 28 pixels, a chat template taking image parts)."""
+    from transformers import (
+        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+    )
+
+    tokenizer = write_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer=tokenizer, patch_size=7, vision_feature_select_strategy="default", chat_template=VLM_TEMPLATE,
+        num_additional_image_tokens=1)
+    processor.save_pretrained(folder)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=28, patch_size=7, projection_dim=16)
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=320, max_position_embeddings=256,
+                       eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text,
+                                                      image_token_id=image_token_id))
+    model.save_pretrained(folder)
+    return model.eval()

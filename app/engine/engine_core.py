@@ -293,6 +293,7 @@ class EngineCore:
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).removeprefix("torch."),
             "kernels": loaded.kernels,
+            "vision": loaded.processor is not None,  # reads pictures in messages
             "cache_tokens": loaded.cache.num_tokens,
             "free_cache_tokens": self.blocks.num_free_blocks * loaded.cache.block_size,
             "max_model_len": loaded.max_model_len,

@@ -87,6 +87,13 @@ class AttachmentTray(QWidget):
         self.row.insertWidget(self.row.count() - 1, thumb)
         return True
 
+    def clear(self) -> None:
+        """Empties the tray (the pictures went out with a message)."""
+        for thumb in self.thumbnails():
+            self.row.removeWidget(thumb)
+            thumb.deleteLater()
+        self.images.clear()
+
     def thumbnails(self) -> list[Thumbnail]:
         return [w for i in range(self.row.count()) if isinstance(w := self.row.itemAt(i).widget(), Thumbnail)]
 

@@ -36,6 +36,7 @@ class ChatPage(QWidget):
         self.sampling = SamplingPanel()
         self.extra_generation: dict = {}  # GenerationConfig fields the panel has no control for
         self._engine_ready = False
+        self._vision = False  # the loaded model reads pictures
         self._reply_key = 0
         self._active: tuple[int, MessageBubble, ReplyWriter] | None = None  # streaming reply
         self._pending = ""
@@ -270,16 +271,18 @@ class ChatPage(QWidget):
         text = self.input.toPlainText().strip()
         if not text or self._active is not None or not self._engine_ready:
             return
-        if self.attachments:  # vision models arrive in a later version; never drop pictures silently
-            self.notice.setText("The loaded model reads text only, so it cannot see pictures. "
-                                "Remove them to send the message.")
+        if self.attachments and not self._vision:  # never drop pictures silently
+            self.notice.setText("The loaded model reads text only, so it cannot see pictures. Load a vision "
+                                "model (Models page), or remove them to send the message.")
             return
         if self.conversation_id is None:
             self.conversation_id = self.store.new_conversation(title=text[:40]).id
         elif not self.store.messages(self.conversation_id):
             self.store.rename(self.conversation_id, text[:40])
         self.input.clear()
-        message = self.store.add_message(self.conversation_id, "user", text)
+        images = [self.store.store_image(image.data, image.suffix) for image in self.attachments]
+        self.tray.clear()
+        message = self.store.add_message(self.conversation_id, "user", text, images=images)
         self._add_bubble("user", text, message.id)
         self.refresh_list()
         self._start_reply()
@@ -309,7 +312,7 @@ class ChatPage(QWidget):
 
     def _start_reply(self) -> None:
         conv = self.store.conversation(self.conversation_id)
-        chat = [{"role": m.role, "content": m.content} for m in self.store.messages(self.conversation_id)]
+        chat = [{"role": m.role, "content": self._content(m)} for m in self.store.messages(self.conversation_id)]
         if conv.system_prompt:
             chat.insert(0, {"role": "system", "content": conv.system_prompt})
         reply = self.store.add_message(self.conversation_id, "assistant", "", complete=False)
@@ -320,6 +323,20 @@ class ChatPage(QWidget):
         self._update_actions()
         self._render.start()
         self.bridge.request_generate.emit(self._reply_key, chat, {**self.sampling.generation(), **self.extra_generation})
+
+    def _content(self, message) -> str | list[dict]:
+        """A stored message as the engine takes it: text, or its pictures (files in the store)
+        then its text. Pictures in the conversation reach a text-only model as a note instead."""
+        if not message.images:
+            return message.content
+        if not self._vision:
+            return f"[{len(message.images)} picture(s) not shown: this model reads text only]\n{message.content}"
+        return [*({"type": "image", "image": str(self.store.image_path(name))} for name in message.images),
+                {"type": "text", "text": message.content}]
+
+    def set_vision(self, vision: bool) -> None:
+        """Whether the loaded model reads pictures (a vision-language model)."""
+        self._vision = vision
 
     def stop(self) -> None:
         if self._active is not None:

@@ -194,6 +194,7 @@ class MainWindow(QMainWindow):
         self.model_label.setText(Path(stats.get("model", "")).name)
         self.models.set_loaded(stats.get("model"))  # refreshes: a starter model converted just now appears
         self.chat.set_context_limit(stats.get("max_model_len", 0))
+        self.chat.set_vision(bool(stats.get("vision")))
         self.device = stats.get("device", "cpu")
         self.bridge.request_memory.emit(self.device)
 

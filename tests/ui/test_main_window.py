@@ -77,6 +77,37 @@ def test_starter_model_answers_paris_in_a_streamed_reply(qtbot, open_window, sta
     assert "tok/s" in window.chat.stats_label.text()
 
 
+def test_a_picture_dropped_into_the_chat_reaches_a_vision_model(qtbot, open_window, tmp_path) -> None:
+    """With a (tiny) LLaVA loaded, a PNG dropped into the chat goes out with the question and the
+    reply streams; the picture is kept with the message, and the next question carries it along."""
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from tests.tiny_models import write_tiny_llava
+    from tests.ui.test_chat_page import write
+
+    write_tiny_llava(tmp_path / "tiny-llava")
+    window = open_window(tmp_path / "tiny-llava")
+    chat = window.chat
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(write(tmp_path, "photo.png", "PNG")))])
+    chat.dropEvent(QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                              Qt.KeyboardModifier.NoModifier))
+    assert len(chat.attachments) == 1
+    deltas = []
+    window.bridge.delta.connect(lambda *args: deltas.append(args))
+    result = send(qtbot, window, "What is in this picture?", temperature=0.0, max_new_tokens=12, ignore_eos=True)
+    assert result["info"]["finish_reason"] == "length" and not chat.notice.text()
+    assert len(deltas) > 1 and chat.bubbles()[-1].text(), "the reply was not streamed"  # (too fast to watch)
+    stats = result["info"]["stats"]
+    assert stats["prompt_tokens"] > 16  # the picture's 16 places are in the prompt
+    question = chat.store.messages(chat.conversation_id)[0]
+    assert len(question.images) == 1 and chat.store.image_path(question.images[0]).is_file()
+    assert chat.attachments == []  # the tray emptied: the picture went with the message
+    again = send(qtbot, window, "And now?", temperature=0.0, max_new_tokens=4, ignore_eos=True)
+    assert again["info"]["stats"]["prompt_tokens"] > stats["prompt_tokens"] + 12  # the picture is still in the chat
+
+
 def test_stop_keeps_the_partial_reply_and_chats_survive_a_restart(qtbot, open_window, tiny_model_factory,
                                                                   tmp_path) -> None:
     folder, _ = tiny_model_factory("llama", max_position_embeddings=32768)  # a reply that cannot end soon

@@ -7,49 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from app.engine.config import GenerationConfig
 from app.engine.errors import EngineError
 from app.engine.sequence import ImageSpan
-from tests.tiny_models import make_core, write_tokenizer
+from tests.tiny_models import make_core, write_tiny_llava
 
 TOLERANCE = 1e-4
 IMAGE_TOKENS = 16  # (28 / 7) ** 2 patches, the class token dropped
 IMAGE_TOKEN = 317  # <image>, added to the tiny tokenizer's 317 tokens
-
-
-VLM_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<image>{% else %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% endif %}"
-)
-
-
-def write_tiny_llava(folder, image_token_id: int = 318):
-    """A tiny random LLaVA 1.5 with its processor (tokenizer with an <image> token, CLIP's image
-    processor at 28 pixels, a chat template taking image parts)."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
-
-    tokenizer = write_tokenizer(folder)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
-        tokenizer=tokenizer, patch_size=7, vision_feature_select_strategy="default", chat_template=VLM_TEMPLATE,
-        num_additional_image_tokens=1)
-    processor.save_pretrained(folder)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                              image_size=28, patch_size=7, projection_dim=16)
-    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=320, max_position_embeddings=256,
-                       eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text,
-                                                      image_token_id=image_token_id))
-    model.save_pretrained(folder)
-    return model.eval()
 
 
 def pixels(seed: int) -> torch.Tensor:
