@@ -69,6 +69,7 @@ class LocalModel:
     kv_heads: int
     context: int
     linked: bool  # imported in place: deleting forgets it and leaves its files alone
+    vision: bool = False  # reads pictures (a vision-language model)
 
     @property
     def memory_bytes(self) -> int:
@@ -142,7 +143,7 @@ def describe_model(folder: Path, linked: bool = False) -> LocalModel:
     return LocalModel(
         name=folder.name, path=folder, architecture=(config.get("architectures") or ["unknown"])[0],
         parameters=parameters, weight_type=weight_type, size_bytes=size, weight_bytes=weight_bytes,
-        kv_bytes=kv_bytes, kv_heads=kv_heads, context=context, linked=linked,
+        kv_bytes=kv_bytes, kv_heads=kv_heads, context=context, linked=linked, vision="vision_config" in config,
     )
 
 

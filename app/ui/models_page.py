@@ -108,7 +108,8 @@ class ModelsPage(QWidget):
         self.table.setRowCount(len(self.models))
         for row, model in enumerate(self.models):
             loaded = str(model.path) == self.loaded_path
-            cells = (model.name, model.architecture, _count(model.parameters), model.weight_type,
+            architecture = f"{model.architecture} · reads pictures" if model.vision else model.architecture
+            cells = (model.name, architecture, _count(model.parameters), model.weight_type,
                      _gib(model.size_bytes), self._memory(model), "● Loaded" if loaded else "")
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)

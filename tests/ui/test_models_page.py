@@ -58,6 +58,7 @@ def test_each_model_shows_what_it_is_and_what_it_needs(page, library, tiny_model
         kv = 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * 2 * model.context
         assert model.memory_bytes == int(weights * 1.1 + kv) and model.size_bytes > weights
     assert "half-done holds no .safetensors weights" in page.message.text()  # explained, not hidden
+    assert not any(m.vision for m in page.models)
 
     # Split over GPUs (Settings), the column is per GPU: half the weights, and half of the 2 KV
     # heads at 2 GPUs; at 4 each GPU still holds one whole head.
@@ -118,3 +119,12 @@ def test_gguf_files_import_through_the_bridge(page, library, tmp_path, qtbot) ->
         assert page.message.text() == f"Imported {starter_gguf_path().stem}."
     finally:
         stop_bridge(bridge, thread)
+
+
+def test_vision_models_are_marked(page, library) -> None:
+    from tests.tiny_models import write_tiny_llava
+
+    write_tiny_llava(library / "tiny-llava")
+    page.refresh()
+    (model,) = page.models
+    assert model.vision and cells(page, 0)[1] == "LlavaForConditionalGeneration · reads pictures"
