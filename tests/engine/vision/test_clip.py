@@ -9,6 +9,7 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from app.engine.vision.clip import ClipVisionConfig, ClipVisionTower, LlavaProjector
+from tests.tiny_models import sharpen_vision_attention
 
 TOLERANCE = 1e-4
 
@@ -19,8 +20,10 @@ def tiny_llava(**options) -> LlavaForConditionalGeneration:
     text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=320)
     torch.manual_seed(0)
-    return LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=300,
-                                                     **options)).eval()
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_id=300,
+                                                      **options)).eval()
+    sharpen_vision_attention(model.model.vision_tower.encoder.layers)
+    return model
 
 
 def ours_from(hf: LlavaForConditionalGeneration, layers) -> tuple[ClipVisionTower, LlavaProjector]:

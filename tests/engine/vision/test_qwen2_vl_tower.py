@@ -17,7 +17,11 @@ def tiny_qwen2_vl() -> Qwen2VLForConditionalGeneration:
     text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=320, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]})
     torch.manual_seed(0)
-    return Qwen2VLForConditionalGeneration(Qwen2VLConfig(vision_config=vision, text_config=text)).eval()
+    model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(vision_config=vision, text_config=text)).eval()
+    with torch.no_grad():  # attention sharp enough that positions matter (std 0.02 leaves it uniform)
+        for block in model.model.visual.blocks:
+            block.attn.qkv.weight.mul_(40)
+    return model
 
 
 def test_tower_matches_hf() -> None:
