@@ -49,12 +49,22 @@ class RotaryEmbedding:
         freqs = torch.outer(torch.arange(table_len, dtype=torch.float32), inv_freq)
         # Computed in fp32, kept in the model dtype (the HF models cast the same way): one gather a step.
         self._cos, self._sin = freqs.cos().to(device, dtype), freqs.sin().to(device, dtype)
+        self._stream = None  # M-RoPE: which position (time, row, column) turns each rotation pair
+        if rope.mrope_section:
+            if sum(rope.mrope_section) != head_dim // 2:
+                raise ValueError(f"mrope_section {rope.mrope_section} does not cover the {head_dim // 2} rotation pairs")
+            self._stream = torch.repeat_interleave(torch.arange(len(rope.mrope_section)),
+                                                   torch.tensor(rope.mrope_section)).to(device)
 
     def __call__(
         self, positions: torch.Tensor, seq_lens: torch.Tensor | None, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [T] long. seq_lens: [T] length of each token's sequence after this step
-        (only read by dynamic scaling)."""
+        """positions: [T] long, or [3, T] (time, row, column) for M-RoPE. seq_lens: [T] length of
+        each token's sequence after this step (only read by dynamic scaling)."""
+        if positions.dim() == 2:
+            pairs = torch.arange(self._stream.numel(), device=positions.device)
+            return (self._cos[positions][self._stream, :, pairs].t().contiguous(),
+                    self._sin[positions][self._stream, :, pairs].t().contiguous())
         if self.rope.type == "dynamic" and seq_lens is not None:
             return self._dynamic(positions, seq_lens, dtype)
         return self._cos[positions], self._sin[positions]

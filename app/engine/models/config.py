@@ -23,6 +23,9 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int | None = None
+    # M-RoPE (Qwen2-VL): the rotation pairs split into sections turned by the token's time, row and
+    # column position (a text token has all three equal: plain RoPE).
+    mrope_section: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ def _rope_config(raw: dict[str, Any]) -> RopeConfig:
     theta = params.pop("rope_theta", None) or raw.get("rope_theta", 10000.0)
     merged = {**scaling, **params}
     rope_type = merged.get("rope_type") or merged.get("type") or "default"
+    if rope_type == "mrope":  # older Qwen2-VL configs name M-RoPE as a scaling type
+        rope_type = "default"
     if rope_type not in ROPE_TYPES:
         raise UnsupportedModelError(
             f"rope scaling type {rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}"
@@ -83,6 +88,7 @@ def _rope_config(raw: dict[str, Any]) -> RopeConfig:
         low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
         high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
         original_max_position_embeddings=merged.get("original_max_position_embeddings"),
+        mrope_section=tuple(merged["mrope_section"]) if merged.get("mrope_section") else None,
     )
 
 
