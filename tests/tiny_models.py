@@ -117,3 +117,42 @@ def sharpen_vision_attention(layers) -> None:
         for layer in layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
                 proj.weight.mul_(20)
+
+
+QWEN2_VL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<|vision_start|><|image_pad|>"
+    "<|vision_end|>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_qwen2_vl(folder: Path):
+    """A tiny random Qwen2-VL with its processor: 4-pixel patches merged 2 x 2, pictures resized
+    to between 64 and 1,024 pixels; M-RoPE sections 2 + 3 + 3 of the 8 rotation pairs."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    # The processor's parts, saved one by one: Qwen2VLProcessor itself wants torchvision (videos).
+    tokenizer = write_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]})
+    tokenizer.save_pretrained(folder)
+    Qwen2VLImageProcessorPil(patch_size=4, temporal_patch_size=2, merge_size=2, min_pixels=64,
+                             max_pixels=1024).save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(QWEN2_VL_TEMPLATE)
+    vision = dict(depth=2, embed_dim=32, num_heads=4, mlp_ratio=2, hidden_size=64, patch_size=4,
+                  temporal_patch_size=2, spatial_merge_size=2)
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=320, max_position_embeddings=256, initializer_range=0.2,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>")))
+    with torch.no_grad():  # sharp vision attention, as sharpen_vision_attention does for CLIP
+        for block in model.model.visual.blocks:
+            block.attn.qkv.weight.mul_(20)
+    model.save_pretrained(folder)
+    return model.eval()

@@ -190,11 +190,9 @@ class Engine:
         try:
             if self._core is None:
                 raise NoModelLoadedError("no model is loaded")
-            if cmd.token_ids is not None:
-                ids, images = cmd.token_ids, ()
-            else:
-                ids, images = self._core.prepare(cmd.prompt, cmd.messages)
-            self._core.add_request(ids, cmd.gen, emit, request_id=handle.request_id, images=images)
+            prepared = {"token_ids": cmd.token_ids} if cmd.token_ids is not None else self._core.prepare(
+                cmd.prompt, cmd.messages)
+            self._core.add_request(gen=cmd.gen, emit=emit, request_id=handle.request_id, **prepared)
         except EngineError as exc:
             emit(Delta(handle.request_id, finished=True, finish_reason="error", error=str(exc),
                        error_type=type(exc).__name__))

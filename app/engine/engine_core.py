@@ -86,25 +86,27 @@ class EngineCore:
         tok = self.loaded.tokenizer
         return encode_chat(tok, messages) if messages is not None else encode_prompt(tok, prompt)
 
-    def prepare(self, prompt: str | None = None,
-                messages: list[Message] | None = None) -> tuple[list[int], tuple[ImageSpan, ...]]:
-        """A request's token ids, and its pictures' spans: messages with pictures go through a
-        vision-language model's processor; to a text-only model they are refused."""
+    def prepare(self, prompt: str | None = None, messages: list[Message] | None = None) -> dict:
+        """add_request's arguments for a prompt or messages: token_ids, and for pictures (which go
+        through a vision-language model's processor, and which a text-only model refuses) images
+        and, for M-RoPE models, rope (their positions)."""
         from app.engine.vision import prompts
 
-        if messages is None or not prompts.has_images(messages):
-            return self.tokenize(prompt, messages), ()
+        if messages is None or not prompts.has_images(messages):  # (under M-RoPE text alone counts as usual)
+            return {"token_ids": self.tokenize(prompt, messages)}
         if self.loaded.processor is None:
             raise RequestError(f"{self.loaded.path.name} reads text only: load a vision-language model to ask "
                                "about pictures")
-        return prompts.build_prompt(self.loaded.processor, messages, self.loaded.model.image_token_id)
+        ids, images, rope = prompts.build_prompt(self.loaded.processor, messages, self.loaded.model)
+        return {"token_ids": ids, "images": images, "rope": rope}
 
     def add_request(
         self, token_ids: list[int], gen: GenerationConfig, emit: Callable[[Delta], None], request_id: int | None = None,
-        images: tuple[ImageSpan, ...] = (),
+        images: tuple[ImageSpan, ...] = (), rope: tuple[torch.Tensor, int] | None = None,
     ) -> int:
         """Queues a request; raises RequestError when it cannot be served at all. ``images``: the
-        prompt's pictures, each over its run of placeholder tokens (a vision-language model's)."""
+        prompt's pictures, each over its run of placeholder tokens (a vision-language model's);
+        ``rope``: an M-RoPE model's prompt positions [3, tokens] and the offset after them."""
         gen.validate()
         if images:
             self._check_images(token_ids, images)
@@ -124,6 +126,8 @@ class EngineCore:
             stop_ids |= self.loaded.eos_token_ids
         seq = Sequence(list(token_ids), gen, stop_token_ids=frozenset(stop_ids),
                        max_tokens=min(len(token_ids) + gen.max_new_tokens, limit), images=tuple(images))
+        if rope is not None:
+            seq.rope_positions, seq.rope_delta = rope
         if request_id is not None:
             seq.seq_id = request_id
         seq.seed = gen.seed if gen.seed is not None else random.getrandbits(63)

@@ -65,6 +65,8 @@ class StepInputs:
     # Image placeholder tokens in this step: (first row in ids, sequence's index in the batch,
     # its image's index, first and end token of the image covered).
     images: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    # M-RoPE prompt chunks: every row's (time, row, column) positions, [3][rows]; None: 1-D positions.
+    positions3: list[list[int]] | None = None
 
     @classmethod
     def of(cls, batch: Batch, block_size: int) -> "StepInputs":
@@ -73,6 +75,7 @@ class StepInputs:
         slots: list[int] = []
         tables, starts, lens, ctx_lens, sampling = [], [], [], [], []
         images: list[tuple[int, int, int, int, int]] = []
+        rope: list[tuple[int, Sequence, int, int]] = []
         for i, item in enumerate(batch.items):
             seq, n = item.seq, item.num_tokens
             first, table = seq.num_computed_tokens, seq.block_table
@@ -82,20 +85,32 @@ class StepInputs:
             tables.append(table)
             if item.samples:
                 sampling.append(i)
-            if n == 1 and not (seq.images and first < seq.images[-1].end):  # a decode: the common case, kept cheap
+            prompt_side = (seq.images and first < seq.images[-1].end) or (
+                seq.rope_positions is not None and first < seq.rope_positions.shape[1])
+            if n == 1 and not prompt_side:  # a decode: the common case, kept cheap
                 ids.append(seq.token_ids[first])
-                positions.append(first)
+                positions.append(first + seq.rope_delta)
                 slots.append(table[first // block_size] * block_size + first % block_size)
                 continue
             for j, image in enumerate(seq.images):  # prompt chunks only (n == 1 decodes hold none)
                 lo, hi = max(first, image.start), min(first + n, image.end)
                 if lo < hi:
                     images.append((len(ids) + lo - first, i, j, lo - image.start, hi - image.start))
+            if seq.rope_positions is not None and first < seq.rope_positions.shape[1]:
+                rope.append((len(ids), seq, first, n))
             ids.extend(seq.token_ids[first : first + n])
             span = range(first, first + n)
-            positions.extend(span)
+            positions.extend(p + seq.rope_delta for p in span)
             slots.extend(table[p // block_size] * block_size + p % block_size for p in span)
-        return cls(ids, positions, slots, tables, starts, lens, ctx_lens, batch.num_decodes, sampling, images)
+        positions3 = None
+        if rope:  # M-RoPE prompt tokens: their own three positions; the others' three are equal
+            positions3 = [list(positions) for _ in range(3)]
+            for row, seq, first, n in rope:
+                known = seq.rope_positions[:, first : first + n].tolist()
+                for stream in range(3):
+                    positions3[stream][row : row + len(known[stream])] = known[stream]
+        return cls(ids, positions, slots, tables, starts, lens, ctx_lens, batch.num_decodes, sampling, images,
+                   positions3)
 
 
 class ModelRunner:
@@ -151,7 +166,8 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         if min(ids) < 0:
             input_ids = self._resolve(input_ids)
-        return input_ids, torch.tensor(inputs.positions, dtype=torch.long, device=dev), meta, seq_lens
+        positions = inputs.positions3 if inputs.positions3 is not None else inputs.positions
+        return input_ids, torch.tensor(positions, dtype=torch.long, device=dev), meta, seq_lens
 
     def _resolve(self, ids: torch.Tensor) -> torch.Tensor:
         """Placeholder ids -> the tokens the previous step sampled (device to device)."""

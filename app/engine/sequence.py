@@ -56,6 +56,10 @@ class Sequence:
     first_token_time: float | None = None
     num_preemptions: int = 0
     images: tuple[ImageSpan, ...] = ()  # in prompt order, not overlapping
+    # M-RoPE models: the prompt's (time, row, column) positions [3, prompt tokens], and what later
+    # tokens add to their index (pictures take fewer positions than tokens).
+    rope_positions: Any = field(default=None, repr=False)
+    rope_delta: int = 0
 
     def __post_init__(self) -> None:
         self.num_prompt_tokens = self.num_prompt_tokens or len(self.token_ids)

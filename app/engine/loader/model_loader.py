@@ -177,7 +177,7 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
 
         if world > 1:
             raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
-        processor = load_processor(model_dir)
+        processor = load_processor(model_dir, tokenizer.convert_ids_to_tokens(cfg.vision.image_token_id))
     workers = None
     if world > 1:
         from app.engine.distributed.group import WorkerGroup  # here: its ranks import this module

@@ -23,7 +23,6 @@ from app.engine.models.config import ModelConfig
 from app.engine.models.decoder import DecoderLM
 from app.engine.vision.clip import ClipVisionConfig, ClipVisionTower, LlavaProjector
 
-TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 _PREFIXES = (  # checkpoint prefix -> (part, our prefix)
     ("model.language_model.", "text", "model."), ("language_model.model.", "text", "model."),
     ("language_model.lm_head.", "text", "lm_head."), ("lm_head.", "text", "lm_head."),
@@ -72,6 +71,10 @@ class LlavaLM(DecoderLM):
         """The language model's (the image side loads in load_weights)."""
         return {name: store for name, store in super()._weight_slots().items()
                 if not name.startswith(("vision_tower.", "projector."))}
+
+    def split_pixels(self, inputs: dict) -> list[torch.Tensor]:
+        """The processor's pixel values -> each image's."""
+        return list(inputs["pixel_values"])
 
     @torch.inference_mode()
     def encode_images(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:

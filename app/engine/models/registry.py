@@ -32,7 +32,9 @@ ARCHITECTURES: dict[str, Family] = {
 
 
 # Vision-language models: their language model is one of the families above.
-VISION_ARCHITECTURES = ("LlavaForConditionalGeneration",)
+VISION_ARCHITECTURES = ("LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+_TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                       "qwen2_vl_text": "Qwen2ForCausalLM"}
 
 
 def supported_architectures() -> list[str]:
@@ -42,8 +44,9 @@ def supported_architectures() -> list[str]:
 def resolve_config(raw: dict[str, Any]) -> ModelConfig:
     """Picks the family from ``architectures`` and normalises the config, or refuses clearly."""
     names = raw.get("architectures") or []
-    if any(n in VISION_ARCHITECTURES for n in names):
-        return _resolve_llava(raw)
+    vision_arch = next((n for n in names if n in VISION_ARCHITECTURES), None)
+    if vision_arch is not None:
+        return _resolve_vision_language(raw, vision_arch)
     arch = next((n for n in names if n in ARCHITECTURES), None)
     if arch is None:
         shown = ", ".join(names) if names else "none given"
@@ -63,34 +66,42 @@ def resolve_config(raw: dict[str, Any]) -> ModelConfig:
     return cfg
 
 
-def _resolve_llava(raw: dict[str, Any]) -> ModelConfig:
-    """The language model's config (text_config, with the defaults transformers' LlavaConfig
+def _resolve_vision_language(raw: dict[str, Any], arch: str) -> ModelConfig:
+    """The language model's config (text_config, with the defaults transformers' config class
     fills in where old config.json files are silent) plus the image side."""
-    from transformers import LlavaConfig
+    import transformers
 
-    from app.engine.models.llava import TEXT_ARCHITECTURES, LlavaVisionConfig
-
+    if arch == "LlavaForConditionalGeneration":
+        from app.engine.models.llava import LlavaVisionConfig as vision_config
+        config_class = transformers.LlavaConfig
+    else:
+        from app.engine.models.qwen2_vl import Qwen2VLVisionConfig as vision_config
+        config_class = transformers.Qwen2VLConfig
     try:
-        full = LlavaConfig(**{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
+        full = config_class(**{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
     except (TypeError, ValueError) as exc:
-        raise UnsupportedModelError(f"config.json is not a LLaVA config transformers can read: {exc}") from exc
+        raise UnsupportedModelError(f"config.json is not a {arch} config transformers can read: {exc}") from exc
     text = full.text_config.to_dict()
-    text_arch = TEXT_ARCHITECTURES.get(text.get("model_type", ""))
+    text_arch = _TEXT_ARCHITECTURES.get(text.get("model_type", ""))
     if text_arch is None:
-        raise UnsupportedModelError(f"LLaVA with a {text.get('model_type')} language model is not supported yet")
+        raise UnsupportedModelError(f"{arch} with a {text.get('model_type')} language model is not supported yet")
     for key in ("torch_dtype", "dtype", "quantization_config"):
         if raw.get(key) is not None:
             text[key] = raw[key]
     cfg = resolve_config({**text, "architectures": [text_arch]})
-    return dataclasses.replace(cfg, architecture=raw["architectures"][0], vision=LlavaVisionConfig.from_hf(full))
+    return dataclasses.replace(cfg, architecture=arch, vision=vision_config.from_hf(full))
 
 
 def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_len: int,
                 shard: Shard = Shard()) -> DecoderLM:
     """max_len: the longest sequence the engine will run (sizes position tables). shard: the part
     of the model this process holds (tensor parallelism)."""
-    if cfg.vision is not None:
+    if cfg.architecture == "LlavaForConditionalGeneration":
         from app.engine.models.llava import LlavaLM
 
         return LlavaLM(cfg, ops, dtype, device, max_len, shard)
+    if cfg.architecture == "Qwen2VLForConditionalGeneration":
+        from app.engine.models.qwen2_vl import Qwen2VLLM
+
+        return Qwen2VLLM(cfg, ops, dtype, device, max_len, shard)
     return DecoderLM(cfg, ops, dtype, device, max_len, shard)

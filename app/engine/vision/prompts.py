@@ -21,17 +21,53 @@ from app.engine.vision.images import ImageInput, load_image
 Message = dict[str, Any]
 
 
-def load_processor(model_dir: Path):
-    """The checkpoint's processor (tokenizer, image processor, chat template)."""
-    from transformers import AutoProcessor
+def load_processor(model_dir: Path, image_token: str | None = None):
+    """The checkpoint's processor (tokenizer, image processor, chat template). Where transformers
+    cannot build its processor class here (Qwen2-VL's wants torchvision, for videos), the same
+    parts make an ImageTextProcessor, which expands ``image_token`` as that class would."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     if not (model_dir / "preprocessor_config.json").is_file() and not (model_dir / "processor_config.json").is_file():
         raise ModelLoadError(f"{model_dir.name} is a vision-language model without its image processor's settings "
                              "(preprocessor_config.json); download the whole repository")
     try:
         return AutoProcessor.from_pretrained(model_dir)
+    except (ImportError, AttributeError) as exc:  # a processor part this machine lacks the packages for
+        if image_token is None:
+            raise ModelLoadError(f"the processor of {model_dir.name} needs what is not installed: {exc}") from exc
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"the image processor of {model_dir.name} cannot be read: {exc}") from exc
+    try:
+        template = model_dir / "chat_template.jinja"
+        return ImageTextProcessor(AutoTokenizer.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir),
+                                  template.read_text() if template.is_file() else None, image_token)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"the image processor of {model_dir.name} cannot be read: {exc}") from exc
+
+
+class ImageTextProcessor:
+    """A tokenizer and an image processor doing what a Qwen2-VL-style processor does for pictures:
+    each image token in the rendered chat becomes as many as the image has merged patches."""
+
+    def __init__(self, tokenizer, image_processor, chat_template: str | None, image_token: str):
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.chat_template, self.image_token = chat_template, image_token
+
+    def apply_chat_template(self, messages: list[Message], add_generation_prompt: bool = True,
+                            tokenize: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def __call__(self, text: str, images=None, return_tensors: str = "pt") -> dict:
+        pixels = dict(self.image_processor(images=images, return_tensors="pt")) if images else {}
+        merge = getattr(self.image_processor, "merge_size", 1)
+        counts = [int(g.prod()) // merge**2 for g in pixels.get("image_grid_thw", [])]
+        pieces = text.split(self.image_token)
+        if len(pieces) - 1 != len(counts):
+            raise ValueError(f"the text has {len(pieces) - 1} image places for {len(counts)} pictures")
+        text = pieces[0] + "".join(self.image_token * n + piece for n, piece in zip(counts, pieces[1:]))
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        return {"input_ids": ids, **pixels}
 
 
 def has_images(messages: list[Message]) -> bool:
@@ -72,8 +108,10 @@ def split_images(messages: list[Message]) -> tuple[list[Message], list[ImageInpu
     return rendered, images
 
 
-def build_prompt(processor, messages: list[Message], image_token_id: int) -> tuple[list[int], tuple[ImageSpan, ...]]:
-    """Token ids ready for the assistant's reply, and one span per picture over its placeholders."""
+def build_prompt(processor, messages: list[Message], model) -> tuple[list[int], tuple[ImageSpan, ...], Any]:
+    """Token ids ready for the assistant's reply, one span per picture over its placeholders,
+    and for an M-RoPE model the prompt's (positions [3, tokens], offset after it), else None."""
+    image_token_id = model.image_token_id
     rendered, images = split_images(messages)
     try:
         text = processor.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
@@ -87,10 +125,11 @@ def build_prompt(processor, messages: list[Message], image_token_id: int) -> tup
         runs = [(start + k, share) for start, n in runs for k in range(0, n, share)]
     if len(runs) != len(images):
         raise RequestError(f"the prompt has {len(runs)} image places for {len(images)} pictures")
-    pixels = inputs.get("pixel_values")
+    pixels = model.split_pixels(inputs) if images else []
     spans = tuple(ImageSpan(start, length, image.digest, pixels[k])
                   for k, ((start, length), image) in enumerate(zip(runs, images)))
-    return ids, spans
+    rope = model.prompt_positions(len(ids), spans) if hasattr(model, "prompt_positions") else None
+    return ids, spans, rope
 
 
 def _runs(ids: list[int], token: int) -> list[tuple[int, int]]:
