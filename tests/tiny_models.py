@@ -127,10 +127,11 @@ QWEN2_VL_TEMPLATE = (
 )
 
 
-def write_tiny_qwen2_vl(folder: Path):
-    """A tiny random Qwen2-VL with its processor: 4-pixel patches merged 2 x 2, pictures resized
-    to between 64 and 1,024 pixels; M-RoPE sections 2 + 3 + 3 of the 8 rotation pairs."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+def write_tiny_qwen2_vl(folder: Path, version: str = "2"):
+    """A tiny random Qwen2-VL (or Qwen2.5-VL, ``version`` "2.5": windows of 2 x 2 merge blocks in
+    its first vision block) with its processor: 4-pixel patches merged 2 x 2, pictures resized to
+    between 64 and 1,024 pixels; M-RoPE sections 2 + 3 + 3 of the 8 rotation pairs."""
+    import transformers
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     # The processor's parts, saved one by one: Qwen2VLProcessor itself wants torchvision (videos).
@@ -142,12 +143,16 @@ def write_tiny_qwen2_vl(folder: Path):
     (folder / "chat_template.jinja").write_text(QWEN2_VL_TEMPLATE)
     vision = dict(depth=2, embed_dim=32, num_heads=4, mlp_ratio=2, hidden_size=64, patch_size=4,
                   temporal_patch_size=2, spatial_merge_size=2)
+    if version == "2.5":
+        vision = dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=4, out_hidden_size=64, patch_size=4,
+                      temporal_patch_size=2, spatial_merge_size=2, window_size=16, fullatt_block_indexes=[1])
+    prefix = "Qwen2VL" if version == "2" else "Qwen2_5_VL"
     text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, vocab_size=320, max_position_embeddings=256, initializer_range=0.2,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
                 eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(getattr(transformers, f"{prefix}Config")(
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>")))

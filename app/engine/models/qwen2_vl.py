@@ -1,4 +1,5 @@
-"""Qwen2-VL (``Qwen2VLForConditionalGeneration``): Qwen2-VL's vision tower (vision/qwen2_vl.py)
+"""Qwen2-VL and Qwen2.5-VL (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``):
+their vision tower (vision/qwen2_vl.py)
 over images at their own resolution, and a Qwen2 language model (ours, DecoderLM) with M-RoPE:
 a prompt's text tokens count positions one by one in all three streams, an image's tokens take
 (frame, row, column) positions from where the text reached, and the text after an image goes on

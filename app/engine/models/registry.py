@@ -32,9 +32,10 @@ ARCHITECTURES: dict[str, Family] = {
 
 
 # Vision-language models: their language model is one of the families above.
-VISION_ARCHITECTURES = ("LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration")
+VISION_ARCHITECTURES = ("LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+                        "Qwen2_5_VLForConditionalGeneration")
 _TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                       "qwen2_vl_text": "Qwen2ForCausalLM"}
+                       "qwen2_vl_text": "Qwen2ForCausalLM", "qwen2_5_vl_text": "Qwen2ForCausalLM"}
 
 
 def supported_architectures() -> list[str]:
@@ -76,7 +77,7 @@ def _resolve_vision_language(raw: dict[str, Any], arch: str) -> ModelConfig:
         config_class = transformers.LlavaConfig
     else:
         from app.engine.models.qwen2_vl import Qwen2VLVisionConfig as vision_config
-        config_class = transformers.Qwen2VLConfig
+        config_class = transformers.Qwen2VLConfig if arch.startswith("Qwen2VL") else transformers.Qwen2_5_VLConfig
     try:
         full = config_class(**{k: v for k, v in raw.items() if k not in ("architectures", "model_type")})
     except (TypeError, ValueError) as exc:
@@ -100,7 +101,7 @@ def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.de
         from app.engine.models.llava import LlavaLM
 
         return LlavaLM(cfg, ops, dtype, device, max_len, shard)
-    if cfg.architecture == "Qwen2VLForConditionalGeneration":
+    if cfg.architecture in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"):
         from app.engine.models.qwen2_vl import Qwen2VLLM
 
         return Qwen2VLLM(cfg, ops, dtype, device, max_len, shard)

@@ -1,4 +1,4 @@
-"""Qwen2-VL's vision transformer: images at their own resolution, as a grid of patches.
+"""Qwen2-VL's and Qwen2.5-VL's vision transformer: images at their own resolution, as a grid of patches.
 
 The image processor cuts each picture (resized to multiples of patch x merge size) into
 ``temporal_patch_size`` x ``patch_size``² patches, already flattened and ordered so that each
@@ -8,6 +8,11 @@ queries and keys by the patch's row and column (2-D rotary over the whole head: 
 first half of each rotation pair, columns in the second), attends within each frame of each
 image only, and finally merges each block of merge² patches into one token of the language
 model's width (LayerNorm, Linear, GELU, Linear).
+
+Qwen2.5-VL's tower differs in three ways: RMSNorm for LayerNorm, a gated SiLU MLP, and window
+attention: most blocks attend only within windows of ``window_size`` pixels (``full_blocks``
+attend over the whole frame), for which the patches are put in window order (whole merge
+blocks moved) before the blocks and the merged tokens put back after.
 """
 
 from __future__ import annotations
@@ -35,15 +40,25 @@ class Qwen2VisionConfig:
     spatial_merge_size: int = 2
     hidden_act: str = "quick_gelu"
     rope_theta: float = 10000.0
+    # Qwen2.5-VL
+    rms_norm: bool = False
+    gated_mlp_size: int | None = None  # a gated MLP of this width instead of the plain one
+    window_size: int | None = None  # pixels; None: every block attends over the whole frame
+    full_blocks: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Qwen2VisionConfig":
         rope = raw.get("rope_parameters") or {}
-        return cls(embed_dim=raw["embed_dim"], depth=raw["depth"], num_heads=raw["num_heads"],
-                   mlp_ratio=raw.get("mlp_ratio", 4), out_hidden=raw["hidden_size"], patch_size=raw.get("patch_size", 14),
-                   temporal_patch_size=raw.get("temporal_patch_size", 2), in_channels=raw.get("in_channels", 3),
-                   spatial_merge_size=raw.get("spatial_merge_size", 2), hidden_act=raw.get("hidden_act", "quick_gelu"),
-                   rope_theta=rope.get("rope_theta", 10000.0))
+        common = dict(depth=raw["depth"], num_heads=raw["num_heads"], patch_size=raw.get("patch_size", 14),
+                      temporal_patch_size=raw.get("temporal_patch_size", 2), in_channels=raw.get("in_channels", 3),
+                      spatial_merge_size=raw.get("spatial_merge_size", 2), rope_theta=rope.get("rope_theta", 10000.0))
+        if "out_hidden_size" in raw:  # Qwen2.5-VL: hidden_size is the tower's own width
+            return cls(embed_dim=raw["hidden_size"], mlp_ratio=1, out_hidden=raw["out_hidden_size"],
+                       hidden_act=raw.get("hidden_act", "silu"), rms_norm=True,
+                       gated_mlp_size=raw["intermediate_size"], window_size=raw.get("window_size"),
+                       full_blocks=tuple(raw.get("fullatt_block_indexes", ())), **common)
+        return cls(embed_dim=raw["embed_dim"], mlp_ratio=raw.get("mlp_ratio", 4), out_hidden=raw["hidden_size"],
+                   hidden_act=raw.get("hidden_act", "quick_gelu"), **common)
 
 
 def patch_positions(grid: list[tuple[int, int, int]], merge: int) -> torch.Tensor:
@@ -55,6 +70,38 @@ def patch_positions(grid: list[tuple[int, int, int]], merge: int) -> torch.Tenso
         block = [x.reshape(h // merge, merge, w // merge, merge).permute(0, 2, 1, 3).flatten() for x in (r, c)]
         rows.append(torch.stack(block, dim=-1).repeat(t, 1))
     return torch.cat(rows)
+
+
+def window_order(grid: list[tuple[int, int, int]], merge: int, window: int) -> tuple[torch.Tensor, list[int]]:
+    """Qwen2.5-VL's windows: the merge blocks of each frame in window order (windows of
+    ``window`` x ``window`` blocks, row by row; blocks row by row within each), and each
+    window's length in patches."""
+    order, lengths, offset = [], [], 0
+    for t, h, w in grid:
+        rows, cols = h // merge, w // merge
+        blocks = torch.arange(t * rows * cols).view(t, rows, cols)
+        for frame in range(t):
+            for r in range(0, rows, window):
+                for c in range(0, cols, window):
+                    part = blocks[frame, r : r + window, c : c + window].flatten()
+                    order.append(part + offset)
+                    lengths.append(part.numel() * merge * merge)
+        offset += t * rows * cols
+    return torch.cat(order), lengths
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float()
+        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def _norm(cfg: Qwen2VisionConfig, dim: int) -> nn.Module:
+    return _RMSNorm(dim) if cfg.rms_norm else nn.LayerNorm(dim, eps=1e-6)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -89,13 +136,25 @@ class _Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class _GatedMlp(nn.Module):
+    def __init__(self, cfg: Qwen2VisionConfig):
+        super().__init__()
+        width = cfg.gated_mlp_size
+        self.gate_proj, self.up_proj = nn.Linear(cfg.embed_dim, width), nn.Linear(cfg.embed_dim, width)
+        self.down_proj = nn.Linear(width, cfg.embed_dim)
+        self.act = F.silu if cfg.hidden_act == "silu" else activation(cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
 class _Block(nn.Module):
     def __init__(self, cfg: Qwen2VisionConfig):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.norm1 = _norm(cfg, cfg.embed_dim)
         self.attn = _Attention(cfg)
-        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
-        self.mlp = _Mlp(cfg)
+        self.norm2 = _norm(cfg, cfg.embed_dim)
+        self.mlp = _GatedMlp(cfg) if cfg.gated_mlp_size else _Mlp(cfg)
 
     def forward(self, x, cos, sin, lengths):
         x = x + self.attn(self.norm1(x), cos, sin, lengths)
@@ -118,7 +177,7 @@ class _Merger(nn.Module):
     def __init__(self, cfg: Qwen2VisionConfig):
         super().__init__()
         width = cfg.embed_dim * cfg.spatial_merge_size**2
-        self.ln_q = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        self.ln_q = _norm(cfg, cfg.embed_dim)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, cfg.out_hidden))
         self.width = width
 
@@ -142,12 +201,22 @@ class Qwen2VisionTower(nn.Module):
                              persistent=False)
 
     def forward(self, patches: torch.Tensor, grid: list[tuple[int, int, int]]) -> torch.Tensor:
+        cfg = self.config
         x = self.patch_embed(patches)
-        positions = patch_positions(grid, self.config.spatial_merge_size).to(x.device)
+        positions = patch_positions(grid, cfg.spatial_merge_size).to(x.device)
+        frames = [h * w for t, h, w in grid for _ in range(t)]
+        windows, order = frames, None
+        if cfg.window_size:  # whole merge blocks into window order, positions with them
+            unit = cfg.spatial_merge_size**2
+            order, windows = window_order(grid, cfg.spatial_merge_size,
+                                          cfg.window_size // cfg.spatial_merge_size // cfg.patch_size)
+            order = order.to(x.device)
+            x = x.view(-1, unit, x.shape[-1])[order].flatten(0, 1)
+            positions = positions.view(-1, unit, 2)[order].flatten(0, 1)
         angles = (positions[..., None].float() * self.inv_freq).flatten(1)  # [n, head_dim / 2]: rows, columns
         angles = torch.cat([angles, angles], dim=-1)[:, None, :]  # both halves of each pair, every head
         cos, sin = angles.cos(), angles.sin()
-        lengths = [h * w for t, h, w in grid for _ in range(t)]
-        for block in self.blocks:
-            x = block(x, cos, sin, lengths)
-        return self.merger(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, frames if i in cfg.full_blocks else windows)
+        merged = self.merger(x)
+        return merged if order is None else merged[torch.argsort(order)]

@@ -1,10 +1,11 @@
-"""Qwen2-VL in the engine against HF transformers on a tiny random checkpoint (fp32, <= 1e-4):
+"""Qwen2-VL and Qwen2.5-VL in the engine against HF transformers on a tiny random checkpoint (fp32, <= 1e-4):
 chat messages with no picture, one, and two of different sizes (so different grids), built by
 the checkpoint's processor parts, batched together and prefilled in chunks that cut through the
 pictures, then decoded with M-RoPE positions offset past the pictures."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -20,8 +21,9 @@ def picture(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray((torch.rand(height, width, 3, generator=rng) * 255).to(torch.uint8).numpy())
 
 
-def test_qwen2_vl_matches_hf(tmp_path) -> None:
-    hf = write_tiny_qwen2_vl(tmp_path)
+@pytest.mark.parametrize("version", ["2", "2.5"])
+def test_qwen2_vl_matches_hf(version, tmp_path) -> None:
+    hf = write_tiny_qwen2_vl(tmp_path, version)
     # The oracle's inputs: HF's own processor class needs torchvision here, so its parts as the
     # engine uses them; HF's model checks the image token count against the pictures' patches.
     processor = load_processor(tmp_path, "<|image_pad|>")

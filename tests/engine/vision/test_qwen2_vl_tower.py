@@ -42,3 +42,29 @@ def test_tower_matches_hf() -> None:
 def test_patch_positions_follow_the_merge_blocks() -> None:
     # A 2 x 4 grid in 2 x 2 blocks: the processor lists the block (0-1, 0-1) first, then (0-1, 2-3).
     assert patch_positions([(1, 2, 4)], 2).tolist() == [[0, 0], [0, 1], [1, 0], [1, 1], [0, 2], [0, 3], [1, 2], [1, 3]]
+
+
+def test_qwen2_5_tower_with_windows_matches_hf() -> None:
+    """Qwen2.5-VL's tower: RMSNorm, gated MLP, window attention in block 0 (windows of 2 x 2 merge
+    blocks, some cut by the image's edge) and full attention in block 1."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=4, out_hidden_size=64, patch_size=4,
+                  temporal_patch_size=2, spatial_merge_size=2, window_size=16, fullatt_block_indexes=[1])
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=320, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]})
+    torch.manual_seed(0)
+    hf = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(vision_config=vision, text_config=text)).eval()
+    with torch.no_grad():
+        for block in hf.model.visual.blocks:
+            block.attn.qkv.weight.mul_(40)
+    tower = Qwen2VisionTower(Qwen2VisionConfig.from_dict(hf.config.vision_config.to_dict())).eval()
+    tower.load_state_dict({k.removeprefix("model.visual."): v for k, v in hf.state_dict().items()
+                           if k.startswith("model.visual.")}, strict=True)
+    grid = [(1, 8, 12), (1, 4, 6), (2, 4, 4)]
+    patches = torch.randn(sum(t * h * w for t, h, w in grid), 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = hf.model.visual(patches, grid_thw=torch.tensor(grid)).pooler_output
+        ours = tower(patches, grid)
+    assert ours.shape == theirs.shape == ((96 + 24 + 32) // 4, 64)
+    assert (ours - theirs).abs().max().item() <= TOLERANCE
