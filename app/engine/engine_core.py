@@ -114,7 +114,12 @@ class EngineCore:
         if not token_ids:
             raise RequestError("the prompt is empty")
         if len(token_ids) >= limit:
+            pictures = sum(image.length for image in images)
+            of_them = f" ({pictures} of them for {len(images)} picture{'s' * (len(images) > 1)})" if images else ""
             raise ContextOverflowError(
+                f"the prompt has {len(token_ids)} tokens{of_them}; this model's context holds {limit} "
+                f"(prompt and reply together). Shorten the prompt, send fewer or smaller pictures, or start a "
+                f"new conversation." if images else
                 f"the prompt has {len(token_ids)} tokens; this model's context holds {limit} "
                 f"(prompt and reply together). Shorten the prompt or start a new conversation."
             )

@@ -102,7 +102,8 @@ def test_chat_messages_with_pictures_go_through_the_processor(tmp_path) -> None:
 
     hf = write_tiny_llava(tmp_path / "llava")
     rng = torch.Generator().manual_seed(5)
-    pictures = [Image.fromarray((torch.rand(40, 30, 3, generator=rng) * 255).to(torch.uint8).numpy()) for _ in range(2)]
+    pictures = [Image.fromarray((torch.rand(h, w, 3, generator=rng) * 255).to(torch.uint8).numpy())
+                for h, w in ((40, 30), (18, 52))]  # different sizes: the processor makes both 28 x 28
     pictures[0].save(tmp_path / "a.png")
     buffer = io.BytesIO()
     pictures[1].save(buffer, format="PNG")
@@ -146,3 +147,14 @@ def test_pipeline_takes_text_and_pictures(tmp_path) -> None:
                                temperature=0, max_new_tokens=3, ignore_eos=True)
         assert [len(c.token_ids) for c in (one, two, plain)] == [3, 3, 3]
         assert two.stats.prompt_tokens - one.stats.prompt_tokens == IMAGE_TOKENS  # one more picture's places
+
+
+def test_a_picture_that_cannot_fit_names_the_limit(tmp_path) -> None:
+    from app.engine.errors import ContextOverflowError
+
+    write_tiny_llava(tmp_path)
+    core = make_core(tmp_path, max_model_len=20)
+    ids, spans = prompt([5, 6, 7], [(1, "cat", pixels(1))])
+    with pytest.raises(ContextOverflowError, match=r"20 tokens \(16 of them for 1 picture\); this model's context "
+                                                   r"holds 20"):
+        core.add_request(ids + [8], GenerationConfig(), lambda d: None, images=spans)
