@@ -161,3 +161,41 @@ def write_tiny_qwen2_vl(folder: Path, version: str = "2"):
             block.attn.qkv.weight.mul_(20)
     model.save_pretrained(folder)
     return model.eval()
+
+
+INTERNVL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_internvl(folder: Path):
+    """A tiny random InternVL (transformers-native layout) with its processor's parts: 32-pixel
+    tiles (up to 4 and a thumbnail per picture) of 4-pixel patches, 16 tokens a tile after the
+    pixel shuffle, a Qwen2 language model."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    tokenizer = write_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<img>", "</img>", "<IMG_CONTEXT>"]})
+    tokenizer.save_pretrained(folder)
+    GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=True, min_patches=1,
+                             max_patches=4).save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(INTERNVL_TEMPLATE)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=4)
+    text = dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=320, max_position_embeddings=512, initializer_range=0.2,
+                eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = InternVLForConditionalGeneration(InternVLConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=16))
+    with torch.no_grad():  # sharp vision attention
+        for layer in model.model.vision_tower.encoder.layer:
+            layer.attention.q_proj.weight.mul_(20)
+            layer.attention.k_proj.weight.mul_(20)
+    model.save_pretrained(folder)
+    return model.eval()

@@ -171,13 +171,8 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
     cfg = checked or check_model_folder(model_dir, engine_cfg.load_format, world)
     device = resolve_device(engine_cfg.device, world, engine_cfg.gpus)
     tokenizer = load_tokenizer(model_dir)
-    processor = None
-    if cfg.vision is not None:
-        from app.engine.vision.prompts import load_processor
-
-        if world > 1:
-            raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
-        processor = load_processor(model_dir, tokenizer.convert_ids_to_tokens(cfg.vision.image_token_id))
+    if cfg.vision is not None and world > 1:
+        raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
     workers = None
     if world > 1:
         from app.engine.distributed.group import WorkerGroup  # here: its ranks import this module
@@ -188,6 +183,11 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
         if workers is not None:
             blocks = workers.agree_cache_blocks(blocks)
         cache = KVCache.allocate(cfg, blocks, engine_cfg.block_size, model.dtype, device, model.shard)
+        processor = None
+        if cfg.vision is not None:
+            from app.engine.vision.prompts import load_processor
+
+            processor = load_processor(model_dir, model)
     except BaseException:
         if workers is not None:
             workers.close()

@@ -10,25 +10,18 @@ transformers 5 saves them (the same, with ``vision_tower.*``) and as it names th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from app.engine.distributed.parallel_state import Shard
-from app.engine.errors import ModelLoadError, UnsupportedModelError
+from app.engine.errors import UnsupportedModelError
 from app.engine.kernels import Ops
 from app.engine.models.config import ModelConfig
-from app.engine.models.decoder import DecoderLM
+from app.engine.models.vision_language import VisionLanguageLM
 from app.engine.vision.clip import ClipVisionConfig, ClipVisionTower, LlavaProjector
 
-_PREFIXES = (  # checkpoint prefix -> (part, our prefix)
-    ("model.language_model.", "text", "model."), ("language_model.model.", "text", "model."),
-    ("language_model.lm_head.", "text", "lm_head."), ("lm_head.", "text", "lm_head."),
-    ("model.vision_tower.", "tower", ""), ("vision_tower.vision_model.", "tower", ""), ("vision_tower.", "tower", ""),
-    ("model.multi_modal_projector.", "projector", ""), ("multi_modal_projector.", "projector", ""),
-)
 
 
 @dataclass(frozen=True)
@@ -52,11 +45,17 @@ class LlavaVisionConfig:
                    config.image_token_id)
 
 
-class LlavaLM(DecoderLM):
+class LlavaLM(VisionLanguageLM):
+    PREFIXES = (  # checkpoint prefix -> (part, our prefix)
+        ("model.language_model.", "text", "model."), ("language_model.model.", "text", "model."),
+        ("language_model.lm_head.", "text", "lm_head."), ("lm_head.", "text", "lm_head."),
+        ("model.vision_tower.", "vision_tower", ""), ("vision_tower.vision_model.", "vision_tower", ""),
+        ("vision_tower.", "vision_tower", ""),
+        ("model.multi_modal_projector.", "projector", ""), ("multi_modal_projector.", "projector", ""),
+    )
+
     def __init__(self, cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_len: int,
                  shard: Shard = Shard()):
-        if shard.world > 1:
-            raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
         super().__init__(cfg, ops, dtype, device, max_len, shard)
         vision: LlavaVisionConfig = cfg.vision
         self.image_token_id = vision.image_token_id
@@ -66,11 +65,6 @@ class LlavaLM(DecoderLM):
         self.projector = LlavaProjector(width, cfg.hidden_size, vision.projector_act).to(device=device, dtype=dtype)
         self.vision_tower.requires_grad_(False)
         self.projector.requires_grad_(False)
-
-    def _weight_slots(self):
-        """The language model's (the image side loads in load_weights)."""
-        return {name: store for name, store in super()._weight_slots().items()
-                if not name.startswith(("vision_tower.", "projector."))}
 
     def split_pixels(self, inputs: dict) -> list[torch.Tensor]:
         """The processor's pixel values -> each image's."""
@@ -84,36 +78,5 @@ class LlavaLM(DecoderLM):
             features = features[:, 1:]
         return list(self.projector(features))
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """The language model's tensors go to DecoderLM's loader, the tower's and projector's here."""
-        params = {"tower": dict(self.vision_tower.named_parameters()), "projector": dict(self.projector.named_parameters())}
-        loaded: set[tuple[str, str]] = set()
-
-        def text() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in weights:
-                part, ours = _route(name)
-                if part == "text":
-                    yield ours, tensor
-                    continue
-                if part == "tower":
-                    ours = self.vision_tower.checkpoint_name(ours)
-                    if ours is None:
-                        continue
-                target = params[part].get(ours)
-                if target is None or target.shape != tensor.shape:
-                    raise ModelLoadError(f"the checkpoint's {name} {tuple(tensor.shape)} does not fit this model")
-                with torch.no_grad():
-                    target.copy_(tensor)
-                loaded.add((part, ours))
-
-        super().load_weights(text())
-        missing = [f"{part}.{name}" for part, names in params.items() for name in names if (part, name) not in loaded]
-        if missing:
-            raise ModelLoadError(f"the checkpoint lacks the vision tensors {', '.join(missing[:5])}")
-
-
-def _route(name: str) -> tuple[str, str]:
-    for prefix, part, ours in _PREFIXES:
-        if name.startswith(prefix):
-            return part, ours + name.removeprefix(prefix)
-    return "text", name
+    def checkpoint_name(self, part: str, name: str) -> str | None:
+        return self.vision_tower.checkpoint_name(name) if part == "vision_tower" else name

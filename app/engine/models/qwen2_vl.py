@@ -8,23 +8,17 @@ from one past the largest. Generated tokens' positions are their index plus the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from app.engine.distributed.parallel_state import Shard
-from app.engine.errors import ModelLoadError, UnsupportedModelError
 from app.engine.kernels import Ops
 from app.engine.models.config import ModelConfig
-from app.engine.models.decoder import DecoderLM
+from app.engine.models.vision_language import VisionLanguageLM
 from app.engine.vision.qwen2_vl import Qwen2VisionConfig, Qwen2VisionTower
 
-_PREFIXES = (  # checkpoint prefix -> (part, our prefix): transformers 5's names, then the hub's older ones
-    ("model.language_model.", "text", "model."), ("model.visual.", "tower", ""), ("visual.", "tower", ""),
-    ("model.", "text", "model."), ("lm_head.", "text", "lm_head."),
-)
 
 
 @dataclass(frozen=True)
@@ -37,11 +31,14 @@ class Qwen2VLVisionConfig:
         return cls(Qwen2VisionConfig.from_dict(config.vision_config.to_dict()), config.image_token_id)
 
 
-class Qwen2VLLM(DecoderLM):
+class Qwen2VLLM(VisionLanguageLM):
+    PREFIXES = (  # transformers 5's names, then the hub's older ones
+        ("model.language_model.", "text", "model."), ("model.visual.", "visual", ""), ("visual.", "visual", ""),
+        ("model.", "text", "model."), ("lm_head.", "text", "lm_head."),
+    )
+
     def __init__(self, cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.device, max_len: int,
                  shard: Shard = Shard()):
-        if shard.world > 1:
-            raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
         super().__init__(cfg, ops, dtype, device, max_len, shard)
         vision: Qwen2VLVisionConfig = cfg.vision
         self.image_token_id = vision.image_token_id
@@ -53,6 +50,10 @@ class Qwen2VLLM(DecoderLM):
         grids = [tuple(g) for g in inputs["image_grid_thw"].tolist()]
         patches = inputs["pixel_values"].split([t * h * w for t, h, w in grids])
         return list(zip(patches, grids))
+
+    def expand_placeholder(self, tokenizer, pixels: dict, k: int, placeholder: str) -> str:
+        """What picture k's one placeholder becomes: a token per merged patch."""
+        return placeholder * (int(pixels["image_grid_thw"][k].prod()) // self.merge**2)
 
     def prompt_positions(self, length: int, spans) -> tuple[torch.Tensor, int]:
         """(time, row, column) positions of a prompt's tokens [3, length], and the offset of the
@@ -78,35 +79,3 @@ class Qwen2VLLM(DecoderLM):
         grids = [grid for _, grid in pixels]
         tokens = self.visual(torch.cat([p for p, _ in pixels]).to(self.device), grids)
         return list(tokens.split([t * h * w // self.merge**2 for t, h, w in grids]))
-
-    def _weight_slots(self):
-        return {name: store for name, store in super()._weight_slots().items() if not name.startswith("visual.")}
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        params = dict(self.visual.named_parameters())
-        loaded: set[str] = set()
-
-        def text() -> Iterator[tuple[str, torch.Tensor]]:
-            for name, tensor in weights:
-                part, ours = _route(name)
-                if part == "text":
-                    yield ours, tensor
-                    continue
-                target = params.get(ours)
-                if target is None or target.shape != tensor.shape:
-                    raise ModelLoadError(f"the checkpoint's {name} {tuple(tensor.shape)} does not fit this model")
-                with torch.no_grad():
-                    target.copy_(tensor)
-                loaded.add(ours)
-
-        super().load_weights(text())
-        missing = sorted(params.keys() - loaded)
-        if missing:
-            raise ModelLoadError(f"the checkpoint lacks the vision tensors {', '.join(missing[:5])}")
-
-
-def _route(name: str) -> tuple[str, str]:
-    for prefix, part, ours in _PREFIXES:
-        if name.startswith(prefix):
-            return part, ours + name.removeprefix(prefix)
-    return "text", name

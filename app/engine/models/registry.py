@@ -33,7 +33,7 @@ ARCHITECTURES: dict[str, Family] = {
 
 # Vision-language models: their language model is one of the families above.
 VISION_ARCHITECTURES = ("LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration",
-                        "Qwen2_5_VLForConditionalGeneration")
+                        "Qwen2_5_VLForConditionalGeneration", "InternVLForConditionalGeneration")
 _TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                        "qwen2_vl_text": "Qwen2ForCausalLM", "qwen2_5_vl_text": "Qwen2ForCausalLM"}
 
@@ -75,6 +75,9 @@ def _resolve_vision_language(raw: dict[str, Any], arch: str) -> ModelConfig:
     if arch == "LlavaForConditionalGeneration":
         from app.engine.models.llava import LlavaVisionConfig as vision_config
         config_class = transformers.LlavaConfig
+    elif arch == "InternVLForConditionalGeneration":
+        from app.engine.models.internvl import InternVLVisionConfig as vision_config
+        config_class = transformers.InternVLConfig
     else:
         from app.engine.models.qwen2_vl import Qwen2VLVisionConfig as vision_config
         config_class = transformers.Qwen2VLConfig if arch.startswith("Qwen2VL") else transformers.Qwen2_5_VLConfig
@@ -86,7 +89,7 @@ def _resolve_vision_language(raw: dict[str, Any], arch: str) -> ModelConfig:
     text_arch = _TEXT_ARCHITECTURES.get(text.get("model_type", ""))
     if text_arch is None:
         raise UnsupportedModelError(f"{arch} with a {text.get('model_type')} language model is not supported yet")
-    for key in ("torch_dtype", "dtype", "quantization_config"):
+    for key in ("torch_dtype", "dtype", "quantization_config", "tie_word_embeddings"):
         if raw.get(key) is not None:
             text[key] = raw[key]
     cfg = resolve_config({**text, "architectures": [text_arch]})
@@ -101,6 +104,10 @@ def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.de
         from app.engine.models.llava import LlavaLM
 
         return LlavaLM(cfg, ops, dtype, device, max_len, shard)
+    if cfg.architecture == "InternVLForConditionalGeneration":
+        from app.engine.models.internvl import InternVLLM
+
+        return InternVLLM(cfg, ops, dtype, device, max_len, shard)
     if cfg.architecture in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"):
         from app.engine.models.qwen2_vl import Qwen2VLLM
 

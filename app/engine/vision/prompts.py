@@ -11,6 +11,7 @@ image>} or {"type": "image_url", "image_url": {"url": <data URL or local path>}}
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ from app.engine.vision.images import ImageInput, load_image
 Message = dict[str, Any]
 
 
-def load_processor(model_dir: Path, image_token: str | None = None):
+def load_processor(model_dir: Path, model):
     """The checkpoint's processor (tokenizer, image processor, chat template). Where transformers
-    cannot build its processor class here (Qwen2-VL's wants torchvision, for videos), the same
-    parts make an ImageTextProcessor, which expands ``image_token`` as that class would."""
+    cannot build its processor class here (Qwen2-VL's and InternVL's want torchvision, for
+    videos), the same parts make an ImageTextProcessor, which expands each picture's placeholder
+    as the model says (``model.expand_placeholder``)."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     if not (model_dir / "preprocessor_config.json").is_file() and not (model_dir / "processor_config.json").is_file():
@@ -32,26 +34,29 @@ def load_processor(model_dir: Path, image_token: str | None = None):
                              "(preprocessor_config.json); download the whole repository")
     try:
         return AutoProcessor.from_pretrained(model_dir)
-    except (ImportError, AttributeError) as exc:  # a processor part this machine lacks the packages for
-        if image_token is None:
-            raise ModelLoadError(f"the processor of {model_dir.name} needs what is not installed: {exc}") from exc
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelLoadError(f"the image processor of {model_dir.name} cannot be read: {exc}") from exc
+    except (ImportError, AttributeError, OSError, ValueError, TypeError) as exc:  # e.g. torchvision missing
+        if not hasattr(model, "expand_placeholder"):
+            raise ModelLoadError(f"the processor of {model_dir.name} cannot be loaded: {exc}") from exc
     try:
         template = model_dir / "chat_template.jinja"
-        return ImageTextProcessor(AutoTokenizer.from_pretrained(model_dir), AutoImageProcessor.from_pretrained(model_dir),
-                                  template.read_text() if template.is_file() else None, image_token)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        return ImageTextProcessor(tokenizer, AutoImageProcessor.from_pretrained(model_dir),
+                                  template.read_text() if template.is_file() else None,
+                                  tokenizer.convert_ids_to_tokens(model.image_token_id),
+                                  lambda pixels, k, placeholder: model.expand_placeholder(tokenizer, pixels, k, placeholder))
     except (OSError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"the image processor of {model_dir.name} cannot be read: {exc}") from exc
 
 
 class ImageTextProcessor:
-    """A tokenizer and an image processor doing what a Qwen2-VL-style processor does for pictures:
-    each image token in the rendered chat becomes as many as the image has merged patches."""
+    """A tokenizer and an image processor doing what a vision-language processor does for
+    pictures: each picture's placeholder in the rendered chat becomes what ``expand`` says (its
+    image tokens, sized by what the image processor made of the picture)."""
 
-    def __init__(self, tokenizer, image_processor, chat_template: str | None, image_token: str):
+    def __init__(self, tokenizer, image_processor, chat_template: str | None, placeholder: str,
+                 expand: Callable[[dict, int, str], str]):
         self.tokenizer, self.image_processor = tokenizer, image_processor
-        self.chat_template, self.image_token = chat_template, image_token
+        self.chat_template, self.placeholder, self.expand = chat_template, placeholder, expand
 
     def apply_chat_template(self, messages: list[Message], add_generation_prompt: bool = True,
                             tokenize: bool = False) -> str:
@@ -60,12 +65,11 @@ class ImageTextProcessor:
 
     def __call__(self, text: str, images=None, return_tensors: str = "pt") -> dict:
         pixels = dict(self.image_processor(images=images, return_tensors="pt")) if images else {}
-        merge = getattr(self.image_processor, "merge_size", 1)
-        counts = [int(g.prod()) // merge**2 for g in pixels.get("image_grid_thw", [])]
-        pieces = text.split(self.image_token)
-        if len(pieces) - 1 != len(counts):
-            raise ValueError(f"the text has {len(pieces) - 1} image places for {len(counts)} pictures")
-        text = pieces[0] + "".join(self.image_token * n + piece for n, piece in zip(counts, pieces[1:]))
+        pieces = text.split(self.placeholder)
+        if len(pieces) - 1 != len(images or []):
+            raise ValueError(f"the text has {len(pieces) - 1} image places for {len(images or [])} pictures")
+        text = pieces[0] + "".join(self.expand(pixels, k, self.placeholder) + piece
+                                   for k, piece in enumerate(pieces[1:]))
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         return {"input_ids": ids, **pixels}
 

@@ -24,11 +24,11 @@ def picture(width: int, height: int, seed: int) -> Image.Image:
 @pytest.mark.parametrize("version", ["2", "2.5"])
 def test_qwen2_vl_matches_hf(version, tmp_path) -> None:
     hf = write_tiny_qwen2_vl(tmp_path, version)
-    # The oracle's inputs: HF's own processor class needs torchvision here, so its parts as the
-    # engine uses them; HF's model checks the image token count against the pictures' patches.
-    processor = load_processor(tmp_path, "<|image_pad|>")
     core = make_core(tmp_path, prefill_chunk_size=16, max_num_batched_tokens=48, max_num_seqs=4, block_size=8,
                      num_cache_blocks=64)
+    # The oracle's inputs: HF's own processor class needs torchvision here, so its parts as the
+    # engine uses them; HF's model checks the image token count against the pictures' patches.
+    processor = load_processor(tmp_path, core.loaded.model)
     wide, tall = picture(40, 24, 1), picture(16, 32, 2)
     chats = [
         ([{"role": "user", "content": "Say something."}], []),
