@@ -199,3 +199,33 @@ def write_tiny_internvl(folder: Path):
             layer.attention.k_proj.weight.mul_(20)
     model.save_pretrained(folder)
     return model.eval()
+
+
+def write_tiny_llava_next(folder: Path):
+    """A tiny random LLaVA-NeXT with its processor: 28-pixel tiles of 7-pixel patches, grids of
+    up to 2 x 2 tiles, a learned row newline."""
+    from transformers import (
+        CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    tokenizer = write_tokenizer(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
+    LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                                image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer, patch_size=7, vision_feature_select_strategy="default", chat_template=VLM_TEMPLATE,
+        num_additional_image_tokens=1).save_pretrained(folder)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                              image_size=28, patch_size=7, projection_dim=16)
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=320, max_position_embeddings=512, initializer_range=0.2,
+                       eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints))
+    sharpen_vision_attention(model.model.vision_tower.encoder.layers)
+    model.save_pretrained(folder)
+    return model.eval()

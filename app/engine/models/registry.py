@@ -32,7 +32,8 @@ ARCHITECTURES: dict[str, Family] = {
 
 
 # Vision-language models: their language model is one of the families above.
-VISION_ARCHITECTURES = ("LlavaForConditionalGeneration", "Qwen2VLForConditionalGeneration",
+VISION_ARCHITECTURES = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                        "Qwen2VLForConditionalGeneration",
                         "Qwen2_5_VLForConditionalGeneration", "InternVLForConditionalGeneration")
 _TEXT_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                        "qwen2_vl_text": "Qwen2ForCausalLM", "qwen2_5_vl_text": "Qwen2ForCausalLM"}
@@ -72,9 +73,9 @@ def _resolve_vision_language(raw: dict[str, Any], arch: str) -> ModelConfig:
     fills in where old config.json files are silent) plus the image side."""
     import transformers
 
-    if arch == "LlavaForConditionalGeneration":
+    if arch.startswith("Llava"):
         from app.engine.models.llava import LlavaVisionConfig as vision_config
-        config_class = transformers.LlavaConfig
+        config_class = transformers.LlavaConfig if arch == "LlavaForConditionalGeneration" else transformers.LlavaNextConfig
     elif arch == "InternVLForConditionalGeneration":
         from app.engine.models.internvl import InternVLVisionConfig as vision_config
         config_class = transformers.InternVLConfig
@@ -104,6 +105,10 @@ def build_model(cfg: ModelConfig, ops: Ops, dtype: torch.dtype, device: torch.de
         from app.engine.models.llava import LlavaLM
 
         return LlavaLM(cfg, ops, dtype, device, max_len, shard)
+    if cfg.architecture == "LlavaNextForConditionalGeneration":
+        from app.engine.models.llava import LlavaNextLM
+
+        return LlavaNextLM(cfg, ops, dtype, device, max_len, shard)
     if cfg.architecture == "InternVLForConditionalGeneration":
         from app.engine.models.internvl import InternVLLM
 

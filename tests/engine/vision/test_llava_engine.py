@@ -34,7 +34,7 @@ def prompt(text: list[int], images: list[tuple[int, str, torch.Tensor]]) -> tupl
     return ids, tuple(spans)
 
 
-def run(core, requests, new_tokens=6):
+def run(core, requests, new_tokens=16):
     finals = {}
     gen = GenerationConfig(temperature=0, max_new_tokens=new_tokens, ignore_eos=True, output_logits=True)
     tokens = {}

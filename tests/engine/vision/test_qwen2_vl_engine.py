@@ -38,7 +38,7 @@ def test_qwen2_vl_matches_hf(version, tmp_path) -> None:
                                        {"type": "text", "text": "with"}, {"type": "image", "image": tall}]}],
          [wide, tall]),
     ]
-    gen = GenerationConfig(temperature=0, max_new_tokens=6, ignore_eos=True, output_logits=True)
+    gen = GenerationConfig(temperature=0, max_new_tokens=16, ignore_eos=True, output_logits=True)
     finals, tokens = {}, {}
 
     def on_delta(delta):
