@@ -1,24 +1,15 @@
-"""Qwen2-VL and Qwen2.5-VL in the engine against HF transformers on a tiny random checkpoint (fp32, <= 1e-4):
-chat messages with no picture, one, and two of different sizes (so different grids), built by
-the checkpoint's processor parts, batched together and prefilled in chunks that cut through the
-pictures, then decoded with M-RoPE positions offset past the pictures."""
+"""Qwen2-VL and Qwen2.5-VL in the engine against HF transformers on a tiny random checkpoint (fp32,
+<= 1e-4): chat messages with no picture, one, and two of different sizes (so different grids),
+built by the checkpoint's processor parts, batched together and prefilled in chunks that cut
+through the pictures, then decoded 16 steps with M-RoPE positions offset past the pictures."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from PIL import Image
 
-from app.engine.config import GenerationConfig
 from app.engine.vision.prompts import load_processor
+from tests.engine.vision.chats import assert_matches_hf, picture, rendered, run_chats
 from tests.tiny_models import make_core, write_tiny_qwen2_vl
-
-TOLERANCE = 1e-4
-
-
-def picture(width: int, height: int, seed: int) -> Image.Image:
-    rng = torch.Generator().manual_seed(seed)
-    return Image.fromarray((torch.rand(height, width, 3, generator=rng) * 255).to(torch.uint8).numpy())
 
 
 @pytest.mark.parametrize("version", ["2", "2.5"])
@@ -38,30 +29,8 @@ def test_qwen2_vl_matches_hf(version, tmp_path) -> None:
                                        {"type": "text", "text": "with"}, {"type": "image", "image": tall}]}],
          [wide, tall]),
     ]
-    gen = GenerationConfig(temperature=0, max_new_tokens=16, ignore_eos=True, output_logits=True)
-    finals, tokens = {}, {}
-
-    def on_delta(delta):
-        tokens.setdefault(delta.request_id, []).extend(delta.token_ids)
-        if delta.finished:
-            finals[delta.request_id] = delta
-
-    ids = [core.add_request(gen=gen, emit=on_delta, **core.prepare(messages=messages)) for messages, _ in chats]
-    while core.has_work():
-        core.step()
-    for request, (messages, pictures) in zip(ids, chats):
-        final = finals[request]
-        assert final.error is None
-        rendered = [{**m, "content": [p if p["type"] == "text" else {"type": "image"} for p in m["content"]]}
-                    if isinstance(m["content"], list) else m for m in messages]
-        text = processor.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
-        inputs = processor(text=text, images=pictures or None, return_tensors="pt")
+    for (generated, final), (messages, pictures) in zip(run_chats(core, [m for m, _ in chats]), chats):
+        inputs = processor(text=processor.apply_chat_template(rendered(messages)), images=pictures or None)
         prompt = inputs["input_ids"][0].tolist()
-        full = torch.tensor([prompt + tokens[request][:-1]])
         extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
-        if pictures:  # which tokens are images (HF's M-RoPE reads it)
-            extra["mm_token_type_ids"] = (full == hf.config.image_token_id).long()
-        with torch.no_grad():
-            theirs = hf(input_ids=full, **extra).logits[0, len(prompt) - 1:]
-        error = (torch.stack(final.logits).float() - theirs).abs().max().item()
-        assert error <= TOLERANCE, (len(pictures), error)
+        assert_matches_hf(hf, prompt, generated, final, hf.config.image_token_id, mark_images=bool(pictures), **extra)
