@@ -13,6 +13,12 @@ from torch import nn
 from app.engine.quant.config import QuantizeError
 
 SUPPORTED = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+# Vision-language models whose language model is one of those: it is quantized, the image side
+# (these modules) stays in fp16 and is listed in modules_to_not_convert.
+VISION_SUPPORTED = ("LlavaForConditionalGeneration", "LlavaNextForConditionalGeneration",
+                    "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+                    "InternVLForConditionalGeneration")
+IMAGE_MODULES = ("vision_tower", "multi_modal_projector", "visual", "image_newline")
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 # Each linear's input is that of the first linear reading the same tensor.
@@ -47,6 +53,24 @@ def scale_groups(layer: nn.Module) -> list[ScaleGroup]:
     return groups
 
 
+def is_vision_language(config: dict) -> bool:
+    return "vision_config" in config
+
+
+def language_config(config: dict) -> dict:
+    """The language model's config: a vision-language model's text_config (with the defaults
+    transformers fills in where config.json is silent), else the config itself."""
+    if not is_vision_language(config):
+        return config
+    from transformers import CONFIG_MAPPING
+
+    try:
+        full = CONFIG_MAPPING[config["model_type"]](**{k: v for k, v in config.items() if k != "model_type"})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise QuantizeError(f"cannot read this vision-language model's config: {exc}") from exc
+    return full.get_text_config().to_dict()
+
+
 def linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
     """(in_features, out_features) of each decoder-layer linear, from config.json."""
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
@@ -62,13 +86,14 @@ def linear_shapes(config: dict) -> dict[str, tuple[int, int]]:
 def check_supported(config: dict, group_size: int) -> None:
     """Refuses, before any work, what cannot be quantized or stored in the AWQ layout."""
     architecture = (config.get("architectures") or ["(none given)"])[0]
-    if architecture not in SUPPORTED:
-        raise QuantizeError(f"cannot quantize {architecture}: supported architectures are {', '.join(SUPPORTED)}")
+    if architecture not in SUPPORTED + VISION_SUPPORTED:
+        raise QuantizeError(f"cannot quantize {architecture}: supported architectures are "
+                            f"{', '.join(SUPPORTED + VISION_SUPPORTED)}")
     if config.get("quantization_config"):
         raise QuantizeError("this model is already quantized; quantize its fp16/bf16 original")
     if group_size <= 0 or group_size % 8:
         raise QuantizeError(f"group size {group_size} is not a positive multiple of 8; the usual choice is 128")
-    shapes = linear_shapes(config)
+    shapes = linear_shapes(language_config(config))
     for name, (in_features, out_features) in shapes.items():
         if out_features % 8:
             raise QuantizeError(f"{name} has {out_features} outputs, not a multiple of 8: the AWQ layout cannot hold it")

@@ -18,14 +18,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from app.engine.quant.architecture import LINEARS, NOT_CONVERTED
+from app.engine.quant.architecture import IMAGE_MODULES, LINEARS, NOT_CONVERTED, is_vision_language
 from app.engine.quant.config import QuantizeConfig, QuantizeError
 
 FreeBytes = Callable[[Path], int]
 MAX_SHARD_BYTES = 5_000_000_000
 _COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
            "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
-           "chat_template.json")
+           "chat_template.json", "preprocessor_config.json", "processor_config.json")
 _HEADROOM = 1.05  # safetensors headers, config files, filesystem slack
 
 
@@ -53,7 +53,9 @@ def check_free_space(out: Path, needed: int, free_bytes: FreeBytes) -> None:
 
 
 def _is_quantized(name: str) -> bool:
-    return name.startswith("model.layers.") and name.endswith(tuple(f".{n}.weight" for n in LINEARS))
+    """A language-model decoder layer's linear weight (a vision tower's layers are not)."""
+    return (name.startswith(("model.layers.", "model.language_model.layers."))
+            and name.endswith(tuple(f".{n}.weight" for n in LINEARS)))
 
 
 def _source_file_bytes(model_dir: Path) -> int:
@@ -124,13 +126,15 @@ def _write_weights(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def quantization_config(group_size: int) -> dict:
+def quantization_config(group_size: int, vision: bool = False) -> dict:
+    """``vision``: a vision-language model, whose image side stays in fp16 too."""
     return {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True, "version": "gemm",
-            "modules_to_not_convert": list(NOT_CONVERTED)}
+            "modules_to_not_convert": list(NOT_CONVERTED) + (list(IMAGE_MODULES) if vision else [])}
 
 
 def _model_config(source: dict, group_size: int) -> dict:
-    config = dict(source, torch_dtype="float16", quantization_config=quantization_config(group_size))
+    config = dict(source, torch_dtype="float16",
+                  quantization_config=quantization_config(group_size, is_vision_language(source)))
     if "dtype" in config:
         config["dtype"] = "float16"
     return config

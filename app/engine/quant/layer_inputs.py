@@ -30,8 +30,14 @@ def _sanitize(kwargs: dict) -> dict:
     return kept
 
 
+def layers_path(model: nn.Module) -> str:
+    """Where the language model's decoder layers are: "model.layers", or a vision-language
+    model's "model.language_model.layers"."""
+    return "model.language_model.layers" if hasattr(model.model, "language_model") else "model.layers"
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return model.model.layers
+    return model.get_submodule(layers_path(model))
 
 
 @torch.no_grad()

@@ -41,14 +41,17 @@ def _eval_dtype(folder: Path, device: torch.device) -> torch.dtype:
 
 
 def load_for_eval(folder: Path, device: torch.device):
-    """An fp folder as it is, an AWQ folder dequantized: both run transformers' own forward."""
-    from transformers import AutoModelForCausalLM
+    """An fp folder as it is, an AWQ folder dequantized: both run transformers' own forward (a
+    vision-language model's on text alone)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     dtype = _eval_dtype(folder, device)
     if is_awq_folder(folder):
         model = load_dequantized(folder, dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
+        vision = "vision_config" in json.loads((folder / "config.json").read_text())
+        model_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        model = model_class.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
     return model.to(device)
 
 

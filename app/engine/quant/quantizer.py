@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.engine.quant.architecture import INPUT_OF, LINEARS, NOT_CLIPPED, check_supported, scale_groups
+from app.engine.quant.architecture import (
+    INPUT_OF, LINEARS, NOT_CLIPPED, check_supported, is_vision_language, language_config, scale_groups,
+)
 from app.engine.quant.awq_format import pack_linear
 from app.engine.quant.calibration import calibration_texts, token_windows
 from app.engine.quant.checkpoint import (
@@ -28,7 +30,7 @@ from app.engine.quant.clipping import group_second_moments, search_clip
 from app.engine.quant.config import METHODS, QuantizeCancelled, QuantizeConfig, QuantizeError, QuantProgress
 from app.engine.quant.int4 import dequantize_groups, quantize_groups
 from app.engine.quant.layer_inputs import (
-    CHUNK_TOKENS, capture_layer_inputs, decoder_layers, output_tensor, run_chunked, to_device,
+    CHUNK_TOKENS, capture_layer_inputs, decoder_layers, layers_path, output_tensor, run_chunked, to_device,
 )
 from app.engine.quant.scale_search import activation_magnitude, fold_scales, search_scales
 
@@ -180,19 +182,21 @@ def quantize(config: QuantizeConfig, progress: Progress | None = None, cancel: t
 
     Safe to run on a worker thread: ``progress`` is called from it, and setting ``cancel`` stops the
     run at the next stage. Any failure or cancellation leaves no output folder behind."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     model_config = _check(config)
     device, dtype = pick_device(config.device, model_config)
     texts = calibration_texts(tuple(config.calib_data)) if config.method == "awq" else None
-    layer_count = model_config["num_hidden_layers"]
+    layer_count = language_config(model_config)["num_hidden_layers"]
     report = _Reporter(layer_count, progress, cancel)
     report(0, "loading")
     windows = None
     if texts is not None:
         tokenizer = AutoTokenizer.from_pretrained(config.model)
         windows = token_windows(tokenizer, texts, config.calib_seqlen, config.calib_samples)
-    model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype, attn_implementation="sdpa").eval()
+    # A vision-language model calibrates on text alone: only its language model is quantized.
+    model_class = AutoModelForImageTextToText if is_vision_language(model_config) else AutoModelForCausalLM
+    model = model_class.from_pretrained(config.model, dtype=dtype, attn_implementation="sdpa").eval()
     check_free_space(config.out, estimate_checkpoint_bytes(model, config.group_size, config.model), free_bytes)
     tensors = _quantize_model(model, windows, config, device, report)
     report(layer_count, "writing")
@@ -212,8 +216,9 @@ def _quantize_model(model: nn.Module, windows: torch.Tensor | None, config: Quan
         hidden = captured.hidden.to(device)
     report.start_layers()
     tensors: dict[str, torch.Tensor] = {}
+    path = layers_path(model)
     for index, layer in enumerate(layers):
-        prefix = f"model.layers.{index}"
+        prefix = f"{path}.{index}"
         layer.to(device)
         clips: dict[str, torch.Tensor] = {}
         if windows is not None:
