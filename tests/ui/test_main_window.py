@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import time
 
@@ -91,11 +92,17 @@ def test_a_picture_dropped_into_the_chat_reaches_a_vision_model(qtbot, open_wind
     chat = window.chat
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(write(tmp_path, "photo.png", "PNG")))])
-    chat.dropEvent(QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
-                              Qt.KeyboardModifier.NoModifier))
+    drop = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                      Qt.KeyboardModifier.NoModifier)
+    chat.dropEvent(drop)
+    # Freed here, on the GUI thread: left to the garbage collector, Qt objects may be collected on
+    # whichever thread allocates next (the engine's), which crashes.
+    del drop, mime
+    gc.collect()
     assert len(chat.attachments) == 1
     deltas = []
-    window.bridge.delta.connect(lambda *args: deltas.append(args))
+    count = lambda *args: deltas.append(args)  # noqa: E731
+    window.bridge.delta.connect(count)
     result = send(qtbot, window, "What is in this picture?", temperature=0.0, max_new_tokens=12, ignore_eos=True)
     assert result["info"]["finish_reason"] == "length" and not chat.notice.text()
     assert len(deltas) > 1 and chat.bubbles()[-1].text(), "the reply was not streamed"  # (too fast to watch)
@@ -104,6 +111,7 @@ def test_a_picture_dropped_into_the_chat_reaches_a_vision_model(qtbot, open_wind
     question = chat.store.messages(chat.conversation_id)[0]
     assert len(question.images) == 1 and chat.store.image_path(question.images[0]).is_file()
     assert chat.attachments == []  # the tray emptied: the picture went with the message
+    window.bridge.delta.disconnect(count)
     again = send(qtbot, window, "And now?", temperature=0.0, max_new_tokens=4, ignore_eos=True)
     assert again["info"]["stats"]["prompt_tokens"] > stats["prompt_tokens"] + 12  # the picture is still in the chat
 
