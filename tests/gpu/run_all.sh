@@ -24,4 +24,6 @@ bench llama8b-b64 --shape llama-3-8b --batch 64 --input-len 128 --output-len 128
 bench llama8b-awq-b64 --shape llama-3-8b-awq --batch 64 --input-len 128 --output-len 128
 bench smollm-b1 --shape smollm2-135m --input-len 128 --output-len 256
 bench llama8b-b32-hf-and-workload --shape llama-3-8b --batch 32 --input-len 128 --output-len 128 --baseline hf --workload 1000
+timeout -k 5 500 python3 benchmarks/gpu_vlm.py --workdir "$out/vlm" >"$out/vlm.txt" 2>&1
+row "Qwen2.5-VL-7B shape, 1024x1024 picture" "$(grep -E '^(ours|logits|HF)' "$out/vlm.txt" | tr '\n' ' ')"
 echo; echo "== summary =="; cat "$summary"

@@ -1,0 +1,152 @@
+"""A vision-language model shape with random weights (Qwen2.5-VL-7B's by default): our engine's
+logits against HF transformers' (bf16) for one 1024 x 1024 picture and a 64-token question, and
+the time to the first token, vision tower included, ours beside HF's on the same input.
+
+Usage: python benchmarks/gpu_vlm.py [--shape qwen2.5-vl-7b] [--device cuda] [--workdir DIR] [--runs 3]
+       (--shape tiny --device cpu: a quick check of the script itself)
+
+The checkpoint (config, random bf16 weights written by transformers, a word-level tokenizer, the
+image processor's settings) goes to DIR, a temporary folder by default (~17 GB for the 7B shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from app.engine import Engine, EngineConfig, GenerationConfig
+from app.engine.vision.prompts import load_processor
+
+SHAPES = {
+    "qwen2.5-vl-7b": dict(
+        vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                    patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
+                    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu"),
+        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                  num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})),
+    "tiny": dict(
+        vision=dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=4, out_hidden_size=64, patch_size=14,
+                    temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[1]),
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=1024, max_position_embeddings=8192,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]})),
+}
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for part in m['content'] %}{% if part['type'] == 'image' %}<|vision_start|><|image_pad|>"
+    "<|vision_end|>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+
+
+def write_checkpoint(folder: Path, shape: str, device: str) -> None:
+    """config, random weights (drawn on ``device``), a word-level tokenizer over "<id>" words with
+    the special tokens at the vocabulary's end, and the image processor's settings."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    if (folder / "config.json").is_file():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = SHAPES[shape]
+    vocab_size = spec["text"]["vocab_size"]
+    words = vocab_size - len(SPECIALS)
+    vocab = {f"<{i}>": i for i in range(words)} | {s: words + k for k, s in enumerate(SPECIALS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<0>", eos_token="<|im_end|>",
+                                                     additional_special_tokens=SPECIALS)
+    tokenizer.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(TEMPLATE)
+    transformers.Qwen2VLImageProcessor(patch_size=14, temporal_patch_size=2, merge_size=2).save_pretrained(folder)
+    ids = {s: words + k for k, s in enumerate(SPECIALS)}
+    config = transformers.Qwen2_5_VLConfig(
+        vision_config=spec["vision"], text_config=dict(spec["text"], eos_token_id=ids["<|im_end|>"], bos_token_id=None),
+        image_token_id=ids["<|image_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"])
+    started = time.monotonic()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(folder, max_shard_size="5GB")
+    print(f"random {shape} written in {time.monotonic() - started:.0f} s", flush=True)
+    del model
+
+
+def question(words: int, seed: int) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(f"<{i}>" for i in torch.randint(10, 1000, (words,), generator=g).tolist())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="qwen2.5-vl-7b", choices=sorted(SHAPES))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=1024)
+    args = parser.parse_args()
+    folder = (args.workdir or Path(tempfile.mkdtemp(prefix="vlm-bench-"))) / args.shape
+    write_checkpoint(folder, args.shape, args.device)
+    g = torch.Generator().manual_seed(1)
+    side = args.image_size
+    picture = Image.fromarray((torch.rand(side, side, 3, generator=g) * 255).to(torch.uint8).numpy())
+    messages = [{"role": "user", "content": [{"type": "image", "image": picture},
+                                             {"type": "text", "text": question(64, 2)}]}]
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    # Ours: the first run compiles kernels; then each run's time to the first token.
+    gen = GenerationConfig(temperature=0, max_new_tokens=8, ignore_eos=True, output_logits=True)
+    with Engine() as engine:
+        engine.load(EngineConfig(model=folder, device=args.device, dtype=str(dtype).removeprefix("torch."),
+                                 enable_prefix_caching=False, max_model_len=4096)).result()
+        reply = engine.submit(messages=messages, gen=gen).result()
+        ours_ttft = [engine.submit(messages=messages, gen=GenerationConfig(temperature=0, max_new_tokens=1)).result()
+                     .stats.ttft_s for _ in range(args.runs)]
+        print(f"ours: prompt {reply.stats.prompt_tokens} tokens, time to first token "
+              f"{statistics.median(ours_ttft) * 1e3:.1f} ms (median of {args.runs}; {engine.stats()['kernels']})",
+              flush=True)
+        # The same prompt for HF, made by the parts the engine used (engine internals: a benchmark).
+        processor = load_processor(folder, engine._core.loaded.model)
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                       messages[0]["content"][1]]}])
+    inputs = processor(text=text, images=[picture])
+
+    # HF transformers on the same weights and input: prefill (vision tower included) = its first token.
+    from transformers import AutoModelForImageTextToText
+
+    hf = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(args.device)
+    hf.eval()
+    prompt = inputs["input_ids"][0].tolist()
+    feed = dict(pixel_values=inputs["pixel_values"].to(args.device), image_grid_thw=inputs["image_grid_thw"].to(args.device))
+    image = hf.config.image_token_id
+    full = torch.tensor([prompt + reply.token_ids[:-1]], device=args.device)
+    with torch.no_grad():
+        theirs = hf(input_ids=full, mm_token_type_ids=(full == image).long(), **feed).logits[0, len(prompt) - 1:].float()
+        hf_ttft = []
+        ids = torch.tensor([prompt], device=args.device)
+        for _ in range(args.runs + 1):  # the first warms up
+            sync()
+            started = time.perf_counter()
+            hf(input_ids=ids, mm_token_type_ids=(ids == image).long(), **feed)
+            sync()
+            hf_ttft.append(time.perf_counter() - started)
+    ours = torch.stack(reply.logits).float().to(theirs.device)
+    error = (ours - theirs).abs()
+    print(f"logits over {len(reply.token_ids)} steps: max |ours - HF| = {error.max().item():.4f}, mean "
+          f"{error.mean().item():.5f} (logit std {theirs.std().item():.3f})")
+    print(f"HF transformers: time to first token {statistics.median(hf_ttft[1:]) * 1e3:.1f} ms (median of {args.runs})")
+
+
+if __name__ == "__main__":
+    main()
