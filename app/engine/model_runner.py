@@ -23,6 +23,7 @@ from app.engine.scheduler import Batch
 
 if TYPE_CHECKING:
     from app.engine.distributed.group import WorkerGroup
+    from app.engine.sequence import Sequence
 
 
 @dataclass

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
 
 from app import paths
 from app.downloader import TokenStore
-from app.ui.settings import SPLITS, THEMES, AppSettings
+from app.ui.settings import THEMES, AppSettings
 
 HUBS = {"hf": "Hugging Face", "modelscope": "ModelScope"}
 
