@@ -43,7 +43,6 @@ def test_an_unreachable_hub_is_a_clear_transient_error() -> None:
 
 
 def test_modelscope_download_through_its_client(hub, make_manager, tmp_path) -> None:
-    pytest.importorskip("modelscope_hub")
     hub.add("org/model", FILES)
     hub.faults["model.safetensors"] = Fault("drop", after=50_000)
     dest = tmp_path / "ms-model"
@@ -58,7 +57,6 @@ def test_modelscope_download_through_its_client(hub, make_manager, tmp_path) -> 
 
 
 def test_modelscope_search_and_errors(hub) -> None:
-    pytest.importorskip("modelscope_hub")
     hub.add("org/qwen-tiny", FILES)
     backend = make_backend("modelscope", hub.url, "")
     assert [r.repo for r in backend.search("qwen")] == ["org/qwen-tiny"]

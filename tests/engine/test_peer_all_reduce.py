@@ -27,7 +27,10 @@ from app.engine.distributed.peer_all_reduce import PeerAllReduce  # noqa: E402
 from app.engine.kernels.triton import fused_decode  # noqa: E402
 from app.engine.kernels.triton.fused_decode import DecodeStep, PeerPart  # noqa: E402
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the one-process simulation needs the interpreter")
+# With a GPU the Triton interpreter is off, and tests/gpu/test_peer_all_reduce_gpu.py runs the kernels for real.
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
+                                reason="a GPU is present: tests/gpu/test_peer_all_reduce_gpu.py runs these kernels "
+                                       "there; this one-process simulation needs the CPU interpreter")
 WORLD = 2
 
 
