@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.engine.vision.clip import activation
-from app.engine.vision.qwen2_vl import _RMSNorm
+from app.engine.vision.layers import Mlp, RMSNorm, activation
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class InternVitConfig:
 
 def _norm(cfg: InternVitConfig) -> nn.Module:
     if cfg.norm_type == "rms_norm":
-        return _RMSNorm(cfg.hidden_size, cfg.layer_norm_eps)
+        return RMSNorm(cfg.hidden_size, cfg.layer_norm_eps)
     return nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
 
@@ -84,8 +83,8 @@ class _Attention(nn.Module):
         self.heads = cfg.num_heads
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d, bias=cfg.attention_bias) for _ in range(3))
         self.projection_layer = nn.Linear(d, d)
-        self.q_norm = _RMSNorm(d) if cfg.qk_norm else nn.Identity()
-        self.k_norm = _RMSNorm(d) if cfg.qk_norm else nn.Identity()
+        self.q_norm = RMSNorm(d) if cfg.qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(d) if cfg.qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -94,21 +93,11 @@ class _Attention(nn.Module):
         return self.projection_layer(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, cfg: InternVitConfig):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(cfg.hidden_size, cfg.intermediate_size), nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.act = activation(cfg.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class _Layer(nn.Module):
     def __init__(self, cfg: InternVitConfig):
         super().__init__()
         self.layernorm_before, self.layernorm_after = _norm(cfg), _norm(cfg)
-        self.attention, self.mlp = _Attention(cfg), _Mlp(cfg)
+        self.attention, self.mlp = _Attention(cfg), Mlp(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
         self.lambda_1 = nn.Parameter(torch.ones(cfg.hidden_size))
         self.lambda_2 = nn.Parameter(torch.ones(cfg.hidden_size))
 

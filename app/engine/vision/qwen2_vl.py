@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.engine.vision.clip import activation
+from app.engine.vision.layers import Mlp, RMSNorm, activation
 
 
 @dataclass(frozen=True)
@@ -90,18 +90,8 @@ def window_order(grid: list[tuple[int, int, int]], merge: int, window: int) -> t
     return torch.cat(order), lengths
 
 
-class _RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.float()
-        return (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
-
-
 def _norm(cfg: Qwen2VisionConfig, dim: int) -> nn.Module:
-    return _RMSNorm(dim) if cfg.rms_norm else nn.LayerNorm(dim, eps=1e-6)
+    return RMSNorm(dim) if cfg.rms_norm else nn.LayerNorm(dim, eps=1e-6)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -125,24 +115,13 @@ class _Attention(nn.Module):
         return self.proj(torch.cat(out).reshape(n, d))
 
 
-class _Mlp(nn.Module):
-    def __init__(self, cfg: Qwen2VisionConfig):
-        super().__init__()
-        hidden = int(cfg.embed_dim * cfg.mlp_ratio)
-        self.fc1, self.fc2 = nn.Linear(cfg.embed_dim, hidden), nn.Linear(hidden, cfg.embed_dim)
-        self.act = activation(cfg.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class _GatedMlp(nn.Module):
     def __init__(self, cfg: Qwen2VisionConfig):
         super().__init__()
         width = cfg.gated_mlp_size
         self.gate_proj, self.up_proj = nn.Linear(cfg.embed_dim, width), nn.Linear(cfg.embed_dim, width)
         self.down_proj = nn.Linear(width, cfg.embed_dim)
-        self.act = F.silu if cfg.hidden_act == "silu" else activation(cfg.hidden_act)
+        self.act = activation(cfg.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
@@ -154,7 +133,8 @@ class _Block(nn.Module):
         self.norm1 = _norm(cfg, cfg.embed_dim)
         self.attn = _Attention(cfg)
         self.norm2 = _norm(cfg, cfg.embed_dim)
-        self.mlp = _GatedMlp(cfg) if cfg.gated_mlp_size else _Mlp(cfg)
+        self.mlp = _GatedMlp(cfg) if cfg.gated_mlp_size else Mlp(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio),
+                                                                  cfg.hidden_act)
 
     def forward(self, x, cos, sin, lengths):
         x = x + self.attn(self.norm1(x), cos, sin, lengths)
