@@ -51,7 +51,8 @@ def write_checkpoint(folder: Path, shape: str, device: str) -> None:
     """config, random weights (drawn on ``device``), a word-level tokenizer over "<id>" words with
     the special tokens at the vocabulary's end, and the image processor's settings."""
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from app.engine.bench_shapes import write_word_tokenizer
 
     if (folder / "config.json").is_file():
         return
@@ -59,13 +60,7 @@ def write_checkpoint(folder: Path, shape: str, device: str) -> None:
     spec = SHAPES[shape]
     vocab_size = spec["text"]["vocab_size"]
     words = vocab_size - len(SPECIALS)
-    vocab = {f"<{i}>": i for i in range(words)} | {s: words + k for k, s in enumerate(SPECIALS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<0>", eos_token="<|im_end|>",
-                                                     additional_special_tokens=SPECIALS)
-    tokenizer.save_pretrained(folder)
+    write_word_tokenizer(folder, vocab_size, tuple(SPECIALS), eos_token="<|im_end|>")
     (folder / "chat_template.jinja").write_text(TEMPLATE)
     transformers.Qwen2VLImageProcessor(patch_size=14, temporal_patch_size=2, merge_size=2).save_pretrained(folder)
     ids = {s: words + k for k, s in enumerate(SPECIALS)}

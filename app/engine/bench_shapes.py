@@ -32,6 +32,21 @@ SHAPES["llama-3-8b-awq"] = dict(SHAPES["llama-3-8b"], torch_dtype="float16", qua
     "quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"})
 
 
+def write_word_tokenizer(folder: Path, vocab_size: int, specials: tuple[str, ...] = (), **tokens: str):
+    """A tokenizer of "<id>" words, one per id, with ``specials`` taking the vocabulary's last ids:
+    a prompt of random ids is written as words, and each word is one token. ``tokens``: the
+    tokenizer's named tokens (eos_token=..., ...)."""
+    words = vocab_size - len(specials)
+    vocab = {f"<{i}>": i for i in range(words)} | {s: words + k for k, s in enumerate(specials)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<0>", additional_special_tokens=list(specials),
+                                        **tokens)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
 def write_shape_folder(shape: str, folder: Path) -> Path:
     """config.json + tokenizer for a named shape; returns the folder (made once)."""
     if shape not in SHAPES:
@@ -39,10 +54,6 @@ def write_shape_folder(shape: str, folder: Path) -> Path:
     config = dict(SHAPES[shape], bos_token_id=0, eos_token_id=1)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "tokenizer.json").is_file():
-        vocab = {f"<{i}>": i for i in range(config["vocab_size"])}
-        tok = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-        PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<0>", eos_token="<1>", unk_token="<0>").save_pretrained(folder)
+        write_word_tokenizer(folder, config["vocab_size"], bos_token="<0>", eos_token="<1>")
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
