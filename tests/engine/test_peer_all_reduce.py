@@ -72,14 +72,17 @@ def test_fused_sums(dtype, monkeypatch):
         linears = [_linear(k, hidden, g, dtype) for _ in range(WORLD)]
         xs = [torch.randn(1, k, generator=g).to(dtype) for _ in range(WORLD)]
         for rank in range(WORLD):
-            part = fused_decode._linear(linears[rank], xs[rank], PeerPart(ranks[rank], 0, like))
+            part = fused_decode._linear(linears[rank], fused_decode._weights(linears[rank]), xs[rank],
+                                        PeerPart(ranks[rank], 0, like))
             assert isinstance(part, PeerPart)
-        partials = [fused_decode._linear(linears[r], xs[r]) for r in range(WORLD)]
+        partials = [fused_decode._linear(linears[r], fused_decode._weights(linears[r]), xs[r]) for r in range(WORLD)]
         expected = (partials[0].float() + partials[1].float()).to(dtype)
         for rank in (1, 0):
             assert torch.equal(DecodeStep.finish(PeerPart(ranks[rank], 0, like)), expected)
 
-        layer = SimpleNamespace(mlp=SimpleNamespace(gate_up_proj=_linear(hidden, 2 * inter, g, dtype)),
+        gate_up = _linear(hidden, 2 * inter, g, dtype)
+        layer = SimpleNamespace(mlp=SimpleNamespace(gate_up_proj=gate_up),
+                                weights={"gate_up": fused_decode._weights(gate_up)},
                                 post_norm=SimpleNamespace(weight=(1 + 0.1 * torch.randn(hidden, generator=g)).to(dtype),
                                                           eps=1e-6))
         residual = torch.randn(1, hidden, generator=g).to(dtype)

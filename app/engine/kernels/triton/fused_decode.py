@@ -478,13 +478,15 @@ class DecodeLayer:
 
     def __init__(self, layer, k_cache: torch.Tensor, v_cache: torch.Tensor):
         attn, mlp = layer.self_attn, layer.mlp
-        linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
-        if any(not _weights(lin)[0].is_contiguous() for lin in linears):
+        # Each linear's kernel arguments, read once here rather than at every launch.
+        self.weights = {name: _weights(lin) for name, lin in (
+            ("qkv", attn.qkv_proj), ("o", attn.o_proj), ("gate_up", mlp.gate_up_proj), ("down", mlp.down_proj))}
+        if any(not w[0].is_contiguous() for w in self.weights.values()):
             raise ValueError("the fused decode layer needs contiguous linear weights")
         half = attn.head_dim // 2
         if attn.head_dim & (attn.head_dim - 1) or half < 2:
             raise ValueError("the fused decode layer needs a power-of-two head size")
-        if any(_weights(lin)[4] for lin in linears) and (half < 8 or mlp.gate_up_proj.out_features % 16):
+        if any(w[4] for w in self.weights.values()) and (half < 8 or mlp.gate_up_proj.out_features % 16):
             raise ValueError("the fused decode layer takes 4-bit weights in whole 8-column words")
         if k_cache.shape[2] != attn.num_kv_heads or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
             raise ValueError("the KV cache does not fit the fused decode layer")
@@ -505,7 +507,7 @@ def _qkv(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor | PeerPart, resid
     attn = layer.attn
     heads = attn.num_heads + 2 * attn.num_kv_heads
     qk_norm = attn.q_norm is not None
-    w, qz, sc, group, w4 = _weights(attn.qkv_proj)
+    w, qz, sc, group, w4 = layer.weights["qkv"]
     x, sources, peers = _input(x)
     block_r = layer.half if qk_norm else None  # q/k norm: a program holds whole heads
     block_r, block_k, warps = _tiles(heads * layer.half, x.shape[1], x.device, block_r, group)
@@ -524,9 +526,9 @@ def _qkv(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor | PeerPart, resid
     return q, res_out
 
 
-def _linear(linear, x: torch.Tensor, deliver: PeerPart | None = None) -> torch.Tensor | PeerPart:
+def _linear(linear, weights: tuple, x: torch.Tensor, deliver: PeerPart | None = None) -> torch.Tensor | PeerPart:
     """W @ x; with ``deliver``, this rank's part goes to the ranks' fused-sum slot instead."""
-    (w, qz, sc, group, w4), bias = _weights(linear), linear.bias
+    (w, qz, sc, group, w4), bias = weights, linear.bias
     n, k = linear.out_features, linear.in_features
     block_r, block_k, warps = _tiles(n // 2, k, x.device, group_size=group)
     out = torch.empty((1, n), dtype=x.dtype, device=x.device) if deliver is None else deliver.like
@@ -541,7 +543,7 @@ def _linear(linear, x: torch.Tensor, deliver: PeerPart | None = None) -> torch.T
 
 def _gate_up(layer: DecodeLayer, x: torch.Tensor | PeerPart, residual: torch.Tensor):
     gate_up = layer.mlp.gate_up_proj
-    (w, qz, sc, group, w4), bias = _weights(gate_up), gate_up.bias
+    (w, qz, sc, group, w4), bias = layer.weights["gate_up"], gate_up.bias
     x, sources, peers = _input(x)
     inter = gate_up.out_features // 2
     block_r, block_k, warps = _tiles(inter, gate_up.in_features, x.device, group_size=group)
@@ -570,12 +572,12 @@ def run(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor | PeerPart, residu
     out = paged_decode_attention(q, layer.k_cache, layer.v_cache, step.block_tables, step.context_lens, attn.scale,
                                  attn.sliding_window)
     if layer.peers is not None:
-        hidden = _linear(attn.o_proj, out.view(1, -1), PeerPart(layer.peers, 0, residual))
+        hidden = _linear(attn.o_proj, layer.weights["o"], out.view(1, -1), PeerPart(layer.peers, 0, residual))
         act, residual = _gate_up(layer, hidden, residual)
-        return _linear(down, act, PeerPart(layer.peers, 1, residual)), residual
-    hidden = _linear(attn.o_proj, out.view(1, -1))
+        return _linear(down, layer.weights["down"], act, PeerPart(layer.peers, 1, residual)), residual
+    hidden = _linear(attn.o_proj, layer.weights["o"], out.view(1, -1))
     if attn.o_proj.reduce is not None:
         hidden = attn.o_proj.reduce(hidden)
     act, residual = _gate_up(layer, hidden, residual)
-    out = _linear(down, act)
+    out = _linear(down, layer.weights["down"], act)
     return (out if down.reduce is None else down.reduce(out)), residual
