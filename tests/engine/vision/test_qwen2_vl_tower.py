@@ -18,23 +18,28 @@ def tiny_qwen2_vl() -> Qwen2VLForConditionalGeneration:
                 num_key_value_heads=2, vocab_size=320, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]})
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(vision_config=vision, text_config=text)).eval()
-    with torch.no_grad():  # attention sharp enough that positions matter (std 0.02 leaves it uniform)
-        for block in model.model.visual.blocks:
-            block.attn.qkv.weight.mul_(40)
+    sharpen(model)
     return model
 
 
-def test_tower_matches_hf() -> None:
-    hf = tiny_qwen2_vl()
-    cfg = Qwen2VisionConfig.from_dict(hf.config.vision_config.to_dict())
-    tower = Qwen2VisionTower(cfg).eval()
-    state = {k.removeprefix("model.visual."): v for k, v in hf.state_dict().items() if k.startswith("model.visual.")}
-    tower.load_state_dict(state, strict=True)
-    grid = [(1, 4, 6), (1, 8, 4), (2, 2, 2)]
-    patches = torch.randn(sum(t * h * w for t, h, w in grid), 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(1))
+def sharpen(model) -> None:
+    with torch.no_grad():  # attention sharp enough that positions matter (std 0.02 leaves it uniform)
+        for block in model.model.visual.blocks:
+            block.attn.qkv.weight.mul_(40)
+
+
+def tower_and_hf_outputs(hf, grid: list[tuple[int, int, int]], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ours, HF's) merged image tokens for random patches of ``grid``, our tower holding HF's weights."""
+    tower = Qwen2VisionTower(Qwen2VisionConfig.from_dict(hf.config.vision_config.to_dict())).eval()
+    tower.load_state_dict({k.removeprefix("model.visual."): v for k, v in hf.state_dict().items()
+                           if k.startswith("model.visual.")}, strict=True)
+    patches = torch.randn(sum(t * h * w for t, h, w in grid), 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        theirs = hf.model.visual(patches, grid_thw=torch.tensor(grid)).pooler_output
-        ours = tower(patches, grid)
+        return tower(patches, grid), hf.model.visual(patches, grid_thw=torch.tensor(grid)).pooler_output
+
+
+def test_tower_matches_hf() -> None:
+    ours, theirs = tower_and_hf_outputs(tiny_qwen2_vl(), [(1, 4, 6), (1, 8, 4), (2, 2, 2)], seed=1)
     assert ours.shape == theirs.shape == ((24 + 32 + 8) // 4, 64)
     assert (ours - theirs).abs().max().item() <= TOLERANCE
 
@@ -55,16 +60,7 @@ def test_qwen2_5_tower_with_windows_matches_hf() -> None:
                 num_key_value_heads=2, vocab_size=320, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]})
     torch.manual_seed(0)
     hf = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(vision_config=vision, text_config=text)).eval()
-    with torch.no_grad():
-        for block in hf.model.visual.blocks:
-            block.attn.qkv.weight.mul_(40)
-    tower = Qwen2VisionTower(Qwen2VisionConfig.from_dict(hf.config.vision_config.to_dict())).eval()
-    tower.load_state_dict({k.removeprefix("model.visual."): v for k, v in hf.state_dict().items()
-                           if k.startswith("model.visual.")}, strict=True)
-    grid = [(1, 8, 12), (1, 4, 6), (2, 4, 4)]
-    patches = torch.randn(sum(t * h * w for t, h, w in grid), 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        theirs = hf.model.visual(patches, grid_thw=torch.tensor(grid)).pooler_output
-        ours = tower(patches, grid)
+    sharpen(hf)
+    ours, theirs = tower_and_hf_outputs(hf, [(1, 8, 12), (1, 4, 6), (2, 4, 4)], seed=3)
     assert ours.shape == theirs.shape == ((96 + 24 + 32) // 4, 64)
     assert (ours - theirs).abs().max().item() <= TOLERANCE
