@@ -76,11 +76,14 @@ class DecodeGraphs:
         self._fill([0] * self.max_batch, [0] * self.max_batch, [-1] * self.max_batch, [[0]] * self.max_batch,
                    [1] * self.max_batch)
         pool = None
+        # Our own capture stream: torch's default one lives on whichever GPU was current when a
+        # first graph was captured, and entering it would make that GPU current again.
+        stream = torch.cuda.Stream(self.model.device)
         for bs in reversed(self.buckets):
             self._forward(bs)
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
                 logits = self._forward(bs)
             pool = graph.pool()
             self.graphs[bs] = (graph, logits)

@@ -82,7 +82,7 @@ def assert_same(whole: list[tuple[list[int], Delta]], split: list[tuple[list[int
     for (tokens, final), (split_tokens, split_final) in zip(whole, split, strict=True):
         assert split_final.error is None and split_final.finish_reason == "length"
         assert split_tokens == tokens
-        assert (torch.stack(split_final.logits) - torch.stack(final.logits)).abs().max().item() <= TOLERANCE
+        assert (torch.stack(split_final.logits).cpu() - torch.stack(final.logits).cpu()).abs().max().item() <= TOLERANCE
 
 
 # The tokenizer's 317 tokens do not split over 2 ranks (rank 0 computes all logits); a vocabulary

@@ -64,3 +64,6 @@ def test_named_gpus_in_any_order(tiny_model_factory) -> None:
         assert core.loaded.device == torch.device("cuda", 1)
         split = generate(core, prompts)
     assert_same(whole, split)
+    with engine_core(folder, 1, device="cuda", gpus=(1,)) as core:  # one GPU, not the first
+        assert core.loaded.device == torch.device("cuda", 1)
+        assert_same(whole, generate(core, prompts))

@@ -170,6 +170,8 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
     world = engine_cfg.tensor_parallel
     cfg = checked or check_model_folder(model_dir, engine_cfg.load_format, world)
     device = resolve_device(engine_cfg.device, world, engine_cfg.gpus)
+    if device.type == "cuda" and device.index is not None:  # Triton launches on the thread's
+        torch.cuda.set_device(device)  # current GPU: this (engine) thread's
     tokenizer = load_tokenizer(model_dir)
     if cfg.vision is not None and world > 1:
         raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
