@@ -3,6 +3,10 @@ the logits of TP=N against TP=1 (bf16), and batch-1 decode speed of each. Needs 
 
 Usage: python benchmarks/gpu_tensor_parallel.py [--shape llama-3-8b] [--tp 2] [--steps 32]
        [--prompt-len 128] [--output-len 256] [--batch 1] [--device cuda]
+       [--all-reduce peer,nccl] [--profile]
+
+--all-reduce: the TP=N runs to make, one per way of summing (parallel_state.ALL_REDUCE_ENV);
+--profile: after each run, rank 0's kernels over 16 decode steps (CUDA graphs included).
 
 Logits are compared while both runs have fed the model the same tokens: greedy decoding in bf16
 may take a different token at a near tie, after which the inputs (and logits) differ by design.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +25,7 @@ import torch
 
 from app.engine.bench_shapes import write_shape_folder
 from app.engine.config import EngineConfig, GenerationConfig
+from app.engine.distributed.parallel_state import ALL_REDUCE_ENV
 from app.engine.engine_core import EngineCore
 from app.engine.loader.model_loader import load
 
@@ -61,6 +67,8 @@ def measure(folder: Path, tp: int, args: argparse.Namespace) -> tuple[list[int],
         speed = sum(f.stats.decode_tokens_per_s for f in finals) / len(finals)
         print(f"TP={tp}: batch {args.batch} decode {speed:.1f} tokens/s per sequence "
               f"({1e3 / speed:.2f} ms per step)")
+        if args.profile:
+            profile(core, prompts)
         return [int(row.argmax()) for row in logits], logits, speed  # greedy: each step's argmax
     finally:
         core.close()
@@ -68,6 +76,23 @@ def measure(folder: Path, tp: int, args: argparse.Namespace) -> tuple[list[int],
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def profile(core: EngineCore, prompts: list[list[int]]) -> None:
+    """Rank 0's GPU time per kernel over 16 decode steps of the batch (after its prefill)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    gen = GenerationConfig(temperature=0, max_new_tokens=17, ignore_eos=True)
+    for ids in prompts:
+        core.add_request(ids, gen, lambda d: None)
+    core.step()  # the prefill, outside the profile
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        while core.has_work():
+            core.step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
 
 
 def main() -> None:
@@ -79,14 +104,22 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cuda", help="the first rank's (cpu: a smoke test of the script)")
+    parser.add_argument("--all-reduce", default="peer", help="comma-separated: peer (NCCL above its size), nccl")
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     if args.device.startswith("cuda"):
         print(f"{torch.cuda.device_count()} GPUs, the first a {torch.cuda.get_device_name(0)}")
     folder = write_shape_folder(args.shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{args.shape}")
 
     tokens_1, logits_1, speed_1 = measure(folder, 1, args)
-    tokens_n, logits_n, speed_n = measure(folder, args.tp, args)
+    for mode in args.all_reduce.split(","):
+        os.environ[ALL_REDUCE_ENV] = mode  # the spawned ranks inherit it
+        print(f"-- TP={args.tp}, all-reduce: {mode}")
+        compare(args, tokens_1, logits_1, speed_1, *measure(folder, args.tp, args))
 
+
+def compare(args: argparse.Namespace, tokens_1: list[int], logits_1: torch.Tensor, speed_1: float,
+            tokens_n: list[int], logits_n: torch.Tensor, speed_n: float) -> None:
     same = next((i for i, (a, b) in enumerate(zip(tokens_1, tokens_n)) if a != b), len(tokens_1))
     compared = min(same + 1, len(tokens_1))  # step i's logits depend on the tokens before it only
     error = (logits_n[:compared] - logits_1[:compared]).abs()

@@ -3,7 +3,7 @@ button on the user's messages, and under a reply its speed and token counts."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QApplication, QFrame, QGridLayout, QLabel, QToolButton, QVBoxLayout
 
 from app.ui.markdown_view import MarkdownView

@@ -22,8 +22,6 @@ def test_two_gpus_match_one(variant: str, vocab: int | None, tiny_model_factory)
         with engine_core(folder, tp, device="cuda") as core:
             assert core.runner.graphs is not None and core.loaded.model.fused_layers is not None
             assert tp == 1 or "one-shot peer all-reduce" in core.loaded.kernels, core.loaded.kernels
-            # Split, the fused layers sum their row-parallel outputs through the peer buffers.
-            assert all((fused.args[0].peers is not None) == (tp > 1) for fused in core.loaded.model.fused_layers)
             # The first prompt alone (the fused layer, in a graph), then three together (per-op, in graphs).
             results.append(generate(core, prompts))
     assert_same(*results)

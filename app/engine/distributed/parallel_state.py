@@ -24,6 +24,9 @@ TIMEOUT = timedelta(minutes=10)
 _teardown = threading.Lock()  # the engine thread and group.py's watchdog may both end the group
 _store: dist.Store | None = None  # the group's rendezvous, for exchanging peer buffers
 _peer: PeerAllReduce | None = None  # small sums through peer memory, once the ranks agreed
+# "nccl" turns the peer all-reduce off, for comparing the two (benchmarks/gpu_tensor_parallel.py).
+# An environment variable, so the spawned ranks see the same.
+ALL_REDUCE_ENV = "LMSTATION_ALL_REDUCE"
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,13 @@ def enable_peer_all_reduce(device: torch.device) -> None:
     buffers and checks a sum through them; the ranks then agree, so all use them or none does
     (where GPUs cannot reach each other's memory, e.g. without peer access, NCCL serves)."""
     global _peer
-    if device.type != "cuda" or dist.get_backend() != "nccl":
+    if device.type != "cuda" or dist.get_backend() != "nccl" or os.environ.get(ALL_REDUCE_ENV) == "nccl":
         return
     peer = None
     try:
         from app.engine.distributed.peer_all_reduce import PeerAllReduce
 
-        peer = PeerAllReduce.connect(_store, dist.get_rank(), dist.get_world_size(), device)
+        peer = PeerAllReduce(_store, dist.get_rank(), dist.get_world_size(), device)
     except Exception:  # no peer access between these GPUs (or no Triton): NCCL serves
         pass
     # Agreed before the probe: a rank waits in it for every other one.
@@ -100,11 +103,6 @@ def _everyone(ok: bool, device: torch.device) -> bool:
     flag = torch.tensor([int(ok)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
-
-
-def peer_all_reduce() -> PeerAllReduce | None:
-    """The peer buffers, where the ranks agreed to use them (for sums fused into kernels)."""
-    return _peer
 
 
 def all_reduce_kind() -> str:

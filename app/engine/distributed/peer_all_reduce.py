@@ -26,11 +26,17 @@ import triton
 import triton.language as tl
 
 from app.engine.kernels.triton._common import gdc_launch_dependents, gdc_wait, pdl_launch
-from app.engine.kernels.triton.peer_memory import FUSED_REGION_BYTES, SPIN_LIMIT, aligned_pointer, spin_wait
 
 MAX_BYTES = 512 * 1024  # larger sums (prefill) go to NCCL, whose bandwidth wins there
 BLOCK_BYTES = 4096  # each program sums this many bytes of the tensor
 MAX_PROGRAMS = MAX_BYTES // BLOCK_BYTES
+SPIN_LIMIT = 1 << 30  # polls (~1 µs each) before a wait gives up: ~15 minutes, past TIMEOUT
+
+
+@triton.jit
+def _aligned(address, elem):
+    """A buffer address as a pointer, 256-byte aligned (lets loads and stores go 16 bytes wide)."""
+    return tl.multiple_of(address.to(tl.pointer_type(elem)), 256)
 
 
 @triton.jit
@@ -52,7 +58,7 @@ def _one_shot_kernel(x_ptr, out_ptr, n, addresses_ptr, counters_ptr, abort_ptr, 
     for peer in tl.static_range(WORLD):
         if peer != rank:
             region = tl.load(addresses_ptr + peer) + slot + rank * SLOT_BYTES
-            tl.store(aligned_pointer(region, elem) + offs, x, mask=mask)
+            tl.store(_aligned(region, elem) + offs, x, mask=mask)
     tl.debug_barrier()  # every thread's writes are out before the flags say so (release is cumulative)
     for peer in tl.static_range(WORLD):
         if peer != rank:
@@ -63,7 +69,13 @@ def _one_shot_kernel(x_ptr, out_ptr, n, addresses_ptr, counters_ptr, abort_ptr, 
     my_flags = mine.to(tl.pointer_type(tl.int32))
     for peer in tl.static_range(WORLD):
         if peer != rank:
-            spin_wait(my_flags + pid * WORLD + peer, epoch, abort_ptr, SPINS, False)
+            spins = 0
+            seen = tl.atomic_add(my_flags + pid * WORLD + peer, 0, sem="acquire", scope="sys")
+            while (seen != epoch) & (spins < SPINS):
+                if tl.load(abort_ptr, volatile=True) != 0:
+                    spins = SPINS
+                spins += 1
+                seen = tl.atomic_add(my_flags + pid * WORLD + peer, 0, sem="acquire", scope="sys")
     tl.debug_barrier()
 
     acc = tl.zeros([BLOCK], tl.float32)
@@ -71,65 +83,28 @@ def _one_shot_kernel(x_ptr, out_ptr, n, addresses_ptr, counters_ptr, abort_ptr, 
         if peer == rank:
             acc += x.to(tl.float32)
         else:
-            region = aligned_pointer(mine + slot + peer * SLOT_BYTES, elem)
+            region = _aligned(mine + slot + peer * SLOT_BYTES, elem)
             acc += tl.load(region + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
     tl.store(out_ptr + offs, acc.to(elem), mask=mask)
 
 
 class PeerAllReduce:
-    """This rank's buffer, its peers' buffers opened here, and the sum over them.
+    """This rank's buffer, its peers' buffers opened here, and the sum over them."""
 
-    The buffer also holds the area of the sums fused into the one-sequence decode layer
-    (kernels/triton/fused_decode.py): there the kernel making a row-parallel output writes its
-    part straight into every rank's region for it and counts it done there, and the next kernel
-    sums the regions as it reads its input. Layout after the one-shot part: [counts: 2 slots x
-    world int64][slot 0: world regions][slot 1: world regions]; count [slot][r] in a buffer is
-    how many programs of rank r have delivered their part of the slot there, ever."""
-
-    def __init__(self, rank: int, world: int, buffer: torch.Tensor, addresses: list[int], peers: list = ()):
-        """``buffer``: this rank's (``buffer_bytes(world)``, zeroed); ``addresses``: every rank's
-        buffer as mapped here; ``peers``: what keeps the peers' mappings open."""
-        self.rank, self.world, self.buffer, self._peers = rank, world, buffer, list(peers)
-        self.flags_bytes, self.fused_offset, self.fused_data_offset, _ = self.layout(world)
-        device = buffer.device
-        self.addresses = torch.tensor(addresses, dtype=torch.int64, device=device)
-        self.counters = torch.zeros(MAX_PROGRAMS, dtype=torch.int32, device=device)
-        self.abort_flag = torch.zeros(1, dtype=torch.int32, device=device)
-        self._abort_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        self._pdl = pdl_launch(device)
-        mine = addresses[rank]
-        # Per slot, for the fused sums' kernels (addresses as int64, read on the device):
-        # targets: this rank's region in every buffer, then this rank's count in every buffer;
-        # sources: this buffer's slot (region 0), its counts for the slot, the abort flag.
-        self.fused_targets = [torch.tensor(
-            [a + self._region(slot, rank) for a in addresses] + [a + self._count(slot, rank) for a in addresses],
-            dtype=torch.int64, device=device) for slot in (0, 1)]
-        self.fused_sources = [torch.tensor(
-            [mine + self._region(slot, 0), mine + self._count(slot, 0), self.abort_flag.data_ptr()],
-            dtype=torch.int64, device=device) for slot in (0, 1)]
-
-    @staticmethod
-    def layout(world: int) -> tuple[int, int, int, int]:
-        """Byte offsets in a buffer: (one-shot slots, fused counts, fused regions, end)."""
-        flags = -(-MAX_PROGRAMS * world * 4 // 256) * 256
-        counts = flags + 2 * world * MAX_BYTES
-        regions = counts + 256 * -(-2 * world * 8 // 256)
-        return flags, counts, regions, regions + 2 * world * FUSED_REGION_BYTES
-
-    @classmethod
-    def connect(cls, store: dist.Store, rank: int, world: int, device: torch.device) -> "PeerAllReduce":
-        """Allocates this rank's buffer, shares it through ``store`` (CUDA IPC) and maps every
-        peer's (collective: every rank calls it)."""
-        buffer = torch.zeros(cls.layout(world)[3], dtype=torch.uint8, device=device)
+    def __init__(self, store: dist.Store, rank: int, world: int, device: torch.device):
+        self.rank, self.world = rank, world
+        self.flags_bytes = -(-MAX_PROGRAMS * world * 4 // 256) * 256
+        self.buffer = torch.zeros(self.flags_bytes + 2 * world * MAX_BYTES, dtype=torch.uint8, device=device)
         handle = b""  # the peers wait for this key: an empty one tells them sharing failed here
         try:
-            handle = pickle.dumps(buffer.untyped_storage()._share_cuda_())
+            handle = pickle.dumps(self.buffer.untyped_storage()._share_cuda_())
         finally:
             store.set(f"peer-all-reduce/{rank}", handle)
-        peers, addresses = [], []
+        self._peers = []  # the peers' storages, opened here: kept while their addresses are used
+        addresses = []
         for r in range(world):
             if r == rank:
-                addresses.append(buffer.data_ptr())
+                addresses.append(self.buffer.data_ptr())
                 continue
             handle = store.get(f"peer-all-reduce/{r}")
             if not handle:
@@ -138,19 +113,13 @@ class PeerAllReduce:
             # enables this device's access to the owner's memory, which its kernels need.
             _, *rest = pickle.loads(handle)
             storage = torch.UntypedStorage._new_shared_cuda(device.index, *rest)
-            peers.append(storage)
+            self._peers.append(storage)
             addresses.append(storage.data_ptr())
-        return cls(rank, world, buffer, addresses, peers)
-
-    def _region(self, slot: int, rank: int) -> int:
-        return self.fused_data_offset + (slot * self.world + rank) * FUSED_REGION_BYTES
-
-    def _count(self, slot: int, rank: int) -> int:
-        return self.fused_offset + (slot * self.world + rank) * 8
-
-    def fused_fits(self, hidden: int, dtype: torch.dtype) -> bool:
-        """Whether a hidden state of this size fits a fused sum's region."""
-        return hidden * dtype.itemsize <= FUSED_REGION_BYTES
+        self.addresses = torch.tensor(addresses, dtype=torch.int64, device=device)
+        self.counters = torch.zeros(MAX_PROGRAMS, dtype=torch.int32, device=device)
+        self.abort_flag = torch.zeros(1, dtype=torch.int32, device=device)
+        self._abort_stream = torch.cuda.Stream(device)
+        self._pdl = pdl_launch(device)
 
     def fits(self, x: torch.Tensor) -> bool:
         return x.numel() * x.element_size() <= MAX_BYTES and x.is_contiguous() and x.dtype.is_floating_point
@@ -166,8 +135,5 @@ class PeerAllReduce:
 
     def abort(self) -> None:
         """Ends waits for peers that will never come (from any thread; works while a wait spins)."""
-        if self._abort_stream is None:
-            self.abort_flag.fill_(1)
-            return
         with torch.cuda.stream(self._abort_stream):
             self.abort_flag.fill_(1)

@@ -33,8 +33,7 @@ class Ops:
     # A whole decoder layer for decode-only steps in one call, where a device has it:
     # ``bind_decode_layer(layer, k_cache, v_cache)`` once -> fn(step, x, residual) -> (out, residual),
     # with ``decode_step(cos, sin, slots, block_tables, context_lens)`` built once per step (None
-    # where the whole-layer kernels do not take this step: the per-op path runs it), whose
-    # ``finish(x)`` turns the last layer's output into the tensor the final norm takes.
+    # where the whole-layer kernels do not take this step: the per-op path runs it).
     # x [M, K] @ a 4-bit AWQ weight (qweight, qzeros, scales, group_size) -> [M, N], dequantising
     # inside the kernel (None: AWQ weights are dequantised once at load and run as dense ones).
     w4a16: Callable | None = None

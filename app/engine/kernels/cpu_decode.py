@@ -201,11 +201,6 @@ class DecodeStep:
         )
         self._address = ctypes.addressof(self._args)
 
-    @staticmethod
-    def finish(x: torch.Tensor) -> torch.Tensor:
-        """The last layer's output, as the model's final norm takes it (here: already whole)."""
-        return x
-
 
 def run(
     layer: DecodeLayer, step: DecodeStep, x: torch.Tensor, residual: torch.Tensor | None

@@ -145,7 +145,6 @@ class DecoderLM(nn.Module):
         if step is not None:
             for fused in self.fused_layers:
                 x, residual = fused(step, x, residual)
-            x = step.finish(x)  # a split model's last output may not be summed over the ranks yet
         else:
             for layer, kv_cache in zip(self.model.layers, kv_caches):
                 x, residual = layer(x, residual, cos, sin, meta, kv_cache)

@@ -25,7 +25,6 @@ This is the chat case (one conversation at a time). Several sequences take the p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import triton
@@ -35,76 +34,32 @@ from app.engine.kernels.triton._common import (
     gdc_launch_dependents, gdc_wait, interpreting, next_pow2, pdl_launch, sm_count,
 )
 from app.engine.kernels.triton.decode_attention import paged_decode_attention
-from app.engine.kernels.triton.peer_memory import FUSED_REGION_BYTES, SPIN_LIMIT, aligned_pointer, spin_wait
-
-if TYPE_CHECKING:
-    from app.engine.distributed.peer_all_reduce import PeerAllReduce
 
 _FLOAT_2_23 = tl.constexpr(0x4B000000)  # bits of 2.0 ** 23
 
 
 @triton.jit
-def _load_input(x_ptr, res_ptr, k, K, HAS_RES: tl.constexpr, sources_ptr, PEERS: tl.constexpr,
-                REGION: tl.constexpr):
-    """x (+ residual, rounded to x's dtype) at columns k, as fp32. With PEERS, x is the sum of
-    the ranks' parts in this rank's fused-sum slot (sources_ptr, see PeerAllReduce), in rank
-    order and rounded to x's dtype as the one-shot all-reduce has it; x_ptr then only gives the
-    dtype."""
-    elem = x_ptr.dtype.element_ty
-    if PEERS > 0:
-        slot = aligned_pointer(tl.load(sources_ptr), elem)
-        x = (k * 0).to(tl.float32)
-        for r in tl.static_range(PEERS):
-            x += tl.load(slot + r * REGION + k, mask=k < K, other=0.0, cache_modifier=".cg").to(tl.float32)
-        x = x.to(elem).to(tl.float32)
-    else:
-        x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+def _load_input(x_ptr, res_ptr, k, K, HAS_RES: tl.constexpr):
+    """x (+ residual, rounded to x's dtype) at columns k, as fp32."""
+    x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
     if HAS_RES:
-        x = (x + tl.load(res_ptr + k, mask=k < K, other=0.0).to(tl.float32)).to(elem).to(tl.float32)
+        x = (x + tl.load(res_ptr + k, mask=k < K, other=0.0).to(tl.float32)).to(x_ptr.dtype.element_ty).to(tl.float32)
     return x
 
 
 @triton.jit
-def _wait_for_parts(sources_ptr, PEERS: tl.constexpr, RANK: tl.constexpr, SPINS: tl.constexpr):
-    """Until every rank has delivered as many parts to this rank's slot as this rank itself has
-    (its own count, final once the kernel that made them has finished)."""
-    if PEERS > 0:
-        counts = tl.load(sources_ptr + 1).to(tl.pointer_type(tl.int64))
-        abort = tl.load(sources_ptr + 2).to(tl.pointer_type(tl.int32))
-        own = tl.load(counts + RANK, volatile=True)
-        for r in tl.static_range(PEERS):
-            if r != RANK:
-                spin_wait(counts + r, own, abort, SPINS, True)
-        tl.debug_barrier()
-
-
-@triton.jit
-def _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES: tl.constexpr, BLOCK_K: tl.constexpr,
-             sources_ptr, PEERS: tl.constexpr, REGION: tl.constexpr):
+def _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES: tl.constexpr, BLOCK_K: tl.constexpr):
     """1 / rms of x + residual; program 0 stores that sum to res_out."""
     squares = tl.zeros([BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x = _load_input(x_ptr, res_ptr, k, K, HAS_RES, sources_ptr, PEERS, REGION)
+        x = _load_input(x_ptr, res_ptr, k, K, HAS_RES)
         if HAS_RES:
             # Masks are built elementwise: newer interpreters reject a vector & scalar mask.
             first = k * 0 + tl.program_id(0) == 0
             tl.store(res_out_ptr + k, x.to(res_out_ptr.dtype.element_ty), mask=(k < K) & first)
         squares += x * x
     return tl.rsqrt(tl.sum(squares, axis=0) / K + eps)
-
-
-@triton.jit
-def _deliver(a, b, rows_a, rows_b, N, targets_ptr, PEERS: tl.constexpr):
-    """A row-parallel output's part from this program, written into every rank's region for
-    this rank, then counted there (release: the count comes after the values)."""
-    for r in tl.static_range(PEERS):
-        region = tl.load(targets_ptr + r)
-        tl.store(aligned_pointer(region, a.dtype) + rows_a, a, mask=rows_a < N)
-        tl.store(aligned_pointer(region, a.dtype) + rows_b, b, mask=rows_b < N)
-    tl.debug_barrier()
-    for r in tl.static_range(PEERS):
-        tl.atomic_add(tl.load(targets_ptr + PEERS + r).to(tl.pointer_type(tl.int64)), 1, sem="release", scope="sys")
 
 
 @triton.jit
@@ -118,12 +73,11 @@ def _load_weights(w_ptr, rows_a, rows_b, k, K, N):
 
 
 @triton.jit
-def _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM: tl.constexpr, HAS_RES: tl.constexpr,
-                sources_ptr, PEERS: tl.constexpr, REGION: tl.constexpr):
+def _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM: tl.constexpr, HAS_RES: tl.constexpr):
     """x' at columns k, fp32 holding model-dtype values: x (+ residual), or RMSNorm of it times
     the norm weight, rounded where the unfused path rounds."""
     dtype = x_ptr.dtype.element_ty
-    x = _load_input(x_ptr, res_ptr, k, K, HAS_RES, sources_ptr, PEERS, REGION)
+    x = _load_input(x_ptr, res_ptr, k, K, HAS_RES)
     if NORM:
         weight = tl.load(norm_ptr + k, mask=k < K, other=0.0).to(tl.float32)
         x = (x * inv).to(dtype).to(tl.float32) * weight
@@ -133,8 +87,7 @@ def _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM: tl.constexpr, HAS_RES
 @triton.jit
 def _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, rows_a, rows_b, K, N,
                  NORM: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                 PDL: tl.constexpr, sources_ptr, PEERS: tl.constexpr, RANK: tl.constexpr, REGION: tl.constexpr,
-                 SPINS: tl.constexpr):
+                 PDL: tl.constexpr):
     """(W[rows_a] @ x', W[rows_b] @ x') in fp32, [BLOCK_R] each, where x' is x or RMSNorm(x +
     residual) * norm weight (program 0 storing x + residual to res_out). Rows at or past N read
     as zero.
@@ -145,15 +98,14 @@ def _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, rows_a, rows
     w_a, w_b = _load_weights(w_ptr, rows_a, rows_b, tl.arange(0, BLOCK_K), K, N)
     if PDL:
         gdc_wait()
-    _wait_for_parts(sources_ptr, PEERS, RANK, SPINS)
     inv = 1.0
     if NORM:
-        inv = _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES, BLOCK_K, sources_ptr, PEERS, REGION)
+        inv = _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES, BLOCK_K)
     part_a = tl.zeros([BLOCK_R, BLOCK_K], tl.float32)
     part_b = tl.zeros([BLOCK_R, BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x = _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM, HAS_RES, sources_ptr, PEERS, REGION)[None, :]
+        x = _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM, HAS_RES)[None, :]
         part_a += w_a.to(tl.float32) * x
         part_b += w_b.to(tl.float32) * x
         w_a, w_b = _load_weights(w_ptr, rows_a, rows_b, k + BLOCK_K, K, N)
@@ -184,8 +136,7 @@ def _load_words(qw_ptr, words, word_ok, k, words_per_row):
 def _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, qw_ptr, qz_ptr, sc_ptr, group_size,
                     col_a, col_b, end_a, end_b, K, N,
                     NORM: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PDL: tl.constexpr, sources_ptr, PEERS: tl.constexpr, RANK: tl.constexpr,
-                    REGION: tl.constexpr, SPINS: tl.constexpr):
+                    PDL: tl.constexpr):
     """_matvec_pair for AWQ 4-bit weights ("gemm" layout: qweight [K, N / 8] int32, qzeros
     [K / G, N / 8], scales [K / G, N]): outputs col_a.. and col_b.. (BLOCK_R each, multiples of 8;
     those at or past end_a / end_b read as zero). BLOCK_K divides the group size, so a K step
@@ -204,10 +155,9 @@ def _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, qw_ptr, qz_ptr, 
     packed = _load_words(qw_ptr, words, word_ok, tl.arange(0, BLOCK_K), words_per_row)
     if PDL:
         gdc_wait()
-    _wait_for_parts(sources_ptr, PEERS, RANK, SPINS)
     inv = 1.0
     if NORM:
-        inv = _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES, BLOCK_K, sources_ptr, PEERS, REGION)
+        inv = _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES, BLOCK_K)
     p0 = tl.zeros([BLOCK_K, WORDS], tl.float32)
     p1 = tl.zeros_like(p0)
     p2 = tl.zeros_like(p0)
@@ -218,7 +168,7 @@ def _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, qw_ptr, qz_ptr, 
     p7 = tl.zeros_like(p0)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x = _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM, HAS_RES, sources_ptr, PEERS, REGION)
+        x = _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM, HAS_RES)
         group = k0 // group_size
         zeros = tl.load(qz_ptr + group * words_per_row + words, mask=word_ok, other=0)
         scale_ptrs = sc_ptr + group * N + words * 8
@@ -256,15 +206,13 @@ def _linear_out(acc, b_ptr, rows, N, HAS_BIAS: tl.constexpr):
 @triton.jit
 def _qkv_kernel(
     x_ptr, res_ptr, res_out_ptr, norm_ptr, w_ptr, qz_ptr, sc_ptr, group_size, b_ptr, q_norm_ptr, k_norm_ptr,
-    cos_ptr, sin_ptr, slots_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, K, eps, sources_ptr,
+    cos_ptr, sin_ptr, slots_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, K, eps,
     HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
     HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, QK_NORM: tl.constexpr, W4: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-    PEERS: tl.constexpr, RANK: tl.constexpr, REGION: tl.constexpr, SPINS: tl.constexpr,
 ):
     """Program = BLOCK_R column pairs (j, j + HALF) of one head of q, k or v. The cache is
-    [blocks, BLOCK_SIZE, HKV, 2 * HALF], contiguous. With PEERS, x is a fused sum (see
-    _load_input)."""
+    [blocks, BLOCK_SIZE, HKV, 2 * HALF], contiguous."""
     if PDL:
         gdc_launch_dependents()
     pid = tl.program_id(0)
@@ -278,11 +226,10 @@ def _qkv_kernel(
     if W4:
         first = head * 2 * HALF + (pid % per_head) * BLOCK_R
         lo, hi = _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, qz_ptr, sc_ptr, group_size,
-                                 first, first + HALF, n, n, K, n, True, HAS_RES, BLOCK_R, BLOCK_K, PDL,
-                                 sources_ptr, PEERS, RANK, REGION, SPINS)
+                                 first, first + HALF, n, n, K, n, True, HAS_RES, BLOCK_R, BLOCK_K, PDL)
     else:
         lo, hi = _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, lo_rows, hi_rows, K, n,
-                              True, HAS_RES, BLOCK_R, BLOCK_K, PDL, sources_ptr, PEERS, RANK, REGION, SPINS)
+                              True, HAS_RES, BLOCK_R, BLOCK_K, PDL)
     lo = _linear_out(lo, b_ptr, lo_rows, n, HAS_BIAS)
     hi = _linear_out(hi, b_ptr, hi_rows, n, HAS_BIAS)
     if head < HQ + HKV:  # q or k: (per-head norm), then rotary
@@ -317,11 +264,9 @@ def _qkv_kernel(
 @triton.jit
 def _gate_up_kernel(
     x_ptr, res_ptr, res_out_ptr, norm_ptr, w_ptr, qz_ptr, sc_ptr, group_size, b_ptr, out_ptr, K, inter, eps,
-    sources_ptr, HAS_BIAS: tl.constexpr, W4: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr, PEERS: tl.constexpr, RANK: tl.constexpr, REGION: tl.constexpr, SPINS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, W4: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
-    """Program = BLOCK_R activations: gate rows n and up rows inter + n. With PEERS, x is a fused
-    sum (see _load_input)."""
+    """Program = BLOCK_R activations: gate rows n and up rows inter + n."""
     if PDL:
         gdc_launch_dependents()
     n = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -330,10 +275,10 @@ def _gate_up_kernel(
         first = tl.program_id(0) * BLOCK_R
         gate, up = _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, qz_ptr, sc_ptr, group_size,
                                    first, inter + first, inter, 2 * inter, K, 2 * inter,
-                                   True, True, BLOCK_R, BLOCK_K, PDL, sources_ptr, PEERS, RANK, REGION, SPINS)
+                                   True, True, BLOCK_R, BLOCK_K, PDL)
     else:
         gate, up = _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, n, up_rows, K, 2 * inter,
-                                True, True, BLOCK_R, BLOCK_K, PDL, sources_ptr, PEERS, RANK, REGION, SPINS)
+                                True, True, BLOCK_R, BLOCK_K, PDL)
     gate = _linear_out(gate, b_ptr, n, inter, HAS_BIAS)
     up = _linear_out(up, b_ptr, up_rows, 2 * inter, HAS_BIAS)
     y = gate / (1.0 + tl.exp(-gate)) * up
@@ -342,12 +287,10 @@ def _gate_up_kernel(
 
 @triton.jit
 def _linear_kernel(
-    x_ptr, w_ptr, qz_ptr, sc_ptr, group_size, b_ptr, out_ptr, K, N, targets_ptr,
+    x_ptr, w_ptr, qz_ptr, sc_ptr, group_size, b_ptr, out_ptr, K, N,
     HAS_BIAS: tl.constexpr, W4: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
-    PEERS: tl.constexpr,
 ):
-    """Program = 2 * BLOCK_R consecutive outputs of W @ x (+ bias): to out, or with PEERS (a
-    row-parallel layer's part) delivered into every rank's fused-sum region (see _deliver)."""
+    """Program = 2 * BLOCK_R consecutive outputs of W @ x (+ bias)."""
     if PDL:
         gdc_launch_dependents()
     rows_a = tl.program_id(0) * 2 * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -355,31 +298,14 @@ def _linear_kernel(
     if W4:
         first = tl.program_id(0) * 2 * BLOCK_R
         a, b = _matvec_pair_w4(x_ptr, x_ptr, x_ptr, x_ptr, 0.0, w_ptr, qz_ptr, sc_ptr, group_size,
-                               first, first + BLOCK_R, N, N, K, N, False, False, BLOCK_R, BLOCK_K, PDL,
-                               x_ptr, 0, 0, 0, 0)
+                               first, first + BLOCK_R, N, N, K, N, False, False, BLOCK_R, BLOCK_K, PDL)
     else:
         a, b = _matvec_pair(x_ptr, x_ptr, x_ptr, x_ptr, 0.0, w_ptr, rows_a, rows_b, K, N,
-                            False, False, BLOCK_R, BLOCK_K, PDL, x_ptr, 0, 0, 0, 0)
-    a = _linear_out(a, b_ptr, rows_a, N, HAS_BIAS).to(out_ptr.dtype.element_ty)
-    b = _linear_out(b, b_ptr, rows_b, N, HAS_BIAS).to(out_ptr.dtype.element_ty)
-    if PEERS > 0:
-        _deliver(a, b, rows_a, rows_b, N, targets_ptr, PEERS)
-    else:
-        tl.store(out_ptr + rows_a, a, mask=rows_a < N)
-        tl.store(out_ptr + rows_b, b, mask=rows_b < N)
-
-
-@triton.jit
-def _sum_parts_kernel(x_ptr, out_ptr, K, sources_ptr, PEERS: tl.constexpr, RANK: tl.constexpr,
-                      REGION: tl.constexpr, SPINS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """A fused sum made plain (after the last layer): out = the ranks' parts summed."""
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
-    _wait_for_parts(sources_ptr, PEERS, RANK, SPINS)
-    k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = _load_input(x_ptr, x_ptr, k, K, False, sources_ptr, PEERS, REGION)
-    tl.store(out_ptr + k, x.to(out_ptr.dtype.element_ty), mask=k < K)
+                            False, False, BLOCK_R, BLOCK_K, PDL)
+    tl.store(out_ptr + rows_a, _linear_out(a, b_ptr, rows_a, N, HAS_BIAS).to(out_ptr.dtype.element_ty),
+             mask=rows_a < N)
+    tl.store(out_ptr + rows_b, _linear_out(b, b_ptr, rows_b, N, HAS_BIAS).to(out_ptr.dtype.element_ty),
+             mask=rows_b < N)
 
 
 # ---- host side -------------------------------------------------------------------------------
@@ -414,32 +340,6 @@ def _weights(linear) -> tuple:
 
 
 @dataclass
-class PeerPart:
-    """A row-parallel output not yet summed: each rank delivered its part into every rank's
-    fused-sum slot ``slot`` (see PeerAllReduce), and the next kernel sums the parts as it reads
-    its input. ``like``: a tensor of the sum's shape and dtype."""
-
-    peers: PeerAllReduce
-    slot: int
-    like: torch.Tensor
-
-    def constexprs(self) -> dict:
-        return dict(PEERS=self.peers.world, RANK=self.peers.rank,
-                    REGION=FUSED_REGION_BYTES // self.like.element_size(), SPINS=SPIN_LIMIT)
-
-
-_NO_PEERS = dict(PEERS=0, RANK=0, REGION=0, SPINS=0)
-
-
-def _input(x: torch.Tensor | PeerPart) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """A kernel's input arguments: (x or a placeholder of its dtype, the fused-sum sources or a
-    placeholder, the constexprs)."""
-    if isinstance(x, PeerPart):
-        return x.like, x.peers.fused_sources[x.slot], x.constexprs()
-    return x, x, _NO_PEERS
-
-
-@dataclass
 class DecodeStep:
     """One decode step's inputs for its single sequence, shared by every layer."""
 
@@ -448,19 +348,6 @@ class DecodeStep:
     slots: torch.Tensor  # [1] cache slot of the new token (negative: padding)
     block_tables: torch.Tensor  # [1, max_blocks]
     context_lens: torch.Tensor  # [1]
-
-    @staticmethod
-    def finish(x: torch.Tensor | PeerPart) -> torch.Tensor:
-        """The last layer's output as a tensor (summing it over the ranks if it is not yet)."""
-        if not isinstance(x, PeerPart):
-            return x
-        out = torch.empty_like(x.like)
-        block = 1024
-        _sum_parts_kernel[(triton.cdiv(out.shape[-1], block),)](
-            x.like, out, out.shape[-1], x.peers.fused_sources[x.slot], **x.constexprs(), BLOCK=block,
-            num_warps=4, **pdl_launch(out.device),
-        )
-        return out
 
 
 def decode_step(cos, sin, slots, block_tables, context_lens) -> DecodeStep | None:
@@ -472,9 +359,7 @@ def decode_step(cos, sin, slots, block_tables, context_lens) -> DecodeStep | Non
 
 
 class DecodeLayer:
-    """One DecoderLayer's weights and cache, checked once, for :func:`run`. Split over ranks
-    whose GPUs map each other's memory, its row-parallel outputs are summed by the kernels that
-    read them (PeerPart), not by all-reduces between the kernels."""
+    """One DecoderLayer's weights and cache, checked once, for :func:`run`."""
 
     def __init__(self, layer, k_cache: torch.Tensor, v_cache: torch.Tensor):
         attn, mlp = layer.self_attn, layer.mlp
@@ -494,21 +379,13 @@ class DecodeLayer:
         self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
         self.k_cache, self.v_cache = k_cache, v_cache
         self.half = half
-        self.peers: PeerAllReduce | None = None
-        if attn.o_proj.reduce is not None:
-            from app.engine.distributed import parallel_state
-
-            peers = parallel_state.peer_all_reduce()
-            if peers is not None and peers.fused_fits(attn.o_proj.out_features, self.input_norm.weight.dtype):
-                self.peers = peers
 
 
-def _qkv(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor | PeerPart, residual: torch.Tensor | None):
+def _qkv(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor, residual: torch.Tensor | None):
     attn = layer.attn
     heads = attn.num_heads + 2 * attn.num_kv_heads
     qk_norm = attn.q_norm is not None
     w, qz, sc, group, w4 = layer.weights["qkv"]
-    x, sources, peers = _input(x)
     block_r = layer.half if qk_norm else None  # q/k norm: a program holds whole heads
     block_r, block_k, warps = _tiles(heads * layer.half, x.shape[1], x.device, block_r, group)
     block_r = min(block_r, layer.half)
@@ -518,63 +395,50 @@ def _qkv(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor | PeerPart, resid
     _qkv_kernel[(heads * (layer.half // block_r),)](
         x, residual if residual is not None else x, res_out, layer.input_norm.weight, w, qz, sc, group,
         bias if bias is not None else x, attn.q_norm.weight if qk_norm else x, attn.k_norm.weight if qk_norm else x,
-        step.cos, step.sin, step.slots, q, layer.k_cache, layer.v_cache, x.shape[1], layer.input_norm.eps, sources,
+        step.cos, step.sin, step.slots, q, layer.k_cache, layer.v_cache, x.shape[1], layer.input_norm.eps,
         HQ=attn.num_heads, HKV=attn.num_kv_heads, HALF=layer.half,
         HAS_RES=residual is not None, HAS_BIAS=bias is not None, QK_NORM=qk_norm, W4=w4,
-        BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **peers, **pdl_launch(x.device),
+        BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **pdl_launch(x.device),
     )
     return q, res_out
 
 
-def _linear(linear, weights: tuple, x: torch.Tensor, deliver: PeerPart | None = None) -> torch.Tensor | PeerPart:
-    """W @ x; with ``deliver``, this rank's part goes to the ranks' fused-sum slot instead."""
+def _linear(linear, weights: tuple, x: torch.Tensor) -> torch.Tensor:
     (w, qz, sc, group, w4), bias = weights, linear.bias
     n, k = linear.out_features, linear.in_features
     block_r, block_k, warps = _tiles(n // 2, k, x.device, group_size=group)
-    out = torch.empty((1, n), dtype=x.dtype, device=x.device) if deliver is None else deliver.like
-    targets = x if deliver is None else deliver.peers.fused_targets[deliver.slot]
+    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
     _linear_kernel[(triton.cdiv(n, 2 * block_r),)](
-        x, w, qz, sc, group, bias if bias is not None else x, out, k, n, targets,
-        HAS_BIAS=bias is not None, W4=w4, BLOCK_R=block_r, BLOCK_K=block_k,
-        PEERS=0 if deliver is None else deliver.peers.world, num_warps=warps, **pdl_launch(x.device),
+        x, w, qz, sc, group, bias if bias is not None else x, out, k, n,
+        HAS_BIAS=bias is not None, W4=w4, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **pdl_launch(x.device),
     )
-    return out if deliver is None else deliver
+    return out
 
 
-def _gate_up(layer: DecodeLayer, x: torch.Tensor | PeerPart, residual: torch.Tensor):
+def _gate_up(layer: DecodeLayer, x: torch.Tensor, residual: torch.Tensor):
     gate_up = layer.mlp.gate_up_proj
     (w, qz, sc, group, w4), bias = layer.weights["gate_up"], gate_up.bias
-    x, sources, peers = _input(x)
     inter = gate_up.out_features // 2
     block_r, block_k, warps = _tiles(inter, gate_up.in_features, x.device, group_size=group)
     out = torch.empty((1, inter), dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(x)
     _gate_up_kernel[(triton.cdiv(inter, block_r),)](
         x, residual, res_out, layer.post_norm.weight, w, qz, sc, group, bias if bias is not None else x, out,
-        x.shape[1], inter, layer.post_norm.eps, sources,
-        HAS_BIAS=bias is not None, W4=w4, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **peers,
-        **pdl_launch(x.device),
+        x.shape[1], inter, layer.post_norm.eps,
+        HAS_BIAS=bias is not None, W4=w4, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **pdl_launch(x.device),
     )
     return out, res_out
 
 
-def run(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor | PeerPart, residual: torch.Tensor | None):
+def run(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor, residual: torch.Tensor | None):
     """DecoderLayer.forward for a one-sequence decode step: (mlp output, residual). Under tensor
     parallelism the layer holds this rank's heads and MLP slice, and the row-parallel outputs
-    are summed over the ranks before the next norm (and the next layer) reads them: by the
-    reading kernels themselves where the ranks share memory (the output then is a PeerPart,
-    which the next layer takes, and DecodeStep.finish sums after the last), else by the
-    layers' all-reduces."""
-    if not isinstance(x, PeerPart):
-        x = x.contiguous()
+    are summed over the ranks before the next norm (and the next layer) reads them."""
+    x = x.contiguous()
     q, residual = _qkv(layer, step, x, residual)
     attn, down = layer.attn, layer.mlp.down_proj
     out = paged_decode_attention(q, layer.k_cache, layer.v_cache, step.block_tables, step.context_lens, attn.scale,
                                  attn.sliding_window)
-    if layer.peers is not None:
-        hidden = _linear(attn.o_proj, layer.weights["o"], out.view(1, -1), PeerPart(layer.peers, 0, residual))
-        act, residual = _gate_up(layer, hidden, residual)
-        return _linear(down, layer.weights["down"], act, PeerPart(layer.peers, 1, residual)), residual
     hidden = _linear(attn.o_proj, layer.weights["o"], out.view(1, -1))
     if attn.o_proj.reduce is not None:
         hidden = attn.o_proj.reduce(hidden)
