@@ -44,7 +44,9 @@ TEMPLATE = (
     "<|vision_end|>{% else %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]
+# The video placeholder too: the processor counts it in every prompt (role words outside the
+# word-level vocabulary would read as it if it were unknown as well).
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
 def write_checkpoint(folder: Path, shape: str, device: str) -> None:
@@ -66,7 +68,7 @@ def write_checkpoint(folder: Path, shape: str, device: str) -> None:
     ids = {s: words + k for k, s in enumerate(SPECIALS)}
     config = transformers.Qwen2_5_VLConfig(
         vision_config=spec["vision"], text_config=dict(spec["text"], eos_token_id=ids["<|im_end|>"], bos_token_id=None),
-        image_token_id=ids["<|image_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"])
     started = time.monotonic()
     torch.manual_seed(0)
