@@ -46,8 +46,8 @@ def test_engine_on_triton_kernels_matches_hf(variant: str, tiny_model_factory) -
 
 
 def test_awq_checkpoint_on_triton_w4a16_kernels(tiny_model_factory, tmp_path) -> None:
-    """4-bit weights stay packed and run through the W4A16 kernels (not dequantised at load)."""
-    
+    """4-bit weights stay packed and run through the W4A16 kernels (not dequantised at load), op by
+    op: the whole-layer decode kernels read dense weights only."""
     from app.engine.layers.linear import AWQLinear
     from tests.engine.test_awq_checkpoints import write_awq
 
@@ -58,6 +58,7 @@ def test_awq_checkpoint_on_triton_w4a16_kernels(tiny_model_factory, tmp_path) ->
     core = EngineCore(load(config, tmp_path / "awq"), config)
     awq = [m for m in core.loaded.model.modules() if isinstance(m, AWQLinear)]
     assert len(awq) == 8 and all(m.qweight is not None and m.weight is None for m in awq)
+    assert core.loaded.model.fused_layers is None
     prompt, deltas = list(range(3, 30)), []
     core.add_request(prompt, GenerationConfig(temperature=0, max_new_tokens=4, ignore_eos=True, output_logits=True),
                      deltas.append)

@@ -15,9 +15,6 @@ then normalises its K tiles on the fly; program 0 also stores x + residual, the 
 Rounding follows the unfused path: the sum, the normalised input, each linear's output and the
 activation are rounded to the model dtype where the separate kernels round them.
 
-Weights are dense (row-major [N, K]) or AWQ 4-bit, read packed (see _matvec_pair_w4): a 4-bit
-model's layer is the same five launches, streaming a quarter of the bytes.
-
 This is the chat case (one conversation at a time). Several sequences take the per-op path: at
 2-16 rows cuBLAS's GEMMs beat these GEMVs (benchmarks/gpu_fused_decode_sweep.py).
 """
@@ -34,8 +31,6 @@ from app.engine.kernels.triton._common import (
     gdc_launch_dependents, gdc_wait, interpreting, next_pow2, pdl_launch, sm_count,
 )
 from app.engine.kernels.triton.decode_attention import paged_decode_attention
-
-_FLOAT_2_23 = tl.constexpr(0x4B000000)  # bits of 2.0 ** 23
 
 
 @triton.jit
@@ -73,18 +68,6 @@ def _load_weights(w_ptr, rows_a, rows_b, k, K, N):
 
 
 @triton.jit
-def _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM: tl.constexpr, HAS_RES: tl.constexpr):
-    """x' at columns k, fp32 holding model-dtype values: x (+ residual), or RMSNorm of it times
-    the norm weight, rounded where the unfused path rounds."""
-    dtype = x_ptr.dtype.element_ty
-    x = _load_input(x_ptr, res_ptr, k, K, HAS_RES)
-    if NORM:
-        weight = tl.load(norm_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-        x = (x * inv).to(dtype).to(tl.float32) * weight
-    return x.to(dtype).to(tl.float32)
-
-
-@triton.jit
 def _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, rows_a, rows_b, K, N,
                  NORM: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
                  PDL: tl.constexpr):
@@ -98,100 +81,22 @@ def _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, rows_a, rows
     w_a, w_b = _load_weights(w_ptr, rows_a, rows_b, tl.arange(0, BLOCK_K), K, N)
     if PDL:
         gdc_wait()
-    inv = 1.0
     if NORM:
         inv = _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES, BLOCK_K)
     part_a = tl.zeros([BLOCK_R, BLOCK_K], tl.float32)
     part_b = tl.zeros([BLOCK_R, BLOCK_K], tl.float32)
+    dtype = w_ptr.dtype.element_ty
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x = _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM, HAS_RES)[None, :]
+        x = _load_input(x_ptr, res_ptr, k, K, HAS_RES)
+        if NORM:
+            weight = tl.load(norm_ptr + k, mask=k < K, other=0.0).to(tl.float32)
+            x = (x * inv).to(dtype).to(tl.float32) * weight
+        x = x.to(dtype).to(tl.float32)[None, :]
         part_a += w_a.to(tl.float32) * x
         part_b += w_b.to(tl.float32) * x
         w_a, w_b = _load_weights(w_ptr, rows_a, rows_b, k + BLOCK_K, K, N)
     return tl.sum(part_a, axis=1), tl.sum(part_b, axis=1)
-
-
-@triton.jit
-def _w4_plane(half, zero_half, scale_ptrs, word_ok, x, i: tl.constexpr, j: tl.constexpr):
-    """x * W for nibble i of each word of a [BLOCK_K, words] AWQ tile (column 2 * (i % 4) + i // 4
-    of the word's 8), fp32, where ``half`` holds the tile's words shifted so that nibble i is
-    field j < 4 of their low 16 bits (zero_half likewise for the zero points). Or-ing field j
-    into the bits of 2**23 makes the float 2**23 + q * 16**j; subtracting the zero point made
-    alike leaves (q - z) * 16**j exactly, and the scale times 16**-j undoes the place. Per weight:
-    one and-or, one subtraction, one multiplication and one fused multiply-add."""
-    field: tl.constexpr = 0xF << (4 * j)
-    q = ((half & field) | _FLOAT_2_23).to(tl.float32, bitcast=True)
-    z = ((zero_half & field) | _FLOAT_2_23).to(tl.float32, bitcast=True)
-    s = tl.load(scale_ptrs + (2 * (i % 4) + i // 4), mask=word_ok, other=0.0).to(tl.float32) * (1.0 / (1 << (4 * j)))
-    return x[:, None] * ((q - z[None, :]) * s[None, :])
-
-
-@triton.jit
-def _load_words(qw_ptr, words, word_ok, k, words_per_row):
-    return tl.load(qw_ptr + k[:, None] * words_per_row + words[None, :], mask=word_ok[None, :], other=0)
-
-
-@triton.jit
-def _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, qw_ptr, qz_ptr, sc_ptr, group_size,
-                    col_a, col_b, end_a, end_b, K, N,
-                    NORM: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PDL: tl.constexpr):
-    """_matvec_pair for AWQ 4-bit weights ("gemm" layout: qweight [K, N / 8] int32, qzeros
-    [K / G, N / 8], scales [K / G, N]): outputs col_a.. and col_b.. (BLOCK_R each, multiples of 8;
-    those at or past end_a / end_b read as zero). BLOCK_K divides the group size, so a K step
-    has one row of zeros and scales.
-
-    The two ranges' words form one [BLOCK_K, BLOCK_R / 4] tile; each of a word's 8 nibbles is a
-    plane of it, accumulated on its own (elementwise, as loaded). Once reduced over K, the planes
-    interleave back into column order: [BLOCK_R] outputs of each range, as the dense one gives."""
-    WORDS: tl.constexpr = BLOCK_R // 4
-    i = tl.arange(0, WORDS)
-    in_b = i >= WORDS // 2
-    first = tl.where(in_b, col_b + (i - WORDS // 2) * 8, col_a + i * 8)  # each word's first column
-    word_ok = first < tl.where(in_b, end_b, end_a)
-    words = first // 8
-    words_per_row = N // 8
-    packed = _load_words(qw_ptr, words, word_ok, tl.arange(0, BLOCK_K), words_per_row)
-    if PDL:
-        gdc_wait()
-    inv = 1.0
-    if NORM:
-        inv = _inv_rms(x_ptr, res_ptr, res_out_ptr, K, eps, HAS_RES, BLOCK_K)
-    p0 = tl.zeros([BLOCK_K, WORDS], tl.float32)
-    p1 = tl.zeros_like(p0)
-    p2 = tl.zeros_like(p0)
-    p3 = tl.zeros_like(p0)
-    p4 = tl.zeros_like(p0)
-    p5 = tl.zeros_like(p0)
-    p6 = tl.zeros_like(p0)
-    p7 = tl.zeros_like(p0)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        x = _input_tile(x_ptr, res_ptr, norm_ptr, inv, k, K, NORM, HAS_RES)
-        group = k0 // group_size
-        zeros = tl.load(qz_ptr + group * words_per_row + words, mask=word_ok, other=0)
-        scale_ptrs = sc_ptr + group * N + words * 8
-        high, zeros_high = packed >> 16, zeros >> 16  # nibbles 4..7 as fields 0..3
-        p0 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 0, 0)
-        p1 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 1, 1)
-        p2 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 2, 2)
-        p3 += _w4_plane(packed, zeros, scale_ptrs, word_ok, x, 3, 3)
-        p4 += _w4_plane(high, zeros_high, scale_ptrs, word_ok, x, 4, 0)
-        p5 += _w4_plane(high, zeros_high, scale_ptrs, word_ok, x, 5, 1)
-        p6 += _w4_plane(high, zeros_high, scale_ptrs, word_ok, x, 6, 2)
-        p7 += _w4_plane(high, zeros_high, scale_ptrs, word_ok, x, 7, 3)
-        more = words * 0 + k0 + BLOCK_K < K  # elementwise (see _inv_rms)
-        packed = _load_words(qw_ptr, words, word_ok & more, k + BLOCK_K, words_per_row)
-    # Column c of a word is plane i with 2 * (i % 4) + i // 4 == c: even columns 0 2 4 6 are
-    # planes 0 1 2 3, odd ones 1 3 5 7 are planes 4 5 6 7.
-    even = tl.interleave(tl.interleave(tl.sum(p0, axis=0), tl.sum(p2, axis=0)),
-                         tl.interleave(tl.sum(p1, axis=0), tl.sum(p3, axis=0)))
-    odd = tl.interleave(tl.interleave(tl.sum(p4, axis=0), tl.sum(p6, axis=0)),
-                        tl.interleave(tl.sum(p5, axis=0), tl.sum(p7, axis=0)))
-    both = tl.reshape(tl.interleave(even, odd), (2, BLOCK_R))  # row 0: range a, row 1: range b
-    which = tl.arange(0, 2)[:, None]
-    return tl.sum(tl.where(which == 0, both, 0.0), axis=0), tl.sum(tl.where(which == 1, both, 0.0), axis=0)
 
 
 @triton.jit
@@ -205,10 +110,10 @@ def _linear_out(acc, b_ptr, rows, N, HAS_BIAS: tl.constexpr):
 
 @triton.jit
 def _qkv_kernel(
-    x_ptr, res_ptr, res_out_ptr, norm_ptr, w_ptr, qz_ptr, sc_ptr, group_size, b_ptr, q_norm_ptr, k_norm_ptr,
+    x_ptr, res_ptr, res_out_ptr, norm_ptr, w_ptr, b_ptr, q_norm_ptr, k_norm_ptr,
     cos_ptr, sin_ptr, slots_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, K, eps,
     HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
-    HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, QK_NORM: tl.constexpr, W4: tl.constexpr,
+    HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, QK_NORM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program = BLOCK_R column pairs (j, j + HALF) of one head of q, k or v. The cache is
@@ -220,16 +125,11 @@ def _qkv_kernel(
     head = pid // per_head
     j = (pid % per_head) * BLOCK_R + tl.arange(0, BLOCK_R)
     n = (HQ + 2 * HKV) * 2 * HALF
-    dtype = x_ptr.dtype.element_ty
+    dtype = w_ptr.dtype.element_ty
     lo_rows = head * 2 * HALF + j
     hi_rows = lo_rows + HALF
-    if W4:
-        first = head * 2 * HALF + (pid % per_head) * BLOCK_R
-        lo, hi = _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, qz_ptr, sc_ptr, group_size,
-                                 first, first + HALF, n, n, K, n, True, HAS_RES, BLOCK_R, BLOCK_K, PDL)
-    else:
-        lo, hi = _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, lo_rows, hi_rows, K, n,
-                              True, HAS_RES, BLOCK_R, BLOCK_K, PDL)
+    lo, hi = _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, lo_rows, hi_rows, K, n,
+                          True, HAS_RES, BLOCK_R, BLOCK_K, PDL)
     lo = _linear_out(lo, b_ptr, lo_rows, n, HAS_BIAS)
     hi = _linear_out(hi, b_ptr, hi_rows, n, HAS_BIAS)
     if head < HQ + HKV:  # q or k: (per-head norm), then rotary
@@ -263,22 +163,16 @@ def _qkv_kernel(
 
 @triton.jit
 def _gate_up_kernel(
-    x_ptr, res_ptr, res_out_ptr, norm_ptr, w_ptr, qz_ptr, sc_ptr, group_size, b_ptr, out_ptr, K, inter, eps,
-    HAS_BIAS: tl.constexpr, W4: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    x_ptr, res_ptr, res_out_ptr, norm_ptr, w_ptr, b_ptr, out_ptr, K, inter, eps,
+    HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program = BLOCK_R activations: gate rows n and up rows inter + n."""
     if PDL:
         gdc_launch_dependents()
     n = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     up_rows = tl.where(n < inter, inter + n, 2 * inter)  # past the end: masked, like n itself
-    if W4:
-        first = tl.program_id(0) * BLOCK_R
-        gate, up = _matvec_pair_w4(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, qz_ptr, sc_ptr, group_size,
-                                   first, inter + first, inter, 2 * inter, K, 2 * inter,
-                                   True, True, BLOCK_R, BLOCK_K, PDL)
-    else:
-        gate, up = _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, n, up_rows, K, 2 * inter,
-                                True, True, BLOCK_R, BLOCK_K, PDL)
+    gate, up = _matvec_pair(x_ptr, res_ptr, res_out_ptr, norm_ptr, eps, w_ptr, n, up_rows, K, 2 * inter,
+                            True, True, BLOCK_R, BLOCK_K, PDL)
     gate = _linear_out(gate, b_ptr, n, inter, HAS_BIAS)
     up = _linear_out(up, b_ptr, up_rows, 2 * inter, HAS_BIAS)
     y = gate / (1.0 + tl.exp(-gate)) * up
@@ -287,21 +181,16 @@ def _gate_up_kernel(
 
 @triton.jit
 def _linear_kernel(
-    x_ptr, w_ptr, qz_ptr, sc_ptr, group_size, b_ptr, out_ptr, K, N,
-    HAS_BIAS: tl.constexpr, W4: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
+    x_ptr, w_ptr, b_ptr, out_ptr, K, N,
+    HAS_BIAS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program = 2 * BLOCK_R consecutive outputs of W @ x (+ bias)."""
     if PDL:
         gdc_launch_dependents()
     rows_a = tl.program_id(0) * 2 * BLOCK_R + tl.arange(0, BLOCK_R)
     rows_b = rows_a + BLOCK_R
-    if W4:
-        first = tl.program_id(0) * 2 * BLOCK_R
-        a, b = _matvec_pair_w4(x_ptr, x_ptr, x_ptr, x_ptr, 0.0, w_ptr, qz_ptr, sc_ptr, group_size,
-                               first, first + BLOCK_R, N, N, K, N, False, False, BLOCK_R, BLOCK_K, PDL)
-    else:
-        a, b = _matvec_pair(x_ptr, x_ptr, x_ptr, x_ptr, 0.0, w_ptr, rows_a, rows_b, K, N,
-                            False, False, BLOCK_R, BLOCK_K, PDL)
+    a, b = _matvec_pair(x_ptr, x_ptr, x_ptr, x_ptr, 0.0, w_ptr, rows_a, rows_b, K, N,
+                        False, False, BLOCK_R, BLOCK_K, PDL)
     tl.store(out_ptr + rows_a, _linear_out(a, b_ptr, rows_a, N, HAS_BIAS).to(out_ptr.dtype.element_ty),
              mask=rows_a < N)
     tl.store(out_ptr + rows_b, _linear_out(b, b_ptr, rows_b, N, HAS_BIAS).to(out_ptr.dtype.element_ty),
@@ -315,28 +204,16 @@ def _linear_kernel(
 TILES = {"programs_per_sm": 4, "tile_elements": 4096, "num_warps": 4}
 
 
-def _tiles(out_pairs: int, k: int, device: torch.device, block_r: int | None = None,
-           group_size: int = 0) -> tuple[int, int, int]:
+def _tiles(out_pairs: int, k: int, device: torch.device, block_r: int | None = None) -> tuple[int, int, int]:
     """(BLOCK_R, BLOCK_K, num_warps) for `out_pairs` output row pairs over `k` inputs: enough
     programs to give every SM a few, and W tiles (held in registers) of about tile_elements.
-    A given block_r is kept. 4-bit weights (group_size > 0): BLOCK_R takes whole 8-column words,
-    and BLOCK_K divides the group."""
+    A given block_r is kept."""
     wanted = out_pairs // (TILES["programs_per_sm"] * sm_count(device))
-    block_r = block_r or max(8 if group_size else 2, min(16, next_pow2(max(1, wanted))))
+    block_r = block_r or max(2, min(16, next_pow2(max(1, wanted))))
     block_k = min(next_pow2(k), max(16, TILES["tile_elements"] // block_r))
-    if group_size:
-        block_k = min(block_k, group_size & -group_size)
     if interpreting():
         block_k = min(block_k, 64)  # several K steps even on tiny test shapes
     return block_r, block_k, TILES["num_warps"]
-
-
-def _weights(linear) -> tuple:
-    """A linear's weight arguments for the kernels: (weight, qzeros, scales, group size, W4).
-    A dense weight fills the 4-bit slots (unread)."""
-    if getattr(linear, "qweight", None) is not None:
-        return linear.qweight, linear.qzeros, linear.scales, linear.group_size, True
-    return linear.weight, linear.weight, linear.weight, 0, False
 
 
 @dataclass
@@ -363,16 +240,12 @@ class DecodeLayer:
 
     def __init__(self, layer, k_cache: torch.Tensor, v_cache: torch.Tensor):
         attn, mlp = layer.self_attn, layer.mlp
-        # Each linear's kernel arguments, read once here rather than at every launch.
-        self.weights = {name: _weights(lin) for name, lin in (
-            ("qkv", attn.qkv_proj), ("o", attn.o_proj), ("gate_up", mlp.gate_up_proj), ("down", mlp.down_proj))}
-        if any(not w[0].is_contiguous() for w in self.weights.values()):
-            raise ValueError("the fused decode layer needs contiguous linear weights")
+        linears = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        if any(lin.weight is None or not lin.weight.is_contiguous() for lin in linears):
+            raise ValueError("the fused decode layer needs dense row-major linear weights")
         half = attn.head_dim // 2
         if attn.head_dim & (attn.head_dim - 1) or half < 2:
             raise ValueError("the fused decode layer needs a power-of-two head size")
-        if any(w[4] for w in self.weights.values()) and (half < 8 or mlp.gate_up_proj.out_features % 16):
-            raise ValueError("the fused decode layer takes 4-bit weights in whole 8-column words")
         if k_cache.shape[2] != attn.num_kv_heads or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
             raise ValueError("the KV cache does not fit the fused decode layer")
         self.attn, self.mlp = attn, mlp
@@ -385,47 +258,44 @@ def _qkv(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor, residual: torch.
     attn = layer.attn
     heads = attn.num_heads + 2 * attn.num_kv_heads
     qk_norm = attn.q_norm is not None
-    w, qz, sc, group, w4 = layer.weights["qkv"]
     block_r = layer.half if qk_norm else None  # q/k norm: a program holds whole heads
-    block_r, block_k, warps = _tiles(heads * layer.half, x.shape[1], x.device, block_r, group)
+    block_r, block_k, warps = _tiles(heads * layer.half, x.shape[1], x.device, block_r)
     block_r = min(block_r, layer.half)
     q = torch.empty((1, attn.num_heads, attn.head_dim), dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(x) if residual is not None else x
-    bias = attn.qkv_proj.bias
+    w, bias = attn.qkv_proj.weight, attn.qkv_proj.bias
     _qkv_kernel[(heads * (layer.half // block_r),)](
-        x, residual if residual is not None else x, res_out, layer.input_norm.weight, w, qz, sc, group,
-        bias if bias is not None else x, attn.q_norm.weight if qk_norm else x, attn.k_norm.weight if qk_norm else x,
+        x, residual if residual is not None else x, res_out, layer.input_norm.weight, w,
+        bias if bias is not None else w, attn.q_norm.weight if qk_norm else w, attn.k_norm.weight if qk_norm else w,
         step.cos, step.sin, step.slots, q, layer.k_cache, layer.v_cache, x.shape[1], layer.input_norm.eps,
         HQ=attn.num_heads, HKV=attn.num_kv_heads, HALF=layer.half,
-        HAS_RES=residual is not None, HAS_BIAS=bias is not None, QK_NORM=qk_norm, W4=w4,
+        HAS_RES=residual is not None, HAS_BIAS=bias is not None, QK_NORM=qk_norm,
         BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **pdl_launch(x.device),
     )
     return q, res_out
 
 
-def _linear(linear, weights: tuple, x: torch.Tensor) -> torch.Tensor:
-    (w, qz, sc, group, w4), bias = weights, linear.bias
-    n, k = linear.out_features, linear.in_features
-    block_r, block_k, warps = _tiles(n // 2, k, x.device, group_size=group)
-    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    _linear_kernel[(triton.cdiv(n, 2 * block_r),)](
-        x, w, qz, sc, group, bias if bias is not None else x, out, k, n,
-        HAS_BIAS=bias is not None, W4=w4, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **pdl_launch(x.device),
+def _linear(linear, x: torch.Tensor) -> torch.Tensor:
+    w, bias = linear.weight, linear.bias
+    block_r, block_k, warps = _tiles(w.shape[0] // 2, w.shape[1], x.device)
+    out = torch.empty((1, w.shape[0]), dtype=x.dtype, device=x.device)
+    _linear_kernel[(triton.cdiv(w.shape[0], 2 * block_r),)](
+        x, w, bias if bias is not None else w, out, w.shape[1], w.shape[0],
+        HAS_BIAS=bias is not None, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **pdl_launch(x.device),
     )
     return out
 
 
 def _gate_up(layer: DecodeLayer, x: torch.Tensor, residual: torch.Tensor):
-    gate_up = layer.mlp.gate_up_proj
-    (w, qz, sc, group, w4), bias = layer.weights["gate_up"], gate_up.bias
-    inter = gate_up.out_features // 2
-    block_r, block_k, warps = _tiles(inter, gate_up.in_features, x.device, group_size=group)
+    w, bias = layer.mlp.gate_up_proj.weight, layer.mlp.gate_up_proj.bias
+    inter = w.shape[0] // 2
+    block_r, block_k, warps = _tiles(inter, w.shape[1], x.device)
     out = torch.empty((1, inter), dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(x)
     _gate_up_kernel[(triton.cdiv(inter, block_r),)](
-        x, residual, res_out, layer.post_norm.weight, w, qz, sc, group, bias if bias is not None else x, out,
+        x, residual, res_out, layer.post_norm.weight, w, bias if bias is not None else w, out,
         x.shape[1], inter, layer.post_norm.eps,
-        HAS_BIAS=bias is not None, W4=w4, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **pdl_launch(x.device),
+        HAS_BIAS=bias is not None, BLOCK_R=block_r, BLOCK_K=block_k, num_warps=warps, **pdl_launch(x.device),
     )
     return out, res_out
 
@@ -439,9 +309,9 @@ def run(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor, residual: torch.T
     attn, down = layer.attn, layer.mlp.down_proj
     out = paged_decode_attention(q, layer.k_cache, layer.v_cache, step.block_tables, step.context_lens, attn.scale,
                                  attn.sliding_window)
-    hidden = _linear(attn.o_proj, layer.weights["o"], out.view(1, -1))
+    hidden = _linear(attn.o_proj, out.view(1, -1))
     if attn.o_proj.reduce is not None:
         hidden = attn.o_proj.reduce(hidden)
     act, residual = _gate_up(layer, hidden, residual)
-    out = _linear(down, layer.weights["down"], act)
+    out = _linear(down, act)
     return (out if down.reduce is None else down.reduce(out)), residual
