@@ -117,7 +117,7 @@ def main() -> None:
         processor = load_processor(folder, engine._core.loaded.model)
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
                                                                        messages[0]["content"][1]]}])
-    inputs = processor(text=text, images=[picture])
+    inputs = processor(text=text, images=[picture], return_tensors="pt")
 
     # HF transformers on the same weights and input: prefill (vision tower included) = its first token.
     from transformers import AutoModelForImageTextToText
