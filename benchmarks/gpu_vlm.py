@@ -119,31 +119,50 @@ def main() -> None:
                                                                        messages[0]["content"][1]]}])
     inputs = processor(text=text, images=[picture], return_tensors="pt")
 
-    # HF transformers on the same weights and input: prefill (vision tower included) = its first token.
+    # HF transformers on the same weights and input: its time to the first token is the processor's
+    # work plus the prefill (vision tower included), as ours is; then its logits in fp32, the
+    # reference both bf16 runs are measured against (bf16's own error sets the tolerance).
     from transformers import AutoModelForImageTextToText
 
-    hf = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(args.device)
-    hf.eval()
     prompt = inputs["input_ids"][0].tolist()
     feed = dict(pixel_values=inputs["pixel_values"].to(args.device), image_grid_thw=inputs["image_grid_thw"].to(args.device))
-    image = hf.config.image_token_id
     full = torch.tensor([prompt + reply.token_ids[:-1]], device=args.device)
-    with torch.no_grad():
-        theirs = hf(input_ids=full, mm_token_type_ids=(full == image).long(), **feed).logits[0, len(prompt) - 1:].float()
-        hf_ttft = []
-        ids = torch.tensor([prompt], device=args.device)
-        for _ in range(args.runs + 1):  # the first warms up
-            sync()
-            started = time.perf_counter()
-            hf(input_ids=ids, mm_token_type_ids=(ids == image).long(), **feed)
-            sync()
-            hf_ttft.append(time.perf_counter() - started)
-    ours = torch.stack(reply.logits).float().to(theirs.device)
-    error = (ours - theirs).abs()
-    print(f"logits over {len(reply.token_ids)} steps: max |ours - HF| = {error.max().item():.4f}, mean "
-          f"{error.mean().item():.5f} (logit std {theirs.std().item():.3f})")
-    print(f"HF transformers: time to first token {statistics.median(hf_ttft[1:]) * 1e3:.1f} ms (median of {args.runs})")
 
+    def hf_logits(hf_dtype: torch.dtype, timed: bool) -> torch.Tensor:
+        hf = AutoModelForImageTextToText.from_pretrained(folder, dtype=hf_dtype, attn_implementation="sdpa")
+        hf = hf.to(args.device).eval()
+        image = hf.config.image_token_id
+        with torch.no_grad():
+            logits = hf(input_ids=full, mm_token_type_ids=(full == image).long(),
+                        **{k: v.to(hf_dtype) if v.is_floating_point() else v for k, v in feed.items()}
+                        ).logits[0, len(prompt) - 1:].float()
+            hf_ttft = []
+            for _ in range(args.runs + 1 if timed else 0):  # the first warms up
+                sync()
+                started = time.perf_counter()
+                again = processor(text=text, images=[picture], return_tensors="pt")
+                ids = again["input_ids"].to(args.device)
+                hf(input_ids=ids, mm_token_type_ids=(ids == image).long(), pixel_values=again["pixel_values"].to(
+                    args.device, hf_dtype), image_grid_thw=again["image_grid_thw"].to(args.device))
+                sync()
+                hf_ttft.append(time.perf_counter() - started)
+        if timed:
+            print(f"HF transformers: time to first token {statistics.median(hf_ttft[1:]) * 1e3:.1f} ms "
+                  f"(median of {args.runs}; processor and prefill)", flush=True)
+        del hf
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return logits
+
+    hf_same = hf_logits(dtype, timed=True)
+    reference = hf_logits(torch.float32, timed=False) if dtype != torch.float32 else hf_same
+    ours = torch.stack(reply.logits).float().to(reference.device)
+    for name, logits in (("ours", ours), (f"HF {str(dtype).removeprefix('torch.')}", hf_same)):
+        error = (logits - reference).abs()
+        print(f"logits over {len(reply.token_ids)} steps against HF float32: {name}: max {error.max().item():.4f}, "
+              f"mean {error.mean().item():.5f} (logit std {reference.std().item():.3f})")
+    error = (ours - hf_same).abs()
+    print(f"ours against HF at the same dtype: max {error.max().item():.4f}, mean {error.mean().item():.5f}")
 
 if __name__ == "__main__":
     main()
