@@ -1,9 +1,12 @@
 """A vision-language model shape with random weights (Qwen2.5-VL-7B's by default): our engine's
-logits against HF transformers' (bf16) for one 1024 x 1024 picture and a 64-token question, and
-the time to the first token, vision tower included, ours beside HF's on the same input.
+image tokens and logits, and HF transformers' at the same dtype, each against HF's in float32,
+for one 1024 x 1024 picture and a 64-token question; and the time to the first token, vision
+tower included, ours beside HF's on the same input.
 
 Usage: python benchmarks/gpu_vlm.py [--shape qwen2.5-vl-7b] [--device cuda] [--workdir DIR] [--runs 3]
-       (--shape tiny --device cpu: a quick check of the script itself)
+       [--kernels auto|torch|triton] [--dtype bfloat16|float16|float32]
+       (--shape tiny --device cpu: a quick check of the script itself; --shape
+       qwen2.5-vl-7b-2-layers --device cpu --dtype bfloat16: the real widths on the CPU)
 
 The checkpoint (config, random bf16 weights written by transformers, a word-level tokenizer, the
 image processor's settings) goes to DIR, a temporary folder by default (~17 GB for the 7B shape).
@@ -29,6 +32,13 @@ SHAPES = {
                     patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
                     fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu"),
         text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                  num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})),
+    "qwen2.5-vl-7b-2-layers": dict(  # the real widths, two layers each: a check on the CPU
+        vision=dict(depth=2, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                    patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
+                    fullatt_block_indexes=[1], hidden_act="silu"),
+        text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=2, num_attention_heads=28,
                   num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rms_norm_eps=1e-6,
                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})),
     "tiny": dict(
@@ -90,6 +100,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kernels", default="auto", choices=["auto", "torch", "triton"])
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bf16 on a GPU, else fp32")
     parser.add_argument("--image-size", type=int, default=1024)
     args = parser.parse_args()
     folder = (args.workdir or Path(tempfile.mkdtemp(prefix="vlm-bench-"))) / args.shape
@@ -99,14 +111,14 @@ def main() -> None:
     picture = Image.fromarray((torch.rand(side, side, 3, generator=g) * 255).to(torch.uint8).numpy())
     messages = [{"role": "user", "content": [{"type": "image", "image": picture},
                                              {"type": "text", "text": question(64, 2)}]}]
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, args.dtype) if args.dtype else torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     # Ours: the first run compiles kernels; then each run's time to the first token.
     gen = GenerationConfig(temperature=0, max_new_tokens=8, ignore_eos=True, output_logits=True)
     with Engine() as engine:
         engine.load(EngineConfig(model=folder, device=args.device, dtype=str(dtype).removeprefix("torch."),
-                                 enable_prefix_caching=False, max_model_len=4096)).result()
+                                 enable_prefix_caching=False, max_model_len=4096, kernels=args.kernels)).result()
         reply = engine.submit(messages=messages, gen=gen).result()
         ours_ttft = [engine.submit(messages=messages, gen=GenerationConfig(temperature=0, max_new_tokens=1)).result()
                      .stats.ttft_s for _ in range(args.runs)]
@@ -115,9 +127,12 @@ def main() -> None:
               flush=True)
         # The same prompt for HF, made by the parts the engine used (engine internals: a benchmark).
         processor = load_processor(folder, engine._core.loaded.model)
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                       messages[0]["content"][1]]}])
-    inputs = processor(text=text, images=[picture], return_tensors="pt")
+        text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                           messages[0]["content"][1]]}])
+        inputs = processor(text=text, images=[picture], return_tensors="pt")
+        grid = tuple(inputs["image_grid_thw"][0].tolist())
+        (our_features,) = engine._core.loaded.model.encode_images([(inputs["pixel_values"], grid)])
+        our_features = our_features.float().cpu()
 
     # HF transformers on the same weights and input: its time to the first token is the processor's
     # work plus the prefill (vision tower included), as ours is; then its logits in fp32, the
@@ -128,11 +143,14 @@ def main() -> None:
     feed = dict(pixel_values=inputs["pixel_values"].to(args.device), image_grid_thw=inputs["image_grid_thw"].to(args.device))
     full = torch.tensor([prompt + reply.token_ids[:-1]], device=args.device)
 
-    def hf_logits(hf_dtype: torch.dtype, timed: bool) -> torch.Tensor:
+    def hf_logits(hf_dtype: torch.dtype, timed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the vision tower's image tokens), both as fp32 on the CPU."""
         hf = AutoModelForImageTextToText.from_pretrained(folder, dtype=hf_dtype, attn_implementation="sdpa")
         hf = hf.to(args.device).eval()
         image = hf.config.image_token_id
         with torch.no_grad():
+            tower = hf.model.visual(feed["pixel_values"].to(hf_dtype), grid_thw=feed["image_grid_thw"])
+            features = getattr(tower, "pooler_output", tower).float().cpu()
             logits = hf(input_ids=full, mm_token_type_ids=(full == image).long(),
                         **{k: v.to(hf_dtype) if v.is_floating_point() else v for k, v in feed.items()}
                         ).logits[0, len(prompt) - 1:].float()
@@ -152,15 +170,19 @@ def main() -> None:
         del hf
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        return logits
+        return logits.cpu(), features
 
-    hf_same = hf_logits(dtype, timed=True)
-    reference = hf_logits(torch.float32, timed=False) if dtype != torch.float32 else hf_same
-    ours = torch.stack(reply.logits).float().to(reference.device)
-    for name, logits in (("ours", ours), (f"HF {str(dtype).removeprefix('torch.')}", hf_same)):
-        error = (logits - reference).abs()
-        print(f"logits over {len(reply.token_ids)} steps against HF float32: {name}: max {error.max().item():.4f}, "
-              f"mean {error.mean().item():.5f} (logit std {reference.std().item():.3f})")
+    hf_same, hf_features = hf_logits(dtype, timed=True)
+    reference, ref_features = hf_logits(torch.float32, timed=False) if dtype != torch.float32 else (hf_same, hf_features)
+    ours = torch.stack(reply.logits).float().cpu()
+    name = f"HF {str(dtype).removeprefix('torch.')}"
+    for what, ref, runs in (("image tokens", ref_features, (("ours", our_features), (name, hf_features))),
+                            (f"logits over {len(reply.token_ids)} steps", reference, (("ours", ours), (name, hf_same)))):
+        for who, values in runs:
+            error = (values - ref).abs()
+            print(f"{what} against HF float32: {who}: max {error.max().item():.4f}, mean {error.mean().item():.5f} "
+                  f"(std {ref.std().item():.3f})")
+    print("ours, max error by step:", [round(e, 3) for e in (ours - reference).abs().amax(dim=1).tolist()])
     error = (ours - hf_same).abs()
     print(f"ours against HF at the same dtype: max {error.max().item():.4f}, mean {error.mean().item():.5f}")
 
