@@ -11,6 +11,7 @@ image>} or {"type": "image_url", "image_url": {"url": <data URL or local path>}}
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,28 @@ from app.engine.vision.images import ImageInput, load_image
 Message = dict[str, Any]
 
 
+def _image_processor(model_dir: Path):
+    """The checkpoint's image processor. Some transformers versions (5.17) build the auto class
+    only with torchvision; the same processor's PIL-backed class ("...Pil") needs none."""
+    import transformers
+
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(model_dir)
+    except ImportError:
+        settings = model_dir / "preprocessor_config.json"
+        name = json.loads(settings.read_text()).get("image_processor_type", "") if settings.is_file() else ""
+        pil = getattr(transformers, name.removesuffix("Fast") + "Pil", None)
+        if pil is None:
+            raise
+        return pil.from_pretrained(model_dir)
+
+
 def load_processor(model_dir: Path, model):
     """The checkpoint's processor (tokenizer, image processor, chat template). Where transformers
     cannot build its processor class here (Qwen2-VL's and InternVL's want torchvision, for
     videos), the same parts make an ImageTextProcessor, which expands each picture's placeholder
     as the model says (``model.expand_placeholder``)."""
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor, AutoTokenizer
 
     if not (model_dir / "preprocessor_config.json").is_file() and not (model_dir / "processor_config.json").is_file():
         raise ModelLoadError(f"{model_dir.name} is a vision-language model without its image processor's settings "
@@ -40,7 +57,7 @@ def load_processor(model_dir: Path, model):
     try:
         template = model_dir / "chat_template.jinja"
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        return ImageTextProcessor(tokenizer, AutoImageProcessor.from_pretrained(model_dir),
+        return ImageTextProcessor(tokenizer, _image_processor(model_dir),
                                   template.read_text() if template.is_file() else None,
                                   tokenizer.convert_ids_to_tokens(model.image_token_id),
                                   lambda pixels, k, placeholder: model.expand_placeholder(tokenizer, pixels, k, placeholder))

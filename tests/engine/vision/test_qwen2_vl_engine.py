@@ -6,6 +6,7 @@ through the pictures, then decoded 16 steps with M-RoPE positions offset past th
 from __future__ import annotations
 
 import pytest
+import torch
 
 from app.engine.vision.prompts import load_processor
 from tests.engine.vision.chats import assert_matches_hf, picture, rendered, run_chats
@@ -34,3 +35,26 @@ def test_qwen2_vl_matches_hf(version, tmp_path) -> None:
         prompt = inputs["input_ids"][0].tolist()
         extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if k in inputs}
         assert_matches_hf(hf, prompt, generated, final, hf.config.image_token_id, mark_images=bool(pictures), **extra)
+
+
+def test_image_processor_without_torchvision(tmp_path, monkeypatch) -> None:
+    """Where transformers builds the auto image processor only with torchvision (5.17 on the GPU
+    box; ImportError without it), the checkpoint's PIL-backed processor class serves, and makes
+    the same pixels."""
+    import transformers
+
+    from app.engine.vision.prompts import _image_processor
+
+    write_tiny_qwen2_vl(tmp_path, "2.5")
+    wide = picture(40, 24, 1)
+    expected = _image_processor(tmp_path)(images=[wide], return_tensors="pt")
+
+    def needs_torchvision(*args, **kwargs):
+        raise ImportError("AutoImageProcessor requires the Torchvision library")
+
+    monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", needs_torchvision)
+    processor = _image_processor(tmp_path)
+    assert type(processor).__name__ == "Qwen2VLImageProcessorPil"
+    got = processor(images=[wide], return_tensors="pt")
+    assert torch.equal(got["image_grid_thw"], expected["image_grid_thw"])
+    assert torch.allclose(got["pixel_values"], expected["pixel_values"], atol=1e-5)

@@ -232,8 +232,9 @@ def _sum_slices_kernel(part_ptr, out_ptr, M, N, slices, stride_om, BLOCK: tl.con
 @triton.jit
 def _dequantize_kernel(qweight_ptr, qzeros_ptr, scales_ptr, w_ptr, K, N, group_size,
                        BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr):
-    """W [K, N] = (q - z) * s for a [BLOCK_K, BLOCK_W words] tile: nibble plane i of the words
-    goes to columns 8 * word + (2 * (i % 4) + i // 4)."""
+    """W [K, N] = (q - z) * s for a [BLOCK_K, BLOCK_W words] tile, built whole in registers so its
+    rows are stored contiguously (a store per nibble plane would write every 8th column: scattered
+    2-byte writes). Column c of a word is its nibble plane (c % 2) * 4 + c // 2."""
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     words = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     words_per_row = N // 8
@@ -241,13 +242,15 @@ def _dequantize_kernel(qweight_ptr, qzeros_ptr, scales_ptr, w_ptr, K, N, group_s
     packed = tl.load(qweight_ptr + k.to(tl.int64)[:, None] * words_per_row + words[None, :], mask=ok, other=0)
     group = (k // group_size)[:, None]
     zeros = tl.load(qzeros_ptr + group * words_per_row + words[None, :], mask=ok, other=0)
-    rows = w_ptr + k.to(tl.int64)[:, None] * N + words[None, :] * 8
-    for i in tl.static_range(8):
-        column = 2 * (i % 4) + i // 4
-        q = ((packed >> (4 * i)) & 0xF).to(tl.float32)
-        z = ((zeros >> (4 * i)) & 0xF).to(tl.float32)
-        s = tl.load(scales_ptr + group * N + words[None, :] * 8 + column, mask=ok, other=0.0).to(tl.float32)
-        tl.store(rows + column, ((q - z) * s).to(w_ptr.dtype.element_ty), mask=ok)
+    c = tl.arange(0, 8)
+    shifts = (4 * ((c % 2) * 4 + c // 2))[None, None, :]
+    q = ((packed[:, :, None] >> shifts) & 0xF).to(tl.float32)
+    z = ((zeros[:, :, None] >> shifts) & 0xF).to(tl.float32)
+    columns = tl.reshape(words[:, None] * 8 + c[None, :], (BLOCK_W * 8,))
+    ok = (k < K)[:, None] & (columns < N)[None, :]
+    s = tl.load(scales_ptr + group * N + columns[None, :], mask=ok, other=0.0).to(tl.float32)
+    w = tl.reshape((q - z), (BLOCK_K, BLOCK_W * 8)) * s
+    tl.store(w_ptr + k.to(tl.int64)[:, None] * N + columns[None, :], w.to(w_ptr.dtype.element_ty), mask=ok)
 
 
 def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
