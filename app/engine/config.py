@@ -64,6 +64,9 @@ class EngineConfig:
             raise ValueError("cache_memory_fraction must be in (0, 1]")
 
 
+MAX_LOGPROBS = 20  # likeliest tokens a request may ask for at each step (OpenAI's limit)
+
+
 @dataclass
 class GenerationConfig:
     """How one request samples and when it stops. temperature 0 means greedy."""
@@ -81,6 +84,9 @@ class GenerationConfig:
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     output_logits: bool = False  # return each step's raw logits (for tests and analysis)
+    # Log-probabilities under the model's own distribution (before penalties and temperature) of
+    # each sampled token, with the ``logprobs`` likeliest tokens'; None: none.
+    logprobs: int | None = None
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -97,6 +103,8 @@ class GenerationConfig:
             raise RequestError("min_p must be in [0, 1]")
         if self.repetition_penalty <= 0:
             raise RequestError("repetition_penalty must be > 0")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise RequestError(f"logprobs must be between 0 and {MAX_LOGPROBS}")
 
     @property
     def greedy(self) -> bool:

@@ -19,7 +19,7 @@ from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextOverflowError, RequestError
 from app.engine.loader.model_loader import LoadedModel
 from app.engine.model_runner import ModelRunner, StepOutput
-from app.engine.outputs import Delta, RequestStats
+from app.engine.outputs import Delta, RequestStats, TokenLogprob
 from app.engine.scheduler import Scheduler
 from app.engine.sequence import ImageSpan, Sequence
 from app.engine.tokenizer import encode_chat, encode_prompt, Message
@@ -230,7 +230,8 @@ class EngineCore:
             return
         self.scheduler.commit(done.seqs)
         now = time.perf_counter()
-        for (seq, position), token, logits in zip(done.sampled, tokens, done.out.logits):
+        logprobs = done.out.logprobs.per_row(tokens) if done.out.logprobs is not None else [None] * len(tokens)
+        for (seq, position), token, logits, logprob in zip(done.sampled, tokens, done.out.logits, logprobs):
             if seq.is_finished:  # cancelled, or ended a step earlier
                 continue
             seq.token_ids[position] = token
@@ -244,10 +245,11 @@ class EngineCore:
             text = "" if token in seq.stop_token_ids else req.detok.add(token)
             if req.detok.stopped:
                 reason = "stop"
+            token_logprobs = None if logprob is None else [logprob]
             if reason is None:
-                req.emit(Delta(seq.seq_id, text=text, token_ids=[token]))
+                req.emit(Delta(seq.seq_id, text=text, token_ids=[token], logprobs=token_logprobs))
                 continue
-            self._finish(req, reason, text=text, token_ids=[token])
+            self._finish(req, reason, text=text, token_ids=[token], logprobs=token_logprobs)
 
     def _break(self, exc: Exception) -> int:
         """A tensor-parallel step failed: the ranks are out of step, so nothing can run any more.
@@ -273,7 +275,8 @@ class EngineCore:
         return None
 
     def _finish(self, req: _Request, reason: str, text: str = "", token_ids: list[int] | None = None,
-                error: str | None = None, error_type: str | None = None) -> None:
+                error: str | None = None, error_type: str | None = None,
+                logprobs: list[TokenLogprob] | None = None) -> None:
         seq = req.seq
         if seq.token_ids[-1] < 0:  # a token still being computed, never to be shown
             seq.token_ids.pop()
@@ -293,7 +296,8 @@ class EngineCore:
             preemptions=seq.num_preemptions,
         )
         req.emit(Delta(seq.seq_id, text=text, token_ids=token_ids or [], finished=True, finish_reason=reason,
-                       error=error, error_type=error_type, stats=stats, logits=req.logits or None))
+                       error=error, error_type=error_type, stats=stats, logits=req.logits or None,
+                       logprobs=logprobs))
 
     def stats(self) -> dict:
         loaded = self.loaded

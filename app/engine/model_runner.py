@@ -18,6 +18,7 @@ from app.engine.distributed import parallel_state
 from app.engine.errors import RequestError
 from app.engine.kv_cache import KVCache
 from app.engine.models.decoder import DecoderLM
+from app.engine.outputs import TokenLogprob
 from app.engine.sampling import sample
 from app.engine.scheduler import Batch
 
@@ -37,6 +38,8 @@ class StepOutput:
     ready: torch.cuda.Event | None = None
     wait: Callable[[torch.cuda.Event], None] | None = None  # how to wait for it, where not synchronize()
 
+    logprobs: "StepLogprobs | None" = None
+
     def tokens(self) -> list[int]:
         if self.device_tokens is None:
             return []
@@ -47,6 +50,33 @@ class StepOutput:
         else:
             self.wait(self.ready)
         return self.host[: self.device_tokens.shape[0]].tolist()
+
+
+@dataclass
+class StepLogprobs:
+    """Log-probabilities for the rows whose requests ask for them, still on the device: each
+    row's sampled token's, and its ``counts[i]`` likeliest tokens' (ids and values)."""
+
+    rows: list[int]
+    counts: list[int]
+    chosen: torch.Tensor  # [len(rows)]
+    top_values: torch.Tensor  # [len(rows), max(counts)]
+    top_ids: torch.Tensor
+
+    @classmethod
+    def of(cls, log_probs: torch.Tensor, tokens: torch.Tensor, rows: list[int], counts: list[int]) -> "StepLogprobs":
+        """log_probs: [len(rows), vocab] of the model's distribution; tokens: every row's sample."""
+        chosen = log_probs.gather(1, tokens[rows][:, None])[:, 0]
+        top = log_probs.topk(max(counts), dim=1)
+        return cls(rows, counts, chosen, top.values, top.indices)
+
+    def per_row(self, tokens: list[int]) -> list[TokenLogprob | None]:
+        """One entry per sampled row (None where not asked); reads back once the step is done."""
+        out: list[TokenLogprob | None] = [None] * len(tokens)
+        chosen, values, ids = self.chosen.tolist(), self.top_values.tolist(), self.top_ids.tolist()
+        for i, (row, count) in enumerate(zip(self.rows, self.counts)):
+            out[row] = TokenLogprob(tokens[row], chosen[i], list(zip(ids[i][:count], values[i][:count])))
+        return out
 
 
 @dataclass
@@ -240,17 +270,21 @@ class ModelRunner:
     def _sample(self, logits: torch.Tensor, seqs: list) -> StepOutput:
         """Samples on the device and starts copying the tokens back; returns without waiting."""
         kept = [logits[j].clone() if seq.gen.output_logits else None for j, seq in enumerate(seqs)]
+        wanted = [j for j, seq in enumerate(seqs) if seq.gen.logprobs is not None]
+        log_probs = torch.log_softmax(logits[wanted].float(), dim=-1) if wanted else None  # before sample() edits logits
         tokens = sample(logits, seqs, self.last_sampled, self.model.ops.sample_race)
+        logprobs = None if log_probs is None else StepLogprobs.of(log_probs, tokens, wanted,
+                                                                  [seqs[j].gen.logprobs for j in wanted])
         if self.workers is not None:
             parallel_state.broadcast(tokens)
         self.last_sampled = tokens
         if tokens.device.type != "cuda":
-            return StepOutput(tokens, kept)
+            return StepOutput(tokens, kept, logprobs=logprobs)
         host = self._host_buffer(tokens.shape[0])
         host[: tokens.shape[0]].copy_(tokens, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-        return StepOutput(tokens, kept, host, ready, None if self.workers is None else self.workers.wait)
+        return StepOutput(tokens, kept, host, ready, None if self.workers is None else self.workers.wait, logprobs)
 
     def _host_buffer(self, n: int) -> torch.Tensor:
         i = self._next_buffer

@@ -22,6 +22,15 @@ class RequestStats:
 
 
 @dataclass
+class TokenLogprob:
+    """A sampled token's log-probability, and the likeliest tokens' at its step (id, logprob)."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
 class Delta:
     """One piece of a streamed reply. The last one has ``finished`` set, with stats or an error."""
 
@@ -34,3 +43,4 @@ class Delta:
     error_type: str | None = None  # the EngineError subclass's name, e.g. "ContextOverflowError"
     stats: RequestStats | None = None
     logits: list[torch.Tensor] | None = None  # per step, when GenerationConfig.output_logits
+    logprobs: list[TokenLogprob] | None = None  # one per token in token_ids, when GenerationConfig.logprobs
