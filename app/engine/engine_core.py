@@ -230,7 +230,9 @@ class EngineCore:
             return
         self.scheduler.commit(done.seqs)
         now = time.perf_counter()
-        logprobs = done.out.logprobs.per_row(tokens) if done.out.logprobs is not None else [None] * len(tokens)
+        logprobs = [None] * len(tokens)
+        if done.out.logprobs is not None:
+            logprobs = done.out.logprobs.per_row(tokens, lambda t: self.loaded.tokenizer.decode([t]))
         for (seq, position), token, logits, logprob in zip(done.sampled, tokens, done.out.logits, logprobs):
             if seq.is_finished:  # cancelled, or ended a step earlier
                 continue

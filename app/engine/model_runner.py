@@ -70,12 +70,14 @@ class StepLogprobs:
         top = log_probs.topk(max(counts), dim=1)
         return cls(rows, counts, chosen, top.values, top.indices)
 
-    def per_row(self, tokens: list[int]) -> list[TokenLogprob | None]:
-        """One entry per sampled row (None where not asked); reads back once the step is done."""
+    def per_row(self, tokens: list[int], text: Callable[[int], str]) -> list[TokenLogprob | None]:
+        """One entry per sampled row (None where not asked); reads back once the step is done.
+        ``text``: a token id's text."""
         out: list[TokenLogprob | None] = [None] * len(tokens)
         chosen, values, ids = self.chosen.tolist(), self.top_values.tolist(), self.top_ids.tolist()
         for i, (row, count) in enumerate(zip(self.rows, self.counts)):
-            out[row] = TokenLogprob(tokens[row], chosen[i], list(zip(ids[i][:count], values[i][:count])))
+            top = [(t, text(t), v) for t, v in zip(ids[i][:count], values[i][:count])]
+            out[row] = TokenLogprob(tokens[row], text(tokens[row]), chosen[i], top)
         return out
 
 

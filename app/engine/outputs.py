@@ -23,11 +23,13 @@ class RequestStats:
 
 @dataclass
 class TokenLogprob:
-    """A sampled token's log-probability, and the likeliest tokens' at its step (id, logprob)."""
+    """A sampled token's log-probability, and the likeliest tokens' at its step (id, text, logprob),
+    each token with its text alone (as the tokenizer decodes it by itself)."""
 
     token_id: int
+    text: str
     logprob: float
-    top: list[tuple[int, float]] = field(default_factory=list)
+    top: list[tuple[int, str, float]] = field(default_factory=list)
 
 
 @dataclass

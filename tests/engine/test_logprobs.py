@@ -39,8 +39,9 @@ def test_logprobs_are_the_models_distribution(tiny_model_factory) -> None:
     for step, lp in enumerate(logprobs):
         assert abs(lp.logprob - ref[step, lp.token_id].item()) <= 1e-4
         values, ids = ref[step].topk(5)
-        assert [i for i, _ in lp.top] == ids.tolist()
-        assert max(abs(v - r) for (_, v), r in zip(lp.top, values.tolist())) <= 1e-4
+        assert [i for i, _, _ in lp.top] == ids.tolist()
+        assert max(abs(v - r) for (_, _, v), r in zip(lp.top, values.tolist())) <= 1e-4
+        assert lp.text == core.loaded.tokenizer.decode([lp.token_id])
 
 
 def test_zero_asks_for_the_sampled_token_only(tiny_model_factory) -> None:
