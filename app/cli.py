@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=".txt or .jsonl (\"text\" field) files (default: text that ships with Python)")
     quant.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
+    serve = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/chat/completions ...) on a model")
+    _add_model_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond this machine: needs --api-key)")
+    serve.add_argument("--port", type=int, default=23333)
+    serve.add_argument("--api-key", help="clients must send 'Authorization: Bearer KEY'")
+    serve.add_argument("--cors-origin", action="append", help="a browser origin allowed to call it; repeatable")
+
     ppl = sub.add_parser("eval-ppl", help="perplexity on held-out text (an fp16/bf16/fp32 or AWQ model)")
     ppl.add_argument("model", nargs="?", help="model folder or library name (default: the starter model)")
     ppl.add_argument("--data", help="a .txt or .jsonl file (default: the held-out part of Python's own text)")
@@ -97,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             from app.commands.quantize import run_quantize
 
             return run_quantize(args)
+        if args.command == "serve":
+            from app.commands.serve import run_serve
+
+            return run_serve(args)
         if args.command == "eval-ppl":
             from app.commands.eval_ppl import run_eval_ppl
 

@@ -1,0 +1,261 @@
+"""The FastAPI application: OpenAI's endpoints over an Engine, one submitted request per call.
+
+Deltas come from the engine thread through ``on_delta`` into an asyncio queue per request. A
+client that goes away cancels its request (its KV blocks are freed at once); errors the engine
+reports before the first token get their HTTP status, later ones end the stream with an error
+event. Requests past ``max_requests`` in flight are answered 429 rather than queued forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.engine import Engine
+from app.engine.outputs import Delta, TokenLogprob
+from app.server import errors, protocol
+from app.server.config import ServerConfig
+from app.server.limits import BodySizeLimit
+
+RequestLog = Callable[[dict], None]
+
+
+class _Pending:
+    """One submitted request's deltas, handed from the engine thread to the event loop."""
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, **submit: Any):
+        self.queue: asyncio.Queue[Delta] = asyncio.Queue()
+        self.finished = False
+        self.handle = engine.submit(on_delta=lambda d: loop.call_soon_threadsafe(self.queue.put_nowait, d), **submit)
+
+    async def next(self) -> Delta:
+        delta = await self.queue.get()
+        self.finished = delta.finished
+        return delta
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self.handle.cancel()
+
+
+def create_app(engine: Engine, config: ServerConfig | None = None, on_request: RequestLog | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    config.validate()
+    app = FastAPI(title="LM Station", description="OpenAI-compatible API over the model loaded in LM Station.",
+                  version="1")
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"])
+    in_flight = 0
+
+    def authorize(request: Request) -> None:
+        if not config.api_key:
+            return
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer "):
+            raise errors.APIError(401, "missing API key: send it as 'Authorization: Bearer KEY'",
+                                  code="invalid_api_key")
+        if header[7:].strip() != config.api_key:
+            raise errors.APIError(401, "incorrect API key", code="invalid_api_key")
+
+    def loaded_model() -> tuple[str, dict]:
+        stats = engine.stats()
+        if "model" not in stats or stats.get("state") in ("empty", "loading"):
+            raise errors.APIError(503, "no model is loaded (load one in LM Station first)", code="model_not_loaded")
+        return Path(stats["model"]).name, stats
+
+    def check_model(requested: str) -> tuple[str, dict]:
+        name, stats = loaded_model()
+        if requested != name:
+            raise errors.APIError(404, f"the model '{requested}' does not exist here; the loaded model is '{name}'",
+                                  param="model", code="model_not_found")
+        return name, stats
+
+    def log(request: Request, endpoint: str, started: float, status: int, final: Delta | None) -> None:
+        if on_request is None:
+            return
+        stats = final.stats if final else None
+        decode = stats.decode_tokens_per_s if stats else None
+        on_request({"time": time.time(), "client": request.client.host if request.client else "",
+                    "endpoint": endpoint, "status": status, "duration_s": time.perf_counter() - started,
+                    "prompt_tokens": stats.prompt_tokens if stats else 0,
+                    "completion_tokens": stats.completion_tokens if stats else 0,
+                    "tokens_per_s": decode, "error": final.error if final else None})
+
+    @app.get("/health")
+    async def health() -> dict:
+        stats = engine.stats()
+        return {"status": "ok", "model": Path(stats["model"]).name if "model" in stats else None,
+                "state": stats.get("state")}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def list_models() -> dict:
+        stats = engine.stats()
+        data = [] if "model" not in stats else [_model_card(Path(stats["model"]).name)]
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/models/{model}", dependencies=[Depends(authorize)])
+    async def get_model(model: str) -> dict:
+        name, _ = check_model(model)
+        return _model_card(name)
+
+    async def serve(request: Request, endpoint: str, submit: dict, gen, respond, stream_chunks) -> Any:
+        nonlocal in_flight
+        if in_flight >= config.max_requests:
+            raise errors.APIError(429, f"the server is busy ({config.max_requests} requests in flight); retry shortly",
+                                  code="too_many_requests")
+        started = time.perf_counter()
+        in_flight += 1
+        pending = _Pending(engine, asyncio.get_running_loop(), gen=gen, **submit)
+        try:
+            first = await pending.next()
+        except BaseException:
+            in_flight -= 1
+            pending.cancel()
+            raise
+        if first.finished and first.error:
+            in_flight -= 1
+            log(request, endpoint, started, _status(first), first)
+            raise errors.APIError.from_engine(first.error, first.error_type)
+        if stream_chunks is None:
+            try:
+                final, text, logprobs = await _collect(request, pending, first)
+            finally:
+                in_flight -= 1
+                pending.cancel()
+            log(request, endpoint, started, 200 if final and not final.error else 499 if final is None else 500, final)
+            if final is None:  # the client left
+                return JSONResponse({}, status_code=499)
+            if final.error:
+                raise errors.APIError.from_engine(final.error, final.error_type)
+            return respond(final, text, logprobs)
+
+        async def events() -> AsyncIterator[str]:
+            nonlocal in_flight
+            final = None
+            try:
+                async for chunk, delta in stream_chunks(pending, first):
+                    if delta is not None and delta.finished:
+                        final = delta
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                in_flight -= 1
+                pending.cancel()  # the client left mid-stream: its KV blocks go back now
+                log(request, endpoint, started, 200 if final and not final.error else 499 if final is None else 500,
+                    final)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(body: protocol.ChatCompletionRequest, request: Request) -> Any:
+        name, stats = check_model(body.model)
+        gen = body.generation_config(stats["max_model_len"])
+        request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        messages = [m.as_engine_message() for m in body.messages]
+
+        def respond(final: Delta, text: str, logprobs: list[TokenLogprob]) -> dict:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "finish_reason": protocol.finish_reason(final.finish_reason),
+                      "logprobs": protocol.chat_logprobs(logprobs) if gen.logprobs is not None else None}
+            return {**protocol.envelope("chat.completion", request_id, name, [choice], created),
+                    "usage": protocol.usage(final.stats)}
+
+        async def chunks(pending: _Pending, first: Delta):
+            def chunk(delta: dict, reason: str | None = None, logprobs: list[TokenLogprob] | None = None) -> dict:
+                choice = {"index": 0, "delta": delta, "finish_reason": reason,
+                          "logprobs": protocol.chat_logprobs(logprobs) if logprobs else None}
+                return protocol.envelope("chat.completion.chunk", request_id, name, [choice], created)
+
+            yield chunk({"role": "assistant", "content": ""}), None
+            async for delta in _deltas(pending, first):
+                if delta.error:
+                    yield errors.APIError.from_engine(delta.error, delta.error_type).body(), delta
+                    return
+                if delta.text or delta.logprobs:
+                    yield chunk({"content": delta.text}, logprobs=delta.logprobs), None
+                if delta.finished:
+                    yield chunk({}, protocol.finish_reason(delta.finish_reason)), delta
+                    if body.stream_options and body.stream_options.include_usage:
+                        yield {**protocol.envelope("chat.completion.chunk", request_id, name, [], created),
+                               "usage": protocol.usage(delta.stats)}, None
+
+        return await serve(request, "chat", {"messages": messages}, gen, respond, chunks if body.stream else None)
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(body: protocol.CompletionRequest, request: Request) -> Any:
+        name, stats = check_model(body.model)
+        gen = body.generation_config(stats["max_model_len"])
+        prompt = body.text()
+        request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def respond(final: Delta, text: str, logprobs: list[TokenLogprob]) -> dict:
+            choice = {"index": 0, "text": text, "finish_reason": protocol.finish_reason(final.finish_reason),
+                      "logprobs": protocol.completion_logprobs(logprobs) if gen.logprobs is not None else None}
+            return {**protocol.envelope("text_completion", request_id, name, [choice], created),
+                    "usage": protocol.usage(final.stats)}
+
+        async def chunks(pending: _Pending, first: Delta):
+            offset = 0
+            async for delta in _deltas(pending, first):
+                if delta.error:
+                    yield errors.APIError.from_engine(delta.error, delta.error_type).body(), delta
+                    return
+                reason = protocol.finish_reason(delta.finish_reason) if delta.finished else None
+                if delta.text or delta.logprobs or delta.finished:
+                    logprobs = protocol.completion_logprobs(delta.logprobs, offset) if delta.logprobs else None
+                    choice = {"index": 0, "text": delta.text, "finish_reason": reason, "logprobs": logprobs}
+                    yield protocol.envelope("text_completion", request_id, name, [choice], created), delta
+                    offset += len(delta.text)
+                if delta.finished and body.stream_options and body.stream_options.include_usage:
+                    yield {**protocol.envelope("text_completion", request_id, name, [], created),
+                           "usage": protocol.usage(delta.stats)}, None
+
+        return await serve(request, "completions", {"prompt": prompt}, gen, respond, chunks if body.stream else None)
+
+    return app
+
+
+def _model_card(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "lmstation"}
+
+
+def _status(delta: Delta) -> int:
+    return errors.ENGINE_ERRORS.get(delta.error_type or "", (500,))[0]
+
+
+async def _deltas(pending: _Pending, first: Delta) -> AsyncIterator[Delta]:
+    delta = first
+    while True:
+        yield delta
+        if delta.finished:
+            return
+        delta = await pending.next()
+
+
+async def _collect(request: Request, pending: _Pending, first: Delta
+                   ) -> tuple[Delta | None, str, list[TokenLogprob]]:
+    """The whole reply: (final delta, text, logprobs); final is None when the client left first."""
+    text, logprobs, delta = [first.text], list(first.logprobs or []), first
+    while not delta.finished:
+        try:
+            delta = await asyncio.wait_for(pending.next(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                return None, "", []
+            continue
+        text.append(delta.text)
+        logprobs.extend(delta.logprobs or [])
+    return delta, "".join(text), logprobs

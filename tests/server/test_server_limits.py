@@ -1,0 +1,85 @@
+"""Keys, the in-flight limit, disconnects and the settings the server refuses."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from app.server import ServerConfig, ServerThread
+from app.server.config import ServerConfigError
+from tests.server.http import get, post
+
+QUESTION = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+
+
+def wait_idle(engine, timeout_s: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stats = engine.stats()
+        if stats.get("running") == 0 and stats.get("waiting") == 0:
+            return stats
+        time.sleep(0.05)
+    raise AssertionError(f"the engine is still busy: {engine.stats()}")
+
+
+def test_settings_refused_before_binding() -> None:
+    with pytest.raises(ServerConfigError, match="API key"):
+        ServerConfig(host="0.0.0.0").validate()
+    ServerConfig(host="0.0.0.0", api_key="k").validate()
+    ServerConfig(host="::1").validate()
+    with pytest.raises(ServerConfigError, match="port"):
+        ServerConfig(port=70000).validate()
+
+
+def test_a_taken_port_is_a_clear_error(engine, server) -> None:
+    with pytest.raises(ServerConfigError, match="cannot listen"):
+        ServerThread(engine, ServerConfig(port=server.port)).start()
+
+
+def test_api_key(engine, model_name) -> None:
+    keyed = ServerThread(engine, ServerConfig(port=0, api_key="s3cret"))
+    keyed.start()
+    try:
+        with pytest.raises(openai.AuthenticationError) as refused:
+            openai.OpenAI(base_url=keyed.base_url, api_key="wrong", max_retries=0).models.list()
+        assert refused.value.body["code"] == "invalid_api_key"
+        status, body = post(keyed.base_url + "/chat/completions", b"{}")  # no key at all
+        assert status == 401 and "missing API key" in body["error"]["message"]
+        assert get(keyed.base_url.removesuffix("/v1") + "/health")["status"] == "ok"  # open: no data in it
+        good = openai.OpenAI(base_url=keyed.base_url, api_key="s3cret", max_retries=0)
+        assert good.models.list().data[0].id == model_name
+    finally:
+        keyed.stop()
+
+
+def test_disconnect_mid_stream_frees_the_blocks(engine, client, model_name) -> None:
+    idle = wait_idle(engine)["free_cache_tokens"]
+    stream = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=400, stream=True,
+                                            temperature=0, extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    assert engine.stats()["free_cache_tokens"] < idle  # its prompt and first tokens hold blocks
+    stream.close()
+    assert wait_idle(engine, 10)["free_cache_tokens"] == idle
+
+
+def test_requests_past_the_limit_get_429(engine, model_name) -> None:
+    small = ServerThread(engine, ServerConfig(port=0, max_requests=1))
+    small.start()
+    try:
+        client = openai.OpenAI(base_url=small.base_url, api_key="x", max_retries=0)
+        stream = client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=300, stream=True,
+                                                extra_body={"ignore_eos": True})
+        next(iter(stream))
+        with pytest.raises(openai.RateLimitError) as busy:
+            client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=2)
+        assert busy.value.status_code == 429
+        stream.close()
+        wait_idle(engine)
+        assert client.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=2).usage.completion_tokens == 2
+    finally:
+        small.stop()
+
