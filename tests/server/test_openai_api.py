@@ -6,7 +6,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.server.http import post
+from tests.server.helpers import post
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import openai
 import pytest
 
 from app.server import ServerConfig, ServerThread
 from app.server.config import ServerConfigError
-from tests.server.http import get, post
+from tests.server.helpers import get, post, wait_idle
 
 QUESTION = [{"role": "user", "content": "Tell me a long story about a dragon."}]
-
-
-def wait_idle(engine, timeout_s: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        stats = engine.stats()
-        if stats.get("running") == 0 and stats.get("waiting") == 0:
-            return stats
-        time.sleep(0.05)
-    raise AssertionError(f"the engine is still busy: {engine.stats()}")
 
 
 def test_settings_refused_before_binding() -> None:
