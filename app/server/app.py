@@ -247,15 +247,25 @@ async def _deltas(pending: _Pending, first: Delta) -> AsyncIterator[Delta]:
 
 async def _collect(request: Request, pending: _Pending, first: Delta
                    ) -> tuple[Delta | None, str, list[TokenLogprob]]:
-    """The whole reply: (final delta, text, logprobs); final is None when the client left first."""
+    """The whole reply: (final delta, text, logprobs); final is None when the client left first
+    (a watcher notices, and cancels the request)."""
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.5)
+        left.set()
+        pending.cancel()
+
+    left = asyncio.Event()
+    watcher = asyncio.create_task(watch())
     text, logprobs, delta = [first.text], list(first.logprobs or []), first
-    while not delta.finished:
-        try:
-            delta = await asyncio.wait_for(pending.next(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                return None, "", []
-            continue
-        text.append(delta.text)
-        logprobs.extend(delta.logprobs or [])
+    try:
+        while not delta.finished:
+            delta = await pending.next()
+            text.append(delta.text)
+            logprobs.extend(delta.logprobs or [])
+    finally:
+        watcher.cancel()
+    if left.is_set():
+        return None, "", []
     return delta, "".join(text), logprobs

@@ -54,6 +54,16 @@ def test_disconnect_mid_stream_frees_the_blocks(engine, client, model_name) -> N
     assert wait_idle(engine, 10)["free_cache_tokens"] == idle
 
 
+def test_disconnect_while_waiting_for_a_whole_reply(engine, server, model_name) -> None:
+    idle = wait_idle(engine)["free_cache_tokens"]
+    impatient = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model=model_name, messages=QUESTION, max_tokens=2000,
+                                          extra_body={"ignore_eos": True})
+    assert wait_idle(engine, 10)["free_cache_tokens"] == idle  # cancelled, not run to 2000 tokens
+    assert server.log[-1]["status"] == 499
+
+
 def test_requests_past_the_limit_get_429(engine, model_name) -> None:
     small = ServerThread(engine, ServerConfig(port=0, max_requests=1))
     small.start()
