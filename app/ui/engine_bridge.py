@@ -33,6 +33,8 @@ class EngineBridge(QObject):
     request_import_gguf = Signal(str)  # a .gguf file; answered by ``gguf_imported``
     request_devices = Signal()
     request_memory = Signal(str)  # device id ("cpu", "cuda:0"); answered by ``memory``
+    request_server_start = Signal(dict)  # app.server.ServerConfig fields; answered by ``server_state``
+    request_server_stop = Signal()
 
     # answers
     state_changed = Signal(str)  # "empty" | "loading" | "ready"
@@ -44,6 +46,8 @@ class EngineBridge(QObject):
     devices = Signal(list)  # [{"id", "name", "memory_bytes"}], GPUs first, the CPU last
     memory = Signal(dict)  # {"device", "used_bytes", "total_bytes"}
     finished = Signal(int, dict)  # reply key, {"finish_reason", "error", "error_type", "stats"}
+    server_state = Signal(dict)  # {"running", "url", "error"}
+    server_request = Signal(dict)  # one served request: time, client, endpoint, tokens, tok/s, status
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,6 +61,9 @@ class EngineBridge(QObject):
         self.request_import_gguf.connect(self._import_gguf)
         self.request_devices.connect(self._devices)
         self.request_memory.connect(self._memory)
+        self.request_server_start.connect(self._server_start)
+        self.request_server_stop.connect(self._server_stop)
+        self._server = None  # app.server.ServerThread while the server runs
 
     @property
     def engine(self) -> Engine:
@@ -164,8 +171,34 @@ class EngineBridge(QObject):
 
         self.memory.emit(memory_in_use(device))
 
+    @Slot(dict)
+    def _server_start(self, options: dict) -> None:
+        """The OpenAI-compatible server over this bridge's engine: the chat and outside clients
+        share the loaded model (and its batches)."""
+        from app.server import ServerConfig, ServerThread
+        from app.server.config import ServerConfigError
+
+        self._server_stop(announce=False)
+        try:
+            server = ServerThread(self.engine, ServerConfig(**options), on_request=self.server_request.emit)
+            server.start()
+        except (ServerConfigError, TypeError) as exc:
+            self.server_state.emit({"running": False, "url": "", "error": str(exc)})
+            return
+        self._server = server
+        self.server_state.emit({"running": True, "url": server.base_url, "error": ""})
+
+    @Slot()
+    def _server_stop(self, announce: bool = True) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        if announce:
+            self.server_state.emit({"running": False, "url": "", "error": ""})
+
     def shutdown(self) -> None:
         """Stops the engine thread (call from the bridge's thread, or after its QThread ended)."""
+        self._server_stop(announce=False)
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None

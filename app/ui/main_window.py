@@ -1,7 +1,6 @@
 """The main window: a sidebar of pages, the pages, and a status bar (engine state, model, device
 and its memory). It owns the engine's and the quantizer's bridges and routes between pages.
 
-Pages that arrive with later versions say what they will do and that they are not here yet.
 The engine loads in the background: the window shows at once and stays responsive.
 """
 
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Slot
 from PySide6.QtWidgets import (
-    QApplication, QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QTabWidget, QVBoxLayout, QWidget,
+    QApplication, QHBoxLayout, QLabel, QListWidget, QMainWindow, QStackedWidget, QTabWidget, QWidget,
 )
 
 from app.chats.store import ChatStore
@@ -23,28 +22,12 @@ from app.ui.engine_bridge import EngineBridge
 from app.ui.models_page import ModelsPage
 from app.ui.quantize_bridge import QuantizeBridge
 from app.ui.quantize_page import QuantizePage
+from app.ui.server_page import ServerPage
 from app.ui.settings import AppSettings
 from app.ui.settings_page import SettingsPage
 from app.ui.theme import apply_theme
 
 MEMORY_POLL_MS = 2000
-COMING = {
-    "Server": ("An OpenAI-compatible server",
-               ["Serve the loaded model to other programs on this computer or your network.",
-                "Works with the official OpenAI clients, streaming included.",
-                "Shares the model with the chat: no second copy in memory."]),
-}
-
-
-def _coming_page(title: str, points: list[str]) -> QWidget:
-    page = QWidget()
-    layout = QVBoxLayout(page)
-    layout.addWidget(QLabel(f"<h2>{title}</h2>"))
-    body = QLabel("".join(f"<p>• {p}</p>" for p in points), wordWrap=True)
-    layout.addWidget(body)
-    layout.addWidget(QLabel("<i>Arrives in a later version of LM Station.</i>", objectName="muted"))
-    layout.addStretch(1)
-    return page
 
 
 class MainWindow(QMainWindow):
@@ -75,9 +58,9 @@ class MainWindow(QMainWindow):
         self.sidebar = QListWidget(objectName="sidebar")
         self.sidebar.setFixedWidth(160)
         self.pages = QStackedWidget()
-        pages = [("Chat", self.chat), ("Models", self.models_tabs), ("Quantize", self.quantize_page)]
-        pages += [(name, _coming_page(*text)) for name, text in COMING.items()]
-        pages += [("Settings", self.settings_page)]
+        self.server_page = ServerPage()
+        pages = [("Chat", self.chat), ("Models", self.models_tabs), ("Quantize", self.quantize_page),
+                 ("Server", self.server_page), ("Settings", self.settings_page)]
         for name, page in pages:
             self.sidebar.addItem(name)
             self.pages.addWidget(page)
@@ -103,6 +86,10 @@ class MainWindow(QMainWindow):
         bridge.devices.connect(self.discover.set_devices, queued)
         bridge.devices.connect(self.quantize_page.set_devices, queued)
         bridge.gguf_imported.connect(self.models.on_gguf_imported, queued)
+        bridge.server_state.connect(self.server_page.on_state, queued)
+        bridge.server_request.connect(self.server_page.on_request, queued)
+        self.server_page.start_requested.connect(bridge.request_server_start)
+        self.server_page.stop_requested.connect(bridge.request_server_stop)
         self.models.load_requested.connect(self.load)
         self.models.unload_requested.connect(bridge.request_unload)
         self.models.gguf_import_requested.connect(bridge.request_import_gguf)
@@ -195,6 +182,7 @@ class MainWindow(QMainWindow):
         self.models.set_loaded(stats.get("model"))  # refreshes: a starter model converted just now appears
         self.chat.set_context_limit(stats.get("max_model_len", 0))
         self.chat.set_vision(bool(stats.get("vision")))
+        self.server_page.set_model(Path(stats.get("model", "")).name)
         self.device = stats.get("device", "cpu")
         self.bridge.request_memory.emit(self.device)
 
