@@ -59,3 +59,39 @@ def test_bench_random_weights_of_a_real_shape(lmstation_home) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["workload"]["finished"] == 3 and report["workload"]["output_tokens_per_s"] > 0
+
+
+def test_serve_answers_an_openai_client_and_stops_on_ctrl_c(starter_model, lmstation_home) -> None:
+    import signal
+    import socket
+    import time
+
+    from openai import OpenAI
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "LMSTATION_HOME": str(lmstation_home), "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen([LMSTATION, "serve", "--port", str(port), "--device", "cpu"], env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while not any("Serving" in line for line in lines) and time.monotonic() < deadline:
+            lines.append(server.stderr.readline())
+            assert server.poll() is None, "".join(lines)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        model = client.models.list().data[0].id
+        reply = client.chat.completions.create(model=model, temperature=0, max_tokens=20,
+                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in reply.choices[0].message.content
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def test_serve_refuses_an_open_address_without_a_key(lmstation_home) -> None:
+    done = run(["serve", "--host", "0.0.0.0"], lmstation_home, timeout=60)
+    assert done.returncode == 1 and "API key" in done.stderr

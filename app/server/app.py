@@ -134,7 +134,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
             finally:
                 in_flight -= 1
                 pending.cancel()
-            log(request, endpoint, started, 200 if final and not final.error else 499 if final is None else 500, final)
+            log(request, endpoint, started, _outcome(final), final)
             if final is None:  # the client left
                 return JSONResponse({}, status_code=499)
             if final.error:
@@ -153,8 +153,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
             finally:
                 in_flight -= 1
                 pending.cancel()  # the client left mid-stream: its KV blocks go back now
-                log(request, endpoint, started, 200 if final and not final.error else 499 if final is None else 500,
-                    final)
+                log(request, endpoint, started, _outcome(final), final)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -233,7 +232,14 @@ def _model_card(name: str) -> dict:
 
 
 def _status(delta: Delta) -> int:
-    return errors.ENGINE_ERRORS.get(delta.error_type or "", (500,))[0]
+    return errors.engine_error(delta.error_type)[0]
+
+
+def _outcome(final: Delta | None) -> int:
+    """The status a served request ends with, for the log: 499 when the client left first."""
+    if final is None:
+        return 499
+    return _status(final) if final.error else 200
 
 
 async def _deltas(pending: _Pending, first: Delta) -> AsyncIterator[Delta]:

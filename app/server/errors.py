@@ -15,6 +15,23 @@ ENGINE_ERRORS = {
     "NoModelLoadedError": (503, "server_error", "model_not_loaded"),
     "TensorParallelError": (500, "server_error", None),
 }
+
+
+def engine_error(error_type: str | None) -> tuple[int, str, str | None]:
+    """(status, OpenAI type, code) for an engine error class's name: any kind of RequestError
+    (a bad picture, say) is the client's fault."""
+    from app.engine.errors import RequestError
+
+    if error_type in ENGINE_ERRORS:
+        return ENGINE_ERRORS[error_type]
+    kinds, requests = [RequestError], set()
+    while kinds:
+        kind = kinds.pop()
+        requests.add(kind.__name__)
+        kinds.extend(kind.__subclasses__())
+    return (400, "invalid_request_error", None) if error_type in requests else (500, "server_error", None)
+
+
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
           422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error"}
@@ -30,7 +47,7 @@ class APIError(Exception):
 
     @classmethod
     def from_engine(cls, error: str, error_type: str | None) -> "APIError":
-        status, kind, code = ENGINE_ERRORS.get(error_type or "", (500, "server_error", None))
+        status, kind, code = engine_error(error_type)
         return cls(status, error, type=kind, code=code)
 
     def body(self) -> dict:
