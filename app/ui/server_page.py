@@ -130,7 +130,8 @@ class ServerPage(QWidget):
         url = self.url or f"http://{host}:{self.port.value()}/v1"
         key = self.api_key.text().strip() or "not-needed"
         model = self.model or "MODEL"
-        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                           "temperature": 0, "max_tokens": 128})
         self.curl.setPlainText(f"curl {url}/chat/completions \\\n  -H 'Content-Type: application/json' \\\n"
                                f"  -H 'Authorization: Bearer {key}' \\\n  -d '{body}'")
         self.python.setPlainText(
@@ -139,6 +140,8 @@ class ServerPage(QWidget):
             "stream = client.chat.completions.create(\n"
             f"    model={model!r},\n"
             "    messages=[{'role': 'user', 'content': 'What is the capital of France?'}],\n"
+            "    temperature=0,\n"
+            "    max_tokens=128,\n"
             "    stream=True,\n)\n"
             "for chunk in stream:\n"
             "    print(chunk.choices[0].delta.content or '', end='', flush=True)\n")

@@ -4,7 +4,12 @@ outside request streams too (one engine, batched together)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -63,6 +68,15 @@ def test_server_page_serves_beside_the_chat(qtbot, open_window, starter_model) -
     qtbot.waitUntil(lambda: page.log.rowCount() >= 1, timeout=10_000)
     row = [page.log.item(0, c).text() for c in range(page.log.columnCount())]
     assert row[1] == "127.0.0.1" and row[2] == "chat" and row[4] == "48" and row[6] == "200"
+
+    # The examples work as shown: the Python one run as it is, the curl one in a shell.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(page.python.toPlainText(), {})
+    assert "Paris" in printed.getvalue()
+    if shutil.which("curl"):
+        done = subprocess.run(["bash", "-c", page.curl.toPlainText()], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "Paris" in json.loads(done.stdout)["choices"][0]["message"]["content"]
 
     qtbot.mouseClick(page.toggle, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: not page.running, timeout=30_000)
