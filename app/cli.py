@@ -15,6 +15,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmstation", description="LM Station: local LLMs, fast.")
+    parser.add_argument("--self-test", action="store_true",
+                        help="open the app offscreen, load the starter model, answer a question, print a report, exit")
+    parser.add_argument("--report", help="with --self-test: where the report (JSON) goes")
     sub = parser.add_subparsers(dest="command")
 
     chat = sub.add_parser("chat", help="chat in the terminal, or answer one --prompt and exit (no command: the window)")
@@ -84,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     multiprocessing.freeze_support()
     args = build_parser().parse_args(argv)
     try:
+        if args.self_test:
+            from pathlib import Path
+
+            from app.selftest import run_self_test
+
+            return run_self_test(Path(args.report) if args.report else None)
         if args.command is None:
             from app.ui.app import run_app
 

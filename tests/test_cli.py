@@ -95,3 +95,14 @@ def test_serve_answers_an_openai_client_and_stops_on_ctrl_c(starter_model, lmsta
 def test_serve_refuses_an_open_address_without_a_key(lmstation_home) -> None:
     done = run(["serve", "--host", "0.0.0.0"], lmstation_home, timeout=60)
     assert done.returncode == 1 and "API key" in done.stderr
+
+
+def test_self_test_reports_a_reply(starter_model, lmstation_home, tmp_path) -> None:
+    report = tmp_path / "report.json"
+    done = run(["--self-test", "--report", str(report)], lmstation_home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED" in done.stdout and "Paris" in done.stdout
+    data = json.loads(report.read_text())
+    assert data["ok"] and "Paris" in data["reply"] and data["engine"]["device"] == "cpu"
+    assert {"window_shown", "model_ready", "first_token", "reply_done"} <= set(data["timings_s"])
+    assert data["versions"]["torch"] and data["paths"]["data"] == str(lmstation_home)
