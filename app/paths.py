@@ -1,6 +1,6 @@
-"""Where user data lives: models, chats, settings, logs.
+"""Where user data lives (models, chats, settings, logs), and the app's own assets.
 
-The platform's user-data directory (platformdirs), overridable with ``LMSTATION_HOME``.
+User data: the platform's user-data directory (platformdirs), overridable with ``LMSTATION_HOME``.
 """
 
 from __future__ import annotations
@@ -31,3 +31,8 @@ def models_dir() -> Path:
     path = _models_dir_override or data_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def assets_dir() -> Path:
+    """Icons and the model catalog: beside the ``app`` package, in a source tree and in the bundle."""
+    return Path(__file__).resolve().parent.parent / "assets"

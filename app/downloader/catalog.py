@@ -9,8 +9,9 @@ from enum import Enum
 from pathlib import Path
 
 from app.downloader.backends import SOURCES
+from app.paths import assets_dir
 
-CATALOG_PATH = Path(__file__).resolve().parents[2] / "assets" / "catalog.json"
+CATALOG_PATH = assets_dir() / "catalog.json"
 KINDS = ("chat", "vision")
 QUANTIZATIONS = (None, "awq")
 

@@ -10,6 +10,17 @@ from pathlib import Path
 import psutil
 
 
+def app_icon():
+    from PySide6.QtGui import QIcon
+
+    from app.paths import assets_dir
+
+    icon = QIcon()
+    for png in sorted((assets_dir() / "icons").glob("lmstation-*.png")):
+        icon.addFile(str(png))
+    return icon
+
+
 def run_app(model: Path | None = None) -> int:
     import shiboken6
     from PySide6.QtWidgets import QApplication
@@ -22,6 +33,8 @@ def run_app(model: Path | None = None) -> int:
     log = logging.getLogger("lmstation")
     app = QApplication.instance() or QApplication(sys.argv)
     app.setApplicationName("LM Station")
+    app.setDesktopFileName("lmstation")  # ties the window to lmstation.desktop (its icon, on Wayland)
+    app.setWindowIcon(app_icon())
     install_exception_dialog()
     from app.ui.engine_bridge import start_bridge, stop_bridge  # the engine itself loads in the bridge's thread
     from app.ui.main_window import MainWindow
