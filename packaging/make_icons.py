@@ -1,12 +1,14 @@
-"""Renders assets/icons/lmstation.svg to the PNG sizes the launchers use and to a Windows .ico.
-Run after changing the SVG: python packaging/make_icons.py (needs PySide6 and Pillow)."""
+"""Renders assets/icons/lmstation.svg to the PNG sizes the launchers use and to a Windows .ico,
+and docs/screenshots/icon.png: the app's window icon (QIcon over those PNGs) as Qt draws it at
+each size, on a light and a dark strip. Run after changing the SVG: python packaging/make_icons.py."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-ICONS = Path(__file__).resolve().parent.parent / "assets" / "icons"
+ROOT = Path(__file__).resolve().parent.parent
+ICONS = ROOT / "assets" / "icons"
 SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
 
 
@@ -29,6 +31,26 @@ def main() -> None:
         image.save(str(ICONS / f"lmstation-{size}.png"))
     largest = Image.open(ICONS / "lmstation-256.png")
     largest.save(ICONS / "lmstation.ico", sizes=[(s, s) for s in SIZES if s <= 256])
+    _screenshot(ROOT / "docs" / "screenshots" / "icon.png")
+
+
+def _screenshot(out: Path) -> None:
+    from PySide6.QtGui import QColor, QImage, QPainter
+
+    from app.ui.app import app_icon
+
+    icon, shown = app_icon(), [s for s in SIZES if s <= 256]
+    width, row = sum(shown) + 24 * (len(shown) + 1), max(shown) + 48
+    image = QImage(width, 2 * row, QImage.Format.Format_ARGB32)
+    painter = QPainter(image)
+    for band, color in enumerate(("#f4f4f5", "#18181b")):
+        painter.fillRect(0, band * row, width, row, QColor(color))
+        x = 24
+        for size in shown:
+            painter.drawPixmap(x, band * row + 24 + (max(shown) - size), icon.pixmap(size, size))
+            x += size + 24
+    painter.end()
+    image.save(str(out))
 
 
 if __name__ == "__main__":

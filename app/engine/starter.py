@@ -7,6 +7,7 @@ Hugging Face folder in the models directory on first use and reused afterwards.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
@@ -34,6 +35,8 @@ def starter_gguf_path() -> Path:
     """Locate the bundled GGUF without importing the package (its __init__ needs llm and llama_cpp)."""
     spec = importlib.util.find_spec(_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if getattr(sys, "frozen", False):  # the packaged app carries the file itself (packaging/lmstation.spec)
+        locations.insert(0, str(Path(getattr(sys, "_MEIPASS", ".")) / _PACKAGE))
     for location in locations:
         candidate = Path(location) / _GGUF_NAME
         if candidate.is_file():

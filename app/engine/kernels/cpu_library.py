@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from app.engine.kernels.native_build import bind, build_once, cache_dir
+from app.engine.kernels.native_build import bind, build_once, bundled, cache_dir
 
 __all__ = ["Library", "library"]
 
@@ -125,7 +125,7 @@ def library() -> Library:
     if os.environ.get("LMSTATION_NO_CPU_KERNELS"):
         return Library(None, "disabled by LMSTATION_NO_CPU_KERNELS")
     try:
-        prebuilt = os.environ.get("LMSTATION_CPU_KERNELS_LIB")
+        prebuilt = os.environ.get("LMSTATION_CPU_KERNELS_LIB") or bundled("lms_cpu")
         lib = bind(ctypes.CDLL(prebuilt or str(_build(SOURCE_DIR))), _SIGNATURES)
         lib.lms_set_omp(*(_omp_entry_points() or (None, None, None)))
         isa = lib.lms_set_isa(-1)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from app.engine.kernels.native_build import bind, build_once, cache_dir
+from app.engine.kernels.native_build import bind, build_once, bundled, cache_dir
 
 __all__ = ["ABI_VERSION", "NVCC_FLAGS", "Library", "build", "find_nvcc", "library", "sources"]
 
@@ -111,7 +111,7 @@ def library() -> Library:
     """Loads (building if needed) the library once per process; never raises."""
     if os.environ.get("LMSTATION_NO_CUDA_KERNELS"):
         return Library(None, "disabled by LMSTATION_NO_CUDA_KERNELS")
-    prebuilt = os.environ.get("LMSTATION_CUDA_KERNELS_LIB")
+    prebuilt = os.environ.get("LMSTATION_CUDA_KERNELS_LIB") or bundled("lms_cuda")
     if not prebuilt and not torch.cuda.is_available():
         return Library(None, "no CUDA device")
     try:

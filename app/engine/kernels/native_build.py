@@ -9,11 +9,12 @@ import ctypes
 import hashlib
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["bind", "build_once", "cache_dir"]
+__all__ = ["bind", "build_once", "bundled", "cache_dir"]
 
 
 def cache_dir() -> Path:
@@ -24,6 +25,16 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("LMStation", appauthor=False)) / "kernels"
+
+
+def bundled(prefix: str) -> str | None:
+    """In the packaged app (PyInstaller), the library built with the bundle (``kernels/PREFIX.so``
+    or ``.dll``), if it holds one: users need no compiler. None elsewhere."""
+    if not getattr(sys, "frozen", False):
+        return None
+    path = Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent)) / "kernels" / (
+        prefix + (".dll" if os.name == "nt" else ".so"))
+    return str(path) if path.is_file() else None
 
 
 def build_once(target_dir: Path, prefix: str, key: Sequence[str], inputs: Sequence[Path],
