@@ -83,7 +83,7 @@ class ServerPage(QWidget):
     # ---- from the window --------------------------------------------------------------------------
     def set_model(self, name: str) -> None:
         self.model = name
-        self.model_label.setText(f"Serving: {name}" if name else "No model loaded")
+        self.model_label.setText(f"Loaded model: {name} (what the server serves)" if name else "No model loaded")
         self._refresh_examples()
 
     @Slot(dict)
