@@ -6,11 +6,16 @@ import argparse
 import multiprocessing
 import sys
 
+# The choices only (no torch): the same tuple EngineConfig checks
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "float32", "int8", "int4")
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="model folder or library name (default: the starter model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                   help="how the KV cache stores keys and values (int8/int4: 2x/3.8x the tokens)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ppl.add_argument("--windows", type=int, default=40, help="windows of --seqlen tokens, evenly spread")
     ppl.add_argument("--seqlen", type=int, default=512)
+    ppl.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES,
+                     help="run through LM Station's engine with this KV cache (default: transformers' forward)")
+    ppl.add_argument("--chunk", type=int, default=64, help="with --kv-cache-dtype: tokens prefilled per step")
     return parser
 
 

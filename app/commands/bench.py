@@ -19,9 +19,9 @@ def _spec(args: argparse.Namespace) -> bench.BenchSpec:
     if args.shape:
         folder = write_shape_folder(args.shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{args.shape}")
         return bench.BenchSpec(folder, args.batch, args.input_len, args.output_len, args.device, args.dtype,
-                               load_format="random")
+                               load_format="random", kv_cache_dtype=args.kv_cache_dtype)
     return bench.BenchSpec(resolve_model(args.model), args.batch, args.input_len, args.output_len, args.device,
-                           args.dtype)
+                           args.dtype, kv_cache_dtype=args.kv_cache_dtype)
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -41,7 +41,8 @@ def run_chat(args: argparse.Namespace) -> int:
     with Engine() as engine:
         print(f"Loading {model_dir.name}...", file=sys.stderr, flush=True)
         try:
-            stats = engine.load(EngineConfig(model=model_dir, device=args.device, dtype=args.dtype)).result()
+            stats = engine.load(EngineConfig(model=model_dir, device=args.device, dtype=args.dtype,
+                                     kv_cache_dtype=args.kv_cache_dtype)).result()
         except EngineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from app.engine.quant import QuantizeError, evaluate_perplexity
+from app.engine.quant.perplexity import engine_perplexity
 from app.library import ModelNotFound, resolve_model
 
 
@@ -18,12 +19,17 @@ def run_eval_ppl(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         model = resolve_model(args.model)
-        result = evaluate_perplexity(model, Path(args.data).expanduser() if args.data else None, args.device,
-                                     windows=args.windows, seqlen=args.seqlen)
+        data = Path(args.data).expanduser() if args.data else None
+        if args.kv_cache_dtype is None:  # transformers' own forward (weights' quality)
+            result = evaluate_perplexity(model, data, args.device, windows=args.windows, seqlen=args.seqlen)
+        else:  # our engine, chunk by chunk over a KV cache of that dtype (the cache's quality)
+            result = engine_perplexity(model, args.kv_cache_dtype, data, args.device, windows=args.windows,
+                                       seqlen=args.seqlen, chunk=args.chunk)
     except (ModelNotFound, OSError, ValueError, QuantizeError) as exc:  # OSError: unreadable weights
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{model.name}: {result.windows} windows x {args.seqlen} tokens ({result.tokens} predicted), "
+    how = "" if args.kv_cache_dtype is None else f", our engine with a {args.kv_cache_dtype} KV cache in {args.chunk}-token chunks"
+    print(f"{model.name}{how}: {result.windows} windows x {args.seqlen} tokens ({result.tokens} predicted), "
           f"{time.monotonic() - start:.1f} s", file=sys.stderr)
     print(f"{result.perplexity:.4f}")
     return 0

@@ -24,7 +24,8 @@ def run_serve(args: argparse.Namespace) -> int:
     with Engine() as engine:
         print(f"Loading {model_dir.name}...", file=sys.stderr, flush=True)
         try:
-            engine.load(EngineConfig(model=model_dir, device=args.device, dtype=args.dtype)).result()
+            engine.load(EngineConfig(model=model_dir, device=args.device, dtype=args.dtype,
+                                     kv_cache_dtype=args.kv_cache_dtype)).result()
             server = ServerThread(engine, config)
             server.start()
         except (EngineError, ServerConfigError) as exc:

@@ -33,6 +33,7 @@ class BenchSpec:
     dtype: str = "auto"
     seed: int = 0
     load_format: str = "safetensors"  # "random": real shapes, random weights
+    kv_cache_dtype: str = "auto"
 
 
 @dataclass
@@ -75,7 +76,7 @@ def _core(spec: BenchSpec, **options) -> EngineCore:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     config = EngineConfig(model=spec.model_dir, device=spec.device, dtype=spec.dtype, load_format=spec.load_format,
-                          enable_prefix_caching=False, **options)
+                          kv_cache_dtype=spec.kv_cache_dtype, enable_prefix_caching=False, **options)
     return EngineCore(load(config, spec.model_dir), config)
 
 

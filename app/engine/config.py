@@ -26,6 +26,9 @@ class EngineConfig:
     # Share of the memory free after loading the weights; None: 0.85 of a GPU's, 0.1 of RAM.
     cache_memory_fraction: float | None = None
     num_cache_blocks: int | None = None  # exact block count; overrides the fraction
+    # How keys and values are stored: auto (the model's dtype) | bfloat16 | float16 | float32 |
+    # int8 | int4 (quantized per token and head; 2x or ~3.8x the tokens in the same memory).
+    kv_cache_dtype: str = "auto"
     enable_prefix_caching: bool = True
     # Scheduler: how many sequences and tokens one step may process.
     max_num_seqs: int = 64
@@ -47,6 +50,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.load_format not in ("safetensors", "random"):
             raise ValueError(f"load_format must be 'safetensors' or 'random', got {self.load_format!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         if self.kernels not in ("auto", "torch", "triton"):
             raise ValueError(f"kernels must be auto, torch or triton, got {self.kernels!r}")
         if self.tensor_parallel not in TENSOR_PARALLEL_SIZES:
@@ -64,6 +69,7 @@ class EngineConfig:
             raise ValueError("cache_memory_fraction must be in (0, 1]")
 
 
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "float32", "int8", "int4")
 MAX_LOGPROBS = 20  # likeliest tokens a request may ask for at each step (OpenAI's limit)
 
 

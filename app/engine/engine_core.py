@@ -310,6 +310,7 @@ class EngineCore:
             "kernels": loaded.kernels,
             "vision": loaded.processor is not None,  # reads pictures in messages
             "cache_tokens": loaded.cache.num_tokens,
+            "kv_cache_dtype": loaded.cache.format.name if loaded.cache.format else str(loaded.dtype).removeprefix("torch."),
             "free_cache_tokens": self.blocks.num_free_blocks * loaded.cache.block_size,
             "max_model_len": loaded.max_model_len,
             "running": len(self.scheduler.running),

@@ -8,16 +8,19 @@ import torch
 
 from app.engine.distributed.parallel_state import Shard
 from app.engine.distributed.sharding import local_heads
+from app.engine.kv_quant import CacheFormat
 from app.engine.models.config import ModelConfig
 
 
 @dataclass
 class KVCache:
-    """Per layer (key, value) tensors of shape [num_blocks, block_size, kv_heads, head_dim]."""
+    """Per layer (key, value) tensors of shape [num_blocks, block_size, kv_heads, row width]: the
+    head size for a float cache, quantized rows (uint8, see kv_quant) for an int8/int4 one."""
 
     layers: list[tuple[torch.Tensor, torch.Tensor]]
     num_blocks: int
     block_size: int
+    format: CacheFormat | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -25,18 +28,18 @@ class KVCache:
 
     @classmethod
     def allocate(
-        cls, cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device,
+        cls, cfg: ModelConfig, num_blocks: int, block_size: int, fmt: CacheFormat, device: torch.device,
         shard: Shard = Shard(),
     ) -> "KVCache":
         """shard: under tensor parallelism, the cache holds this rank's key/value heads."""
-        shape = (cfg.num_layers, 2, num_blocks, block_size, local_heads(cfg.num_kv_heads, shard), cfg.head_dim)
-        storage = _zeroed(shape, dtype, device)
-        return cls([(storage[i, 0], storage[i, 1]) for i in range(cfg.num_layers)], num_blocks, block_size)
+        shape = (cfg.num_layers, 2, num_blocks, block_size, local_heads(cfg.num_kv_heads, shard),
+                 fmt.row_width(cfg.head_dim))
+        storage = _zeroed(shape, fmt.dtype, device)
+        return cls([(storage[i, 0], storage[i, 1]) for i in range(cfg.num_layers)], num_blocks, block_size, fmt)
 
 
-def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype, shard: Shard = Shard()) -> int:
-    element = torch.empty((), dtype=dtype).element_size()
-    return 2 * cfg.num_layers * block_size * local_heads(cfg.num_kv_heads, shard) * cfg.head_dim * element
+def bytes_per_block(cfg: ModelConfig, block_size: int, fmt: CacheFormat, shard: Shard = Shard()) -> int:
+    return 2 * cfg.num_layers * block_size * local_heads(cfg.num_kv_heads, shard) * fmt.row_bytes(cfg.head_dim)
 
 
 def _zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -74,6 +74,14 @@ class AppSettings:
         self._set("cache_percent", int(value))
 
     @property
+    def kv_cache_dtype(self) -> str:  # EngineConfig.kv_cache_dtype: auto, int8, int4, ...
+        return self._get("kv_cache_dtype", "auto", str)
+
+    @kv_cache_dtype.setter
+    def kv_cache_dtype(self, value: str) -> None:
+        self._set("kv_cache_dtype", value)
+
+    @property
     def max_context(self) -> int:  # tokens; 0: the model's own context length
         return self._get("max_context", 0, int)
 
@@ -105,6 +113,8 @@ class AppSettings:
             options["cache_memory_fraction"] = self.cache_percent / 100
         if self.max_context:
             options["max_model_len"] = self.max_context
+        if self.kv_cache_dtype != "auto":
+            options["kv_cache_dtype"] = self.kv_cache_dtype
         return options
 
     def apply_paths(self) -> None:

@@ -53,6 +53,13 @@ class SettingsPage(QWidget):
         self.cache_percent = QSpinBox(minimum=0, maximum=95, singleStep=5, suffix=" % of free memory",
                                       specialValueText="Automatic (85% of a GPU's free memory, 10% of RAM)")
         self.cache_percent.setValue(settings.cache_percent)
+        self.kv_cache_dtype = QComboBox()
+        for label, value in (("As the model computes (16-bit)", "auto"), ("8-bit: twice the context", "int8"),
+                             ("4-bit: nearly four times the context", "int4")):
+            self.kv_cache_dtype.addItem(label, value)
+        self.kv_cache_dtype.setCurrentIndex(max(0, self.kv_cache_dtype.findData(settings.kv_cache_dtype)))
+        self.kv_cache_dtype.setToolTip("Keys and values quantized per token and head as they are stored: more "
+                                       "conversation fits in the same memory, answers change very slightly.")
         self.max_context = QSpinBox(minimum=0, maximum=1_048_576, singleStep=1024, suffix=" tokens",
                                     specialValueText="The model's own")
         self.max_context.setValue(settings.max_context)
@@ -77,12 +84,13 @@ class SettingsPage(QWidget):
         form.addRow("Split models over", self.gpu_row)
         self._form = form
         form.addRow("KV-cache memory", self.cache_percent)
+        form.addRow("KV-cache precision", self.kv_cache_dtype)
         form.addRow("Longest context", self.max_context)
         form.addRow("Theme", self.theme)
         for source, hub in HUBS.items():
             form.addRow(f"{hub} mirror", self.mirrors[source])
             form.addRow(f"{hub} access token", self.token_fields[source])
-        note = QLabel("Device, split, KV-cache memory and context take effect when a model loads.", objectName="muted")
+        note = QLabel("Device, split, KV-cache memory and precision, and context take effect when a model loads.", objectName="muted")
         reload_row = QHBoxLayout()
         reload_row.addWidget(self.reload_button)
         reload_row.addStretch(1)
@@ -101,6 +109,8 @@ class SettingsPage(QWidget):
         default.clicked.connect(lambda: self.set_models_dir(""))
         self.device.currentIndexChanged.connect(lambda: setattr(settings, "device", self.device.currentData()))
         self.cache_percent.valueChanged.connect(lambda v: setattr(settings, "cache_percent", v))
+        self.kv_cache_dtype.currentIndexChanged.connect(
+            lambda _: setattr(settings, "kv_cache_dtype", self.kv_cache_dtype.currentData()))
         self.max_context.valueChanged.connect(lambda v: setattr(settings, "max_context", v))
         self.theme.currentIndexChanged.connect(self._on_theme)
         self.reload_button.clicked.connect(self.reload_requested)

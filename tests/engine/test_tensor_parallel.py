@@ -103,6 +103,12 @@ def test_four_ranks_share_the_two_kv_heads(tiny_model_factory) -> None:
     compare(folder, prompts_for(hf.config.vocab_size)[:2], 4)
 
 
+def test_an_int8_cache_splits_with_the_heads(tiny_model_factory) -> None:
+    """Each rank quantizes its own heads' rows: the split model's replies equal the whole one's."""
+    folder, hf = tiny_model_factory("qwen2")
+    compare(folder, prompts_for(hf.config.vocab_size)[:2], 2, kv_cache_dtype="int8")
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="Triton is installed on Linux only")
 def test_fused_triton_decode_sums_over_ranks(tiny_model_factory) -> None:
     """One sequence decoding runs the fused Triton layer, which sums the ranks' o_proj and

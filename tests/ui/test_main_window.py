@@ -248,11 +248,17 @@ def test_settings_are_kept_and_applied(qtbot, open_window, tiny_model_factory, t
         page.device.setCurrentIndex(page.device.findData("cpu"))
         page.cache_percent.setValue(20)
         page.max_context.setValue(96)
+        page.kv_cache_dtype.setCurrentIndex(page.kv_cache_dtype.findData("int8"))
+        loads = []
+        window.bridge.loaded.connect(loads.append)
         qtbot.mouseClick(page.reload_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: window.chat.context_meter.maximum() == 96, timeout=60_000)
+        qtbot.waitUntil(lambda: bool(loads), timeout=10_000)
+        assert loads[-1]["kv_cache_dtype"] == "int8"
         kept = AppSettings(tmp_path / "settings.ini")  # as the next launch reads them
         assert (kept.theme, kept.device, kept.cache_percent, kept.max_context) == ("dark", "cpu", 20, 96)
-        assert kept.engine_options() == {"device": "cpu", "cache_memory_fraction": 0.2, "max_model_len": 96}
+        assert kept.engine_options() == {"device": "cpu", "cache_memory_fraction": 0.2, "max_model_len": 96,
+                                         "kv_cache_dtype": "int8"}
     finally:
         apply_theme(QApplication.instance(), "light")
 

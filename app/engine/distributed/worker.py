@@ -47,7 +47,8 @@ def main(rank: int, config: EngineConfig, model_dir: Path, device: torch.device,
         cfg = model_loader.read_config(model_dir)
         model, affordable = model_loader.load_shard(config, model_dir, cfg, shard, device)
         reports.send(("loaded", affordable))
-        cache = KVCache.allocate(cfg, steps.recv(), config.block_size, model.dtype, device, shard)
+        cache = KVCache.allocate(cfg, steps.recv(), config.block_size, model_loader.cache_format(config, model.dtype),
+                                 device, shard)
         runner = ModelRunner(model, cache, max_graph_batch(model, config),
                              model_loader.usable_context(cfg, config, cache))
         while (data := steps.recv_bytes()) != STOP:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from app.engine import kv_quant
 from app.engine.attention_metadata import AttentionMetadata
 
 
@@ -46,17 +47,33 @@ def apply_rotary_qk(
 def write_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
-    """Stores each token's key/value at its slot (block * block_size + offset)."""
-    num_kv_heads, head_dim = k.shape[-2:]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k)
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v)
+    """Stores each token's key/value at its slot (block * block_size + offset): as they are, cast
+    to the cache's float dtype, or quantized into rows for an int8/int4 (uint8) cache."""
+    num_kv_heads = k.shape[-2]
+    for x, cache in ((k, k_cache), (v, v_cache)):
+        rows = _to_cache(x, cache)
+        cache.view(-1, num_kv_heads, cache.shape[-1]).index_copy_(0, slots, rows)
 
 
-def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
-    """The first `length` cached tokens of one sequence: [length, kv_heads, dim]."""
+def _to_cache(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    if cache.dtype == torch.uint8:
+        return kv_quant.quantize_rows(x, kv_quant.bits_of(cache, x.shape[-1]))
+    return x.to(cache.dtype)
+
+
+def _from_cache(rows: torch.Tensor, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Cache rows as the model's keys or values: dequantized, or cast to the model's dtype."""
+    if rows.dtype == torch.uint8:
+        return kv_quant.dequantize_rows(rows, head_dim, dtype)
+    return rows.to(dtype)
+
+
+def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int, like: torch.Tensor) -> torch.Tensor:
+    """The first `length` cached tokens of one sequence: [length, kv_heads, dim], in ``like``'s
+    dtype and head size."""
     block_size = cache.shape[1]
     num_blocks = -(-length // block_size)
-    return cache[block_table[:num_blocks]].flatten(0, 1)[:length]
+    return _from_cache(cache[block_table[:num_blocks]].flatten(0, 1)[:length], like.shape[-1], like.dtype)
 
 
 def _window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -92,8 +109,8 @@ def paged_attention(
         if ctx == qlen:  # nothing cached before this chunk: use the fresh keys directly
             ks, vs = k[start : start + qlen], v[start : start + qlen]
         else:
-            ks = _gather_context(k_cache, meta.block_tables[i], ctx)
-            vs = _gather_context(v_cache, meta.block_tables[i], ctx)
+            ks = _gather_context(k_cache, meta.block_tables[i], ctx, qs)
+            vs = _gather_context(v_cache, meta.block_tables[i], ctx, qs)
         if ctx == qlen and (sliding_window is None or ctx <= sliding_window):
             mask, causal = None, True
         else:
@@ -121,8 +138,8 @@ def _decode_attention(
     lens = meta.decode_context_lens  # tensor [nd]
     num_blocks = -(-max(meta.context_lens[:nd]) // block_size)
     table = meta.block_tables[:nd, :num_blocks]
-    keys = k_cache[table].flatten(1, 2).transpose(1, 2)  # [nd, kv_heads, S, dim]
-    values = v_cache[table].flatten(1, 2).transpose(1, 2)
+    keys = _from_cache(k_cache[table], head_dim, q.dtype).flatten(1, 2).transpose(1, 2)  # [nd, kv_heads, S, dim]
+    values = _from_cache(v_cache[table], head_dim, q.dtype).flatten(1, 2).transpose(1, 2)
     grouped = q.view(nd, num_kv_heads, num_heads // num_kv_heads, head_dim)
     scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale  # [nd, kv_heads, group, S]
     key_pos = torch.arange(keys.shape[2], device=q.device)

@@ -18,8 +18,9 @@ from app.engine.distributed import parallel_state
 from app.engine.distributed.parallel_state import Shard
 from app.engine.distributed.sharding import check_divisible
 from app.engine.errors import ModelLoadError, ModelNotFoundError, UnsupportedModelError
-from app.engine.kernels import ops_for
+from app.engine.kernels import ops_for, with_cache_format
 from app.engine.kv_cache import KVCache, bytes_per_block
+from app.engine.kv_quant import CacheFormat
 from app.engine.loader.weights import checkpoint_files, count_tensors, iter_weights, reporting, validate_file
 from app.engine.models.config import ModelConfig
 from app.engine.models.decoder import DecoderLM
@@ -109,8 +110,13 @@ def check_model_folder(model_dir: Path, load_format: str = "safetensors", tensor
     return cfg
 
 
-def _cache_blocks(cfg: ModelConfig, engine_cfg: EngineConfig, max_model_len: int, dtype, device, shard: Shard) -> int:
-    per_block = bytes_per_block(cfg, engine_cfg.block_size, dtype, shard)
+def cache_format(engine_cfg: EngineConfig, model_dtype: torch.dtype) -> CacheFormat:
+    return CacheFormat.of(engine_cfg.kv_cache_dtype, model_dtype)
+
+
+def _cache_blocks(cfg: ModelConfig, engine_cfg: EngineConfig, max_model_len: int, fmt: CacheFormat, device,
+                  shard: Shard) -> int:
+    per_block = bytes_per_block(cfg, engine_cfg.block_size, fmt, shard)
     if engine_cfg.num_cache_blocks is not None:
         return engine_cfg.num_cache_blocks
     fraction = engine_cfg.cache_memory_fraction or _DEFAULT_CACHE_FRACTION[device.type]
@@ -137,7 +143,8 @@ def load_shard(
     and how many cache blocks its memory affords. A rank reads only its part of each tensor.
     ``progress`` hears the share of the weights read."""
     dtype = resolve_dtype(engine_cfg.dtype, cfg.torch_dtype, device)
-    ops = ops_for(device, engine_cfg.kernels, shard.world)
+    fmt = cache_format(engine_cfg, dtype)
+    ops = with_cache_format(ops_for(device, engine_cfg.kernels, shard.world), fmt, dtype)
     context = _context(cfg, engine_cfg)
     model = build_model(cfg, ops, dtype, device, context, shard)
     if engine_cfg.load_format == "random":
@@ -150,7 +157,7 @@ def load_shard(
     model.eval()
     if shard.world > 1:
         parallel_state.enable_peer_all_reduce(device)
-    return model, _cache_blocks(cfg, engine_cfg, context, dtype, device, shard)
+    return model, _cache_blocks(cfg, engine_cfg, context, fmt, device, shard)
 
 
 def usable_context(cfg: ModelConfig, engine_cfg: EngineConfig, cache: KVCache) -> int:
@@ -184,7 +191,8 @@ def load(engine_cfg: EngineConfig, model_dir: Path, checked: ModelConfig | None 
         model, blocks = load_shard(engine_cfg, model_dir, cfg, Shard(0, world), device, progress)
         if workers is not None:
             blocks = workers.agree_cache_blocks(blocks)
-        cache = KVCache.allocate(cfg, blocks, engine_cfg.block_size, model.dtype, device, model.shard)
+        cache = KVCache.allocate(cfg, blocks, engine_cfg.block_size, cache_format(engine_cfg, model.dtype), device,
+                                 model.shard)
         processor = None
         if cfg.vision is not None:
             from app.engine.vision.prompts import load_processor

@@ -79,3 +79,50 @@ def evaluate_perplexity(folder: Path, data: Path | None = None, device: str = "a
     texts = read_text_files([data]) if data is not None else builtin_heldout_texts()
     ids = token_windows(AutoTokenizer.from_pretrained(folder), texts, seqlen, windows)
     return windows_perplexity(load_for_eval(folder, torch.device(device)), ids)
+
+
+def engine_perplexity(folder: Path, kv_cache_dtype: str, data: Path | None = None, device: str = "auto",
+                      windows: int = DEFAULT_WINDOWS, seqlen: int = DEFAULT_SEQLEN, chunk: int = 64) -> PerplexityResult:
+    """The same windows through our own engine with the KV cache stored as ``kv_cache_dtype``
+    (EngineConfig's): each window is prefilled ``chunk`` tokens a step over the paged cache, so
+    every chunk after the first attends to the cached (quantized) keys and values of the ones
+    before, and every position's logits count. float32 on the CPU, as above."""
+    from app.engine.config import EngineConfig
+    from app.engine.engine_core import EngineCore
+    from app.engine.loader.model_loader import load
+    from app.engine.model_runner import StepInputs
+    from app.engine.tokenizer import load_tokenizer
+
+    if chunk < 1:
+        raise QuantizeError("the chunk must hold at least one token")
+    texts = read_text_files([data]) if data is not None else builtin_heldout_texts()
+    ids = token_windows(load_tokenizer(folder), texts, seqlen, windows)
+    block = 16
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = EngineConfig(model=folder, device=device, dtype="float32" if device == "cpu" else "auto",
+                          kv_cache_dtype=kv_cache_dtype,
+                          block_size=block, num_cache_blocks=-(-seqlen // block) + 1, enable_prefix_caching=False,
+                          cuda_graphs=False, max_model_len=seqlen + 1, prefill_chunk_size=chunk)
+    core = EngineCore(load(config, folder), config)
+    try:
+        nll, count = 0.0, 0
+        with torch.inference_mode():
+            for window in ids.tolist():
+                table = list(range(-(-len(window) // block)))  # the cache is this evaluation's alone
+                rows = []
+                for start in range(0, len(window), chunk):
+                    part = window[start : start + chunk]
+                    span = range(start, start + len(part))
+                    step = StepInputs(ids=part, positions=list(span),
+                                      slots=[table[p // block] * block + p % block for p in span],
+                                      block_tables=[table], query_starts=[0], query_lens=[len(part)],
+                                      context_lens=[start + len(part)], num_decodes=0, sampling=[])
+                    rows.append(core.loaded.model.compute_logits(core.runner._forward(step)).float())
+                logits = torch.cat(rows)[:-1]
+                target = torch.tensor(window[1:], device=logits.device)
+                nll += float(F.cross_entropy(logits, target, reduction="sum"))
+                count += len(window) - 1
+    finally:
+        core.close()
+    return PerplexityResult(math.exp(nll / count), ids.shape[0], count)

@@ -1,0 +1,153 @@
+"""int8 / int4 KV cache (kv_quant): the rows against a from-the-spec reader, the engine against HF
+with a quantized cache, the memory it saves, and its composition with prefix caching, AWQ
+weights and tensor parallelism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.engine.config import GenerationConfig
+from app.engine.kv_cache import bytes_per_block
+from app.engine.kv_quant import CacheFormat, dequantize_rows, quantize_rows, rotation
+from app.engine.loader.model_loader import read_config
+from tests.tiny_models import make_core
+
+PROMPT = list(range(3, 60))
+
+
+def sylvester(n: int) -> torch.Tensor:
+    """The n x n Hadamard matrix by its definition: entry (i, j) is (-1)^popcount(i & j), / sqrt(n)."""
+    i = torch.arange(n)
+    signs = torch.tensor([[(-1) ** bin(a & b).count("1") for b in i.tolist()] for a in i.tolist()], dtype=torch.float32)
+    return signs / n**0.5
+
+
+def test_the_turn_is_orthonormal_hadamard() -> None:
+    assert torch.allclose(rotation(64, torch.device("cpu")), sylvester(64))
+    r = rotation(96, torch.device("cpu"))  # 64 + 32
+    assert torch.allclose(r[:64, :64], sylvester(64)) and torch.allclose(r[64:, 64:], sylvester(32))
+    assert torch.allclose(r @ r.T, torch.eye(96), atol=1e-6) and r[:64, 64:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_rows_follow_the_layout(bits) -> None:
+    """Each row: the integers of y = x R (int4: element 2i in the low nibble), then fp16 scale and
+    minimum; y ≈ q * scale + min within half a step of its range, and x = y R."""
+    x = torch.randn(7, 3, 64, generator=torch.Generator().manual_seed(bits)) * 3 + 1
+    rows = quantize_rows(x, bits)
+    width = 64 * bits // 8
+    assert rows.dtype == torch.uint8 and rows.shape == (7, 3, width + 4)
+    scale = rows[..., width : width + 2].contiguous().view(torch.float16).float()
+    low = rows[..., width + 2 :].contiguous().view(torch.float16).float()
+    data = rows[..., :width].long()
+    q = data if bits == 8 else torch.stack([data % 16, data // 16], dim=-1).flatten(-2)  # by the spec
+    spec = q.float() * scale + low
+    assert torch.allclose(dequantize_rows(rows, 64, torch.float32, turned=True), spec)
+    assert torch.allclose(dequantize_rows(rows, 64, torch.float32), spec @ sylvester(64), atol=1e-5)
+    y = x @ sylvester(64)
+    step = (y.amax(-1, keepdim=True) - y.amin(-1, keepdim=True)) / ((1 << bits) - 1)
+    assert ((spec - y).abs() <= step * 0.5 + 1e-2 * step + 1e-3).all()
+
+
+@pytest.mark.parametrize("variant", ["llama", "qwen2", "qwen3"])
+def test_engine_with_a_quantized_cache_stays_near_hf(variant, tiny_model_factory) -> None:
+    """Chunked prefill and 16 decode steps read the quantized rows: int8 stays within a few % of
+    the logits' spread of HF's (fp32), int4 within a third, and int4 errs more than int8."""
+    folder, hf = tiny_model_factory(variant)
+    errors = {}
+    for kv in ("int8", "int4"):
+        core = make_core(folder, kv_cache_dtype=kv, block_size=8, num_cache_blocks=64, prefill_chunk_size=16)
+        assert core.loaded.cache.layers[0][0].dtype == torch.uint8 and f"{kv} KV cache" in core.loaded.kernels
+        deltas = []
+        core.add_request(PROMPT, GenerationConfig(temperature=0, max_new_tokens=16, ignore_eos=True,
+                                                  output_logits=True), deltas.append)
+        while core.has_work():
+            core.step()
+        ours = torch.stack(deltas[-1].logits)
+        tokens = [t for d in deltas for t in d.token_ids]
+        with torch.no_grad():
+            ref = hf(torch.tensor([PROMPT + tokens])).logits[0, len(PROMPT) - 1 : -1]
+        errors[kv] = ((ours - ref).abs(), ref.std().item())
+    (err8, std), (err4, _) = errors["int8"], errors["int4"]
+    assert 0 < err8.mean() <= 0.03 * std and err8.max() <= 0.2 * std
+    assert err8.mean() < err4.mean() <= 0.3 * std
+
+
+def test_the_same_memory_holds_2x_and_3_5x_the_tokens(tmp_path) -> None:
+    """Llama-3-8B's shape (head size 128): int8 rows take 132 bytes for bf16's 256, int4 68."""
+    from app.engine.bench_shapes import write_shape_folder
+
+    cfg = read_config(write_shape_folder("llama-3-8b", tmp_path / "shape"))
+    bf16 = bytes_per_block(cfg, 64, CacheFormat.of("auto", torch.bfloat16))
+    assert bf16 / bytes_per_block(cfg, 64, CacheFormat.of("int8", torch.bfloat16)) >= 1.9
+    assert bf16 / bytes_per_block(cfg, 64, CacheFormat.of("int4", torch.bfloat16)) >= 3.5
+
+
+def test_a_bf16_cache_under_an_fp32_model(tiny_model_factory) -> None:
+    folder, hf = tiny_model_factory("llama")
+    core = make_core(folder, kv_cache_dtype="bfloat16", block_size=8, num_cache_blocks=64, prefill_chunk_size=16)
+    assert core.loaded.cache.layers[0][0].dtype == torch.bfloat16
+    deltas = []
+    core.add_request(PROMPT, GenerationConfig(temperature=0, max_new_tokens=4, ignore_eos=True, output_logits=True),
+                     deltas.append)
+    while core.has_work():
+        core.step()
+    tokens = [t for d in deltas for t in d.token_ids]
+    with torch.no_grad():
+        ref = hf(torch.tensor([PROMPT + tokens])).logits[0, len(PROMPT) - 1 : -1]
+    assert (torch.stack(deltas[-1].logits) - ref).abs().mean() <= 0.03 * ref.std()
+
+
+def test_prefix_cache_reuses_quantized_blocks(tiny_model_factory) -> None:
+    """The same prompt twice: the second finds its blocks cached (stats) and gives the same logits."""
+    folder, _ = tiny_model_factory("llama")
+    core = make_core(folder, kv_cache_dtype="int8", block_size=8, num_cache_blocks=64, prefill_chunk_size=16)
+    finals = []
+    for _ in range(2):
+        deltas = []
+        core.add_request(PROMPT, GenerationConfig(temperature=0, max_new_tokens=4, ignore_eos=True,
+                                                  output_logits=True), deltas.append)
+        while core.has_work():
+            core.step()
+        finals.append(deltas[-1])
+    assert finals[0].stats.cached_prompt_tokens == 0 and finals[1].stats.cached_prompt_tokens >= 48
+    assert torch.allclose(torch.stack(finals[0].logits), torch.stack(finals[1].logits), atol=1e-4)
+
+
+def test_with_awq_weights(tiny_model_factory, tmp_path) -> None:
+    from tests.engine.test_awq_checkpoints import write_awq
+
+    source, hf = tiny_model_factory("qwen2")
+    write_awq(source, hf, tmp_path / "awq")
+    logits = {}
+    for kv in ("auto", "int8"):
+        core = make_core(tmp_path / "awq", kv_cache_dtype=kv, block_size=8, num_cache_blocks=64, prefill_chunk_size=16)
+        deltas = []
+        core.add_request(PROMPT, GenerationConfig(temperature=0, max_new_tokens=1, ignore_eos=True,
+                                                  output_logits=True), deltas.append)
+        while core.has_work():
+            core.step()
+        logits[kv] = deltas[-1].logits[0]
+    spread = logits["auto"].std()
+    assert 0 < (logits["int8"] - logits["auto"]).abs().mean() <= 0.03 * spread
+
+
+def test_the_command_line_offers_the_engines_choices() -> None:
+    from app.cli import KV_CACHE_DTYPES as offered
+    from app.engine.config import KV_CACHE_DTYPES
+
+    assert offered == KV_CACHE_DTYPES
+
+
+def test_engine_perplexity_orders_the_formats(starter_model) -> None:
+    """lmstation eval-ppl --kv-cache-dtype: our engine chunk by chunk; the unquantized cache gives
+    transformers' own perplexity, int8 all but the same, int4 a little more."""
+    from app.engine.quant.perplexity import engine_perplexity, evaluate_perplexity
+
+    args = dict(device="cpu", windows=2, seqlen=128)
+    hf = evaluate_perplexity(starter_model, **args).perplexity
+    ours = {kv: engine_perplexity(starter_model, kv, chunk=32, **args).perplexity for kv in ("auto", "int8", "int4")}
+    assert abs(ours["auto"] / hf - 1) < 1e-3
+    assert abs(ours["int8"] / ours["auto"] - 1) < 0.01 and ours["int4"] / ours["auto"] - 1 < 0.1
+    assert ours["int4"] != ours["auto"] != ours["int8"]
