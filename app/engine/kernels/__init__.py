@@ -117,14 +117,13 @@ DEQUANTIZE_ROWS = 128
 
 def with_cache_format(ops: Ops, fmt, model_dtype: torch.dtype) -> Ops:
     """The ops for a KV cache stored other than in the model's dtype (kv_quant.CacheFormat: int8,
-    int4, or another float): the reference's write and attention, which quantize and dequantize
-    rows (the device kernels read and write the model's dtype only, so far); no whole-layer
-    decode kernels and no CUDA graphs, which call those kernels."""
+    int4, or another float). Both attention implementations read such caches (the Triton kernels
+    dequantize rows as they load them); rows are written by the reference (quantized in torch, for
+    now), so the whole-layer decode kernels, which write their own, and CUDA graphs stay off."""
     if fmt.dtype == model_dtype:
         return ops
-    return replace(ops, write_kv=reference.write_kv, paged_attention=reference.paged_attention,
-                   bind_decode_layer=None, decode_step=None, graph_safe=False,
-                   name=f"{ops.name}; {fmt.name} KV cache through torch attention")
+    return replace(ops, write_kv=reference.write_kv, bind_decode_layer=None, decode_step=None, graph_safe=False,
+                   name=f"{ops.name}; {fmt.name} KV cache")
 
 
 KERNEL_CHOICES = ("auto", "torch", "triton")

@@ -106,8 +106,8 @@ def paged_attention(
     for i in range(nd, meta.num_seqs):
         start, qlen, ctx = meta.query_starts[i], meta.query_lens[i], meta.context_lens[i]
         qs = q[start : start + qlen]
-        if ctx == qlen:  # nothing cached before this chunk: use the fresh keys directly
-            ks, vs = k[start : start + qlen], v[start : start + qlen]
+        if ctx == qlen and k_cache.dtype == q.dtype:  # nothing cached before this chunk: the fresh keys
+            ks, vs = k[start : start + qlen], v[start : start + qlen]  # (a quantized cache's rows, as kernels read them)
         else:
             ks = _gather_context(k_cache, meta.block_tables[i], ctx, qs)
             vs = _gather_context(v_cache, meta.block_tables[i], ctx, qs)

@@ -69,3 +69,26 @@ def test_awq_checkpoint_on_triton_w4a16_kernels(tiny_model_factory, tmp_path) ->
     with torch.no_grad():
         ref = reference(torch.tensor([prompt + generated])).logits[0][len(prompt) - 1 : len(prompt) + 3]
     assert (logits - ref).abs().max().item() <= 1e-3 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["int8", "int4"])
+def test_a_quantized_cache_on_triton_kernels_matches_the_reference(kv_cache_dtype, tiny_model_factory) -> None:
+    """The same int8/int4 cache read by the Triton attention kernels and by the torch reference:
+    the same logits (fp32, <= 1e-4) through chunked prefill, batching and decode."""
+    folder, _ = tiny_model_factory("qwen3")
+    results = []
+    for kernels in ("triton", "torch"):
+        config = EngineConfig(model=folder, device=DEVICE, dtype="float32", kernels=kernels, block_size=16,
+                              prefill_chunk_size=16, max_num_batched_tokens=48, max_num_seqs=8, num_cache_blocks=64,
+                              kv_cache_dtype=kv_cache_dtype)
+        core = EngineCore(load(config, folder), config)
+        assert core.stats()["kv_cache_dtype"] == kv_cache_dtype and core.loaded.model.fused_layers is None
+        finals = {}
+        gen = GenerationConfig(temperature=0, max_new_tokens=6, ignore_eos=True, output_logits=True)
+        for prompt in (list(range(3, 43)), list(range(50, 59))):
+            core.add_request(prompt, gen, lambda d: finals.__setitem__(d.request_id, d) if d.finished else None)
+        while core.has_work():
+            core.step()
+        results.append([torch.stack(finals[i].logits).cpu() for i in sorted(finals)])
+    for ours, ref in zip(*results):
+        assert (ours - ref).abs().max().item() <= 1e-4

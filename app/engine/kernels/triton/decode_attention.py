@@ -19,9 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
+from app.engine import kv_quant
 from app.engine.kernels.triton._common import (
     cdiv, dot_in_fp32, gdc_launch_dependents, gdc_wait, next_pow2, pdl_launch, sm_count,
 )
+from app.engine.kernels.triton.kv_rows import load_rows
 
 LOG2E = 1.4426950408889634
 MIN_PARTITION = 64  # tokens; shorter partitions cost more in merging than they gain in parallelism
@@ -47,7 +49,7 @@ def _decode_partition_kernel(
     stride_bt, stride_ob, stride_oh,
     G: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
-    PDL: tl.constexpr,
+    BITS: tl.constexpr, PDL: tl.constexpr,
 ):
     if PDL:  # launched early (programmatic dependent launch): let the next kernel launch, wait for q
         gdc_launch_dependents()
@@ -91,13 +93,10 @@ def _decode_partition_kernel(
             block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
         else:
             block = tl.load(table + pos // BLOCK_SIZE, mask=visible, other=0).to(tl.int64)
-        k_off = (block * stride_kb + (pos % BLOCK_SIZE) * stride_ks)[:, None] + d[None, :]
-        v_off = (block * stride_vb + (pos % BLOCK_SIZE) * stride_vs)[:, None] + d[None, :]
-        k = tl.load(k_base + k_off, mask=visible[:, None], other=0.0)
-        v = tl.load(v_base + v_off, mask=visible[:, None], other=0.0)
-        if DOT_FP32:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, visible, HEAD_DIM, BITS, True)
+        v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, visible, HEAD_DIM, BITS, True)
+        k = k.to(q.dtype)  # (a quantized cache dequantizes to fp32; q is fp32 under DOT_FP32)
+        v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
         s = tl.where(visible[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -196,9 +195,11 @@ def paged_decode_attention(
     max_context_len: int | None = None,
     partition: int | None = None,
     out: torch.Tensor | None = None,
+    bits: int = 0,
 ) -> torch.Tensor:
     """Attention of one query per sequence over its cached keys 0..len-1 (the last `sliding_window`
-    of them with a window).
+    of them with a window). A uint8 cache holds int8/int4 rows (app/engine/kv_quant.py); ``bits``
+    is for the recursive call that runs on them, with q turned.
 
     q: [B, H, D] (unit last stride); caches: [num_blocks, block_size, KVH, D]; block_tables:
     [B, max_blocks] int32/int64; context_lens: [B] int (>= 1). max_context_len: an upper bound on
@@ -209,6 +210,13 @@ def paged_decode_attention(
     batch, heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     assert heads % kv_heads == 0 and dim >= 16 and dim & (dim - 1) == 0, "H = G * KVH, D a power of two >= 16"
+    if k_cache.dtype == torch.uint8 and not bits:  # int8/int4 rows hold k R and v R: turn q now, the output after
+        turn = kv_quant.rotation(dim, q.device)
+        turned = paged_decode_attention((q.float() @ turn).to(q.dtype), k_cache, v_cache, block_tables,
+                                        context_lens, scale, sliding_window, max_context_len=max_context_len,
+                                        partition=partition, bits=kv_quant.bits_of(k_cache, dim))
+        result = (turned.float() @ turn).to(q.dtype)
+        return result if out is None else out.copy_(result)
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     assert partition is None or (partition > 0 and partition % 16 == 0), "partition: a multiple of 16 tokens"
     group = heads // kv_heads
@@ -238,7 +246,8 @@ def paged_decode_attention(
         block_tables.stride(0), out.stride(0), out.stride(1),
         G=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=dim, BLOCK_SIZE=block_size,
         BLOCK_N=block_n, SLIDING=window is not None, SPLIT=split,
-        DOT_FP32=dot_in_fp32(q.dtype), num_warps=num_warps, num_stages=num_stages, **pdl_launch(q.device),
+        DOT_FP32=dot_in_fp32(q.dtype), BITS=bits, num_warps=num_warps, num_stages=num_stages,
+        **pdl_launch(q.device),
     )
     if split:
         _decode_merge_kernel[(batch, heads)](

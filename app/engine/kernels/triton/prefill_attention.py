@@ -16,7 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
+from app.engine import kv_quant
 from app.engine.kernels.triton._common import cdiv, dot_in_fp32, interpreting
+from app.engine.kernels.triton.kv_rows import load_rows
 
 LOG2E = 1.4426950408889634
 
@@ -26,27 +28,20 @@ def _attend_tile(
     q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
     table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, SLIDING: tl.constexpr, DOT_FP32: tl.constexpr,
+    CAUSAL: tl.constexpr, SLIDING: tl.constexpr, DOT_FP32: tl.constexpr, BITS: tl.constexpr,
 ):
     """One key tile [start, start + BLOCK_N) into the running softmax of every row."""
     pos = start + tl.arange(0, BLOCK_N)
-    d = tl.arange(0, HEAD_DIM)
     in_range = pos < hi
     if BLOCK_N <= BLOCK_SIZE:
         block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
     else:
         block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
-    k_off = (block * stride_kb + (pos % BLOCK_SIZE) * stride_ks)[:, None] + d[None, :]
-    v_off = (block * stride_vb + (pos % BLOCK_SIZE) * stride_vs)[:, None] + d[None, :]
-    if CAUSAL:
-        k = tl.load(k_base + k_off, mask=in_range[:, None], other=0.0)
-        v = tl.load(v_base + v_off, mask=in_range[:, None], other=0.0)
-    else:  # the whole tile lies below every row's diagonal, inside the context
-        k = tl.load(k_base + k_off)
-        v = tl.load(v_base + v_off)
-    if DOT_FP32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    # Unmasked off the diagonal: the whole tile lies below every row's, inside the context.
+    k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, in_range, HEAD_DIM, BITS, CAUSAL)
+    v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, in_range, HEAD_DIM, BITS, CAUSAL)
+    k = k.to(q.dtype)  # (a quantized cache dequantizes to fp32; q is fp32 under DOT_FP32)
+    v = v.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
     if CAUSAL:
         s = tl.where(pos[None, :] <= qpos[:, None], s, float("-inf"))
@@ -75,6 +70,7 @@ def _prefill_kernel(
     stride_bt, stride_ot, stride_oh,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, DOT_FP32: tl.constexpr,
+    BITS: tl.constexpr,
 ):
     row_block = tl.num_programs(0) - 1 - tl.program_id(0)
     seq = tl.program_id(1).to(tl.int64)
@@ -116,13 +112,13 @@ def _prefill_kernel(
         m_i, l_i, acc = _attend_tile(
             q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
             table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
-            HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, SLIDING, DOT_FP32,
+            HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, SLIDING, DOT_FP32, BITS,
         )
     for start in range(mid, hi, BLOCK_N):
         m_i, l_i, acc = _attend_tile(
             q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
             table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
-            HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, SLIDING, DOT_FP32,
+            HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, SLIDING, DOT_FP32, BITS,
         )
 
     l_i = tl.where(l_i > 0, l_i, 1.0)
@@ -156,6 +152,7 @@ def paged_prefill_attention(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    bits: int = 0,
 ) -> torch.Tensor:
     """Causal attention of S sequences' new tokens over their paged context.
 
@@ -163,11 +160,23 @@ def paged_prefill_attention(
     caches: [num_blocks, block_size, KVH, D]; block_tables: [S, max_blocks] int; query_start_loc:
     [S + 1] int32 cumulative; context_lens: [S] int (>= that sequence's query length);
     max_query_len: a host-side upper bound on the query lengths. Returns [T, H, D] in q's dtype
-    (rows of q outside the S sequences are left unwritten in `out`).
+    (rows of q outside the S sequences are left unwritten in `out`). A uint8 cache holds int8/int4
+    rows (app/engine/kv_quant.py); ``bits`` is for the recursive call that runs on them, q turned.
     """
     tokens, heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     assert heads % kv_heads == 0 and dim >= 16 and dim & (dim - 1) == 0, "H = G * KVH, D a power of two >= 16"
+    if k_cache.dtype == torch.uint8 and not bits:  # rows hold k R and v R: turn q now, the output after
+        turn = kv_quant.rotation(dim, q.device)
+        turned = paged_prefill_attention((q.float() @ turn).to(q.dtype), k_cache, v_cache, block_tables,
+                                         query_start_loc, context_lens, max_query_len, scale, sliding_window,
+                                         block_m=block_m, block_n=block_n, bits=kv_quant.bits_of(k_cache, dim))
+        result = (turned.float() @ turn).to(q.dtype)
+        if out is None:
+            return result
+        row = torch.arange(tokens, device=q.device)[:, None, None]  # only the sequences' rows (device-side)
+        ours = (row >= query_start_loc[0]) & (row < query_start_loc[-1])
+        return out.copy_(torch.where(ours, result, out))
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     group = heads // kv_heads
     seqs = query_start_loc.shape[0] - 1
@@ -185,7 +194,7 @@ def paged_prefill_attention(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
-        SLIDING=sliding_window is not None, DOT_FP32=dot_in_fp32(q.dtype),
+        SLIDING=sliding_window is not None, DOT_FP32=dot_in_fp32(q.dtype), BITS=bits,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
