@@ -100,7 +100,9 @@ def test_a_bf16_cache_under_an_fp32_model(tiny_model_factory) -> None:
 
 
 def test_prefix_cache_reuses_quantized_blocks(tiny_model_factory) -> None:
-    """The same prompt twice: the second finds its blocks cached (stats) and gives the same logits."""
+    """The same prompt twice: the second finds its blocks cached (stats), and its logits stay within
+    int8's error of the first's (the first attended to its prompt's exact keys, the second reads
+    the cached prefix's quantized rows)."""
     folder, _ = tiny_model_factory("llama")
     core = make_core(folder, kv_cache_dtype="int8", block_size=8, num_cache_blocks=64, prefill_chunk_size=16)
     finals = []
@@ -112,7 +114,8 @@ def test_prefix_cache_reuses_quantized_blocks(tiny_model_factory) -> None:
             core.step()
         finals.append(deltas[-1])
     assert finals[0].stats.cached_prompt_tokens == 0 and finals[1].stats.cached_prompt_tokens >= 48
-    assert torch.allclose(torch.stack(finals[0].logits), torch.stack(finals[1].logits), atol=1e-4)
+    first, second = torch.stack(finals[0].logits), torch.stack(finals[1].logits)
+    assert (first - second).abs().max() <= 0.05 * first.std()
 
 
 def test_with_awq_weights(tiny_model_factory, tmp_path) -> None:

@@ -106,11 +106,13 @@ def paged_attention(
     for i in range(nd, meta.num_seqs):
         start, qlen, ctx = meta.query_starts[i], meta.query_lens[i], meta.context_lens[i]
         qs = q[start : start + qlen]
-        if ctx == qlen and k_cache.dtype == q.dtype:  # nothing cached before this chunk: the fresh keys
-            ks, vs = k[start : start + qlen], v[start : start + qlen]  # (a quantized cache's rows, as kernels read them)
-        else:
-            ks = _gather_context(k_cache, meta.block_tables[i], ctx, qs)
-            vs = _gather_context(v_cache, meta.block_tables[i], ctx, qs)
+        # The chunk's own keys and values as computed; earlier tokens' from the cache (for a
+        # quantized cache, the rows dequantized: only those tokens' are approximations).
+        ks, vs = k[start : start + qlen].to(qs.dtype), v[start : start + qlen].to(qs.dtype)
+        if ctx > qlen:
+            past = ctx - qlen
+            ks = torch.cat([_gather_context(k_cache, meta.block_tables[i], past, qs), ks])
+            vs = torch.cat([_gather_context(v_cache, meta.block_tables[i], past, qs), vs])
         if ctx == qlen and (sliding_window is None or ctx <= sliding_window):
             mask, causal = None, True
         else:

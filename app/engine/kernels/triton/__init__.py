@@ -46,6 +46,7 @@ if importlib.util.find_spec("triton") is not None:
             paged_prefill_attention(
                 q, k_cache, v_cache, meta.block_tables[nd:], meta.query_start_loc[nd:],
                 meta.context_lens_t[nd:], max(meta.query_lens[nd:]), scale, sliding_window, out=out,
+                k_new=k, v_new=v,
             )
         return out
 

@@ -27,10 +27,13 @@ LOG2E = 1.4426950408889634
 def _attend_tile(
     q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
     table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
+    own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, SLIDING: tl.constexpr, DOT_FP32: tl.constexpr, BITS: tl.constexpr,
 ):
-    """One key tile [start, start + BLOCK_N) into the running softmax of every row."""
+    """One key tile [start, start + BLOCK_N) into the running softmax of every row. A quantized
+    cache's rows at positions from own_first on (this chunk's own tokens) are taken from the exact
+    keys and values the step computed (k_new / v_new rows from the chunk's first) instead."""
     pos = start + tl.arange(0, BLOCK_N)
     in_range = pos < hi
     if BLOCK_N <= BLOCK_SIZE:
@@ -40,6 +43,14 @@ def _attend_tile(
     # Unmasked off the diagonal: the whole tile lies below every row's, inside the context.
     k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, in_range, HEAD_DIM, BITS, CAUSAL)
     v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, in_range, HEAD_DIM, BITS, CAUSAL)
+    if BITS > 0:
+        own = in_range & (pos >= own_first)
+        d = tl.arange(0, HEAD_DIM)
+        row = (pos - own_first).to(tl.int64)
+        k_own = tl.load(k_new_base + row[:, None] * stride_knt + d[None, :], mask=own[:, None], other=0.0)
+        v_own = tl.load(v_new_base + row[:, None] * stride_vnt + d[None, :], mask=own[:, None], other=0.0)
+        k = tl.where(own[:, None], k_own.to(tl.float32), k)
+        v = tl.where(own[:, None], v_own.to(tl.float32), v)
     k = k.to(q.dtype)  # (a quantized cache dequantizes to fp32; q is fp32 under DOT_FP32)
     v = v.to(q.dtype)
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
@@ -63,11 +74,13 @@ def _attend_tile(
             do_not_specialize_on_alignment=["block_tables_ptr", "query_start_loc_ptr", "context_lens_ptr"])
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr, context_lens_ptr, out_ptr,
+    k_new_ptr, v_new_ptr,
     qk_scale, window,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_bt, stride_ot, stride_oh,
+    stride_knt, stride_knh, stride_vnt, stride_vnh,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, DOT_FP32: tl.constexpr,
     BITS: tl.constexpr,
@@ -107,17 +120,22 @@ def _prefill_kernel(
     table = block_tables_ptr + seq * stride_bt
     k_base = k_cache_ptr + kvh * stride_kh
     v_base = v_cache_ptr + kvh * stride_vh
+    own_first = ctx - q_len  # this chunk's tokens: their exact keys and values (quantized caches)
+    k_new_base = k_new_ptr + q_start.to(tl.int64) * stride_knt + kvh * stride_knh
+    v_new_base = v_new_ptr + q_start.to(tl.int64) * stride_vnt + kvh * stride_vnh
     # Below the first row's diagonal: no causal mask. From there up to the last row: masked.
     for start in range(lo, mid, BLOCK_N):
         m_i, l_i, acc = _attend_tile(
             q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
             table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
+            own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
             HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, SLIDING, DOT_FP32, BITS,
         )
     for start in range(mid, hi, BLOCK_N):
         m_i, l_i, acc = _attend_tile(
             q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
             table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
+            own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
             HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, SLIDING, DOT_FP32, BITS,
         )
 
@@ -153,6 +171,8 @@ def paged_prefill_attention(
     block_m: int | None = None,
     block_n: int | None = None,
     bits: int = 0,
+    k_new: torch.Tensor | None = None,
+    v_new: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of S sequences' new tokens over their paged context.
 
@@ -162,15 +182,21 @@ def paged_prefill_attention(
     max_query_len: a host-side upper bound on the query lengths. Returns [T, H, D] in q's dtype
     (rows of q outside the S sequences are left unwritten in `out`). A uint8 cache holds int8/int4
     rows (app/engine/kv_quant.py); ``bits`` is for the recursive call that runs on them, q turned.
+    With one, ``k_new`` / ``v_new`` [T, KVH, D] (this step's keys and values, rows as q's) are
+    required: each chunk attends to its own tokens' exact ones, to earlier tokens' quantized rows.
     """
     tokens, heads, dim = q.shape
     _, block_size, kv_heads, _ = k_cache.shape
     assert heads % kv_heads == 0 and dim >= 16 and dim & (dim - 1) == 0, "H = G * KVH, D a power of two >= 16"
     if k_cache.dtype == torch.uint8 and not bits:  # rows hold k R and v R: turn q now, the output after
         turn = kv_quant.rotation(dim, q.device)
+        if k_new is None or v_new is None:
+            raise ValueError("a quantized cache's prefill needs the step's own keys and values (k_new, v_new)")
         turned = paged_prefill_attention((q.float() @ turn).to(q.dtype), k_cache, v_cache, block_tables,
                                          query_start_loc, context_lens, max_query_len, scale, sliding_window,
-                                         block_m=block_m, block_n=block_n, bits=kv_quant.bits_of(k_cache, dim))
+                                         block_m=block_m, block_n=block_n, bits=kv_quant.bits_of(k_cache, dim),
+                                         k_new=(k_new.float() @ turn).to(q.dtype),
+                                         v_new=(v_new.float() @ turn).to(q.dtype))
         result = (turned.float() @ turn).to(q.dtype)
         if out is None:
             return result
@@ -186,13 +212,16 @@ def paged_prefill_attention(
         return out
     bm, bn, num_warps, num_stages = _tiles(dim)
     bm, bn = block_m or bm, block_n or bn
+    k_new = q if k_new is None else k_new  # (float caches: unread)
+    v_new = q if v_new is None else v_new
     _prefill_kernel[(cdiv(max_query_len * group, bm), seqs, kv_heads)](
-        q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out,
+        q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, k_new, v_new,
         scale * LOG2E, sliding_window or 0,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
+        k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
         SLIDING=sliding_window is not None, DOT_FP32=dot_in_fp32(q.dtype), BITS=bits,
         num_warps=num_warps, num_stages=num_stages,
