@@ -11,6 +11,7 @@ engine has even seen it.
 
 from __future__ import annotations
 
+import gc
 import threading
 from concurrent.futures import Future
 from dataclasses import fields
@@ -83,6 +84,7 @@ class EngineBridge(QObject):
             self.load_failed.emit(f"unknown engine settings: {', '.join(unknown)}")
             return
         self.state_changed.emit("loading")
+        gc.unfreeze()  # the model being replaced: its objects back in the collector's view (collector.py)
         if options.get("model") is None:  # the starter model, converted here on first use (slow)
             from app.library import resolve_model
 
@@ -97,6 +99,7 @@ class EngineBridge(QObject):
 
     def _on_loaded(self, future: Future) -> None:  # runs on the engine thread
         error = future.exception()
+        gc.freeze()  # what the model holds stays until the next load: out of the collector's passes
         if error is None:  # the stats first: "ready" then finds the window knowing the model
             self.loaded.emit(future.result())
             self.state_changed.emit("ready")
@@ -140,6 +143,7 @@ class EngineBridge(QObject):
 
     @Slot()
     def _unload(self) -> None:
+        gc.unfreeze()
         if self._engine is not None:
             self._engine.unload().result()
         self.state_changed.emit("empty")

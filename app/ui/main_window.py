@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
 from app.chats.store import ChatStore
 from app.downloader import CatalogEntry, DownloadRequest, JobState, TokenStore, load_catalog
 from app.ui.chat_page import ChatPage
+from app.ui.collector import GuiCollector
 from app.ui.discover_page import DiscoverPage
 from app.ui.downloads_panel import Downloads, DownloadsPanel
 from app.ui.engine_bridge import EngineBridge
@@ -38,6 +39,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.setWindowTitle("LM Station")
         self.resize(1280, 800)
+        self.collector = GuiCollector(self)
         self.bridge = bridge
         self.settings = settings or AppSettings()
         self.settings.apply_paths()
@@ -156,6 +158,7 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's naming)
         self.downloads.close()  # a running download pauses; its partial files wait for next time
         self.quantizer.shutdown()  # a running quantization is cancelled and leaves nothing behind
+        self.collector.stop()
         super().closeEvent(event)
 
     @Slot(str)
