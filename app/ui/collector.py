@@ -33,7 +33,8 @@ class GuiCollector(QObject):
         gc.collect(2 if self._ticks % FULL_EVERY == 0 else 0)
 
     def stop(self) -> None:
-        """Back to the automatic collector (the window is closing)."""
+        """Back to the automatic collector, everything in its view again (the window is closing)."""
         self._timer.stop()
+        gc.unfreeze()
         if self._was_enabled:
             gc.enable()
