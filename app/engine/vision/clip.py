@@ -17,28 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.engine.vision.layers import Mlp, activation
+from app.engine.vision.layers import Mlp, VitConfig, activation
+
 
 @dataclass(frozen=True)
-class ClipVisionConfig:
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    image_size: int
-    patch_size: int
-    num_channels: int = 3
-    layer_norm_eps: float = 1e-5
-    hidden_act: str = "quick_gelu"
-
+class ClipVisionConfig(VitConfig):
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ClipVisionConfig":
-        return cls(
-            hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
-            num_layers=raw["num_hidden_layers"], num_heads=raw["num_attention_heads"],
-            image_size=raw["image_size"], patch_size=raw["patch_size"], num_channels=raw.get("num_channels", 3),
-            layer_norm_eps=raw.get("layer_norm_eps", 1e-5), hidden_act=raw.get("hidden_act", "quick_gelu"),
-        )
+        return cls(**VitConfig.fields_from(raw, eps=1e-5, act="quick_gelu"))
 
     @property
     def num_patches(self) -> int:

@@ -18,18 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.engine.vision.layers import Mlp, RMSNorm, activation
+from app.engine.vision.layers import Mlp, RMSNorm, VitConfig, activation
 
 
 @dataclass(frozen=True)
-class InternVitConfig:
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    image_size: int
-    patch_size: int
-    num_channels: int = 3
+class InternVitConfig(VitConfig):
     layer_norm_eps: float = 1e-6
     hidden_act: str = "gelu"
     norm_type: str = "layer_norm"
@@ -39,13 +32,7 @@ class InternVitConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "InternVitConfig":
-        size, patch = raw["image_size"], raw["patch_size"]
-        return cls(hidden_size=raw["hidden_size"], intermediate_size=raw["intermediate_size"],
-                   num_layers=raw["num_hidden_layers"], num_heads=raw["num_attention_heads"],
-                   image_size=size[0] if isinstance(size, (list, tuple)) else size,
-                   patch_size=patch[0] if isinstance(patch, (list, tuple)) else patch,
-                   num_channels=raw.get("num_channels", 3), layer_norm_eps=raw.get("layer_norm_eps", 1e-6),
-                   hidden_act=raw.get("hidden_act", "gelu"), norm_type=raw.get("norm_type", "layer_norm"),
+        return cls(**VitConfig.fields_from(raw, eps=1e-6, act="gelu"), norm_type=raw.get("norm_type", "layer_norm"),
                    qk_norm=raw.get("use_qk_norm", False), attention_bias=raw.get("attention_bias", False),
                    final_norm=not raw.get("use_mean_pooling", True))
 
