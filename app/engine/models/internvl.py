@@ -47,7 +47,7 @@ class InternVLLM(VisionLanguageLM):
                  shard: Shard = Shard()):
         super().__init__(cfg, ops, dtype, device, max_len, shard)
         vision: InternVLVisionConfig = cfg.vision
-        self.image_token_id, self.image_seq_length = vision.image_token_id, vision.image_seq_length
+        self.image_seq_length = vision.image_seq_length
         self.ratio = vision.downsample_ratio
         width = vision.tower.hidden_size * int(1 / vision.downsample_ratio) ** 2
         self.vision_tower = InternVitTower(vision.tower).to(device=device, dtype=dtype).requires_grad_(False)

@@ -64,7 +64,6 @@ class LlavaLM(VisionLanguageLM):
                  shard: Shard = Shard()):
         super().__init__(cfg, ops, dtype, device, max_len, shard)
         vision: LlavaVisionConfig = cfg.vision
-        self.image_token_id = vision.image_token_id
         self.drop_class_token = vision.drop_class_token
         self.vision_tower = ClipVisionTower(vision.tower, vision.feature_layers).to(device=device, dtype=dtype)
         width = vision.tower.hidden_size * len(vision.feature_layers)

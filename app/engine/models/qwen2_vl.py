@@ -41,7 +41,6 @@ class Qwen2VLLM(VisionLanguageLM):
                  shard: Shard = Shard()):
         super().__init__(cfg, ops, dtype, device, max_len, shard)
         vision: Qwen2VLVisionConfig = cfg.vision
-        self.image_token_id = vision.image_token_id
         self.merge = vision.tower.spatial_merge_size
         self.visual = Qwen2VisionTower(vision.tower).to(device=device, dtype=dtype).requires_grad_(False)
 

@@ -18,7 +18,7 @@ from app.engine.models.decoder import DecoderLM
 class VisionLanguageLM(DecoderLM):
     """Subclasses set PREFIXES (checkpoint prefix -> part, our prefix; part "text" is the
     language model's, any other names an attribute holding an image module), build their image
-    modules, and give ``image_token_id``, ``split_pixels`` and ``encode_images``."""
+    modules, and give ``split_pixels`` and ``encode_images``."""
 
     PREFIXES: tuple[tuple[str, str, str], ...] = ()
 
@@ -27,6 +27,7 @@ class VisionLanguageLM(DecoderLM):
         if shard.world > 1:
             raise UnsupportedModelError("vision-language models run on one device for now (no tensor parallelism)")
         super().__init__(cfg, ops, dtype, device, max_len, shard)
+        self.image_token_id: int = cfg.vision.image_token_id  # every family's vision config names it
 
     def _image_parts(self) -> dict[str, nn.Module]:
         return {part: getattr(self, part) for _, part, _ in self.PREFIXES if part != "text"}
