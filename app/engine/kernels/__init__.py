@@ -117,13 +117,12 @@ DEQUANTIZE_ROWS = 128
 
 def with_cache_format(ops: Ops, fmt, model_dtype: torch.dtype) -> Ops:
     """The ops for a KV cache stored other than in the model's dtype (kv_quant.CacheFormat: int8,
-    int4, or another float). Both attention implementations read such caches (the Triton kernels
-    dequantize rows as they load them); rows are written by the reference (quantized in torch, for
-    now), so the whole-layer decode kernels, which write their own, and CUDA graphs stay off."""
+    int4, or another float). Both implementations write and read such caches (the Triton kernels
+    quantize rows as they store them and dequantize them as they load them); the whole-layer decode
+    kernels, which write and read the model's dtype only, stay off (CUDA graphs stay on)."""
     if fmt.dtype == model_dtype:
         return ops
-    return replace(ops, write_kv=reference.write_kv, bind_decode_layer=None, decode_step=None, graph_safe=False,
-                   name=f"{ops.name}; {fmt.name} KV cache")
+    return replace(ops, bind_decode_layer=None, decode_step=None, name=f"{ops.name}; {fmt.name} KV cache")
 
 
 KERNEL_CHOICES = ("auto", "torch", "triton")

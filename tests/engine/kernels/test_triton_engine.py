@@ -74,7 +74,10 @@ def test_awq_checkpoint_on_triton_w4a16_kernels(tiny_model_factory, tmp_path) ->
 @pytest.mark.parametrize("kv_cache_dtype", ["int8", "int4"])
 def test_a_quantized_cache_on_triton_kernels_matches_the_reference(kv_cache_dtype, tiny_model_factory) -> None:
     """The same int8/int4 cache read by the Triton attention kernels and by the torch reference:
-    the same logits (fp32, <= 1e-4) through chunked prefill, batching and decode."""
+    the same logits through chunked prefill, batching and decode. Not bit-equal on a GPU: the two
+    paths' k and v differ in their last fp32 bits, which now and then rounds a value to the
+    neighbouring integer when it is quantized; the bound allows a few such steps (a misread cache
+    is off by whole units). The kernels alone match exactly (test_triton_kv_quant.py)."""
     folder, _ = tiny_model_factory("qwen3")
     results = []
     for kernels in ("triton", "torch"):
@@ -90,5 +93,6 @@ def test_a_quantized_cache_on_triton_kernels_matches_the_reference(kv_cache_dtyp
         while core.has_work():
             core.step()
         results.append([torch.stack(finals[i].logits).cpu() for i in sorted(finals)])
+    step = {"int8": 1e-3, "int4": 2e-2}[kv_cache_dtype] if DEVICE == "cuda" else 1e-4
     for ours, ref in zip(*results):
-        assert (ours - ref).abs().max().item() <= 1e-4
+        assert (ours - ref).abs().max().item() <= step * max(1.0, ref.abs().max().item())

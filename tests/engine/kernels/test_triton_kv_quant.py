@@ -18,6 +18,34 @@ def quantized(cache: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("kv_heads,dim", [(2, 64), (8, 128), (3, 96)])
+def test_the_write_kernel_quantizes_as_the_reference(bits, dtype, kv_heads, dim) -> None:
+    """The KV-write kernel's rows equal the reference's byte for byte (same turn, same rounding of
+    scale, minimum and integers), padding slots are skipped, other rows are left alone; with an
+    outlier channel and a constant row."""
+    tokens, block_size, num_blocks = 9, 16, 4
+    k = nonzero(tokens, kv_heads, dim, dtype=dtype, seed=31, scale=3.0)
+    v = nonzero(tokens, kv_heads, dim, dtype=dtype, seed=32)
+    k[:, :, 5] *= 40  # a key channel far larger than the rest
+    v[3, 0] = 0.75  # a constant row: its range is 0
+    width = dim * bits // 8 + 4
+    generator = torch.Generator().manual_seed(33)
+    k_cache = torch.randint(0, 256, (num_blocks, block_size, kv_heads, width), dtype=torch.uint8,
+                            generator=generator).to(DEVICE)
+    v_cache = torch.randint(0, 256, k_cache.shape, dtype=torch.uint8, generator=generator).to(DEVICE)
+    slots = torch.randperm(num_blocks * block_size, generator=generator)[:tokens]
+    slots[[1, 6]] = -1  # CUDA-graph padding
+    slots = slots.to(DEVICE)
+    ref_k, ref_v = k_cache.clone(), v_cache.clone()
+    real = slots >= 0
+    reference.write_kv(k[real], v[real], ref_k, ref_v, slots[real])
+    tk.write_kv(k, v, k_cache, v_cache, slots)
+    assert not torch.equal(ref_k, k_cache.new_zeros(k_cache.shape))
+    assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("window", [None, 24], ids=["full", "window24"])
 def test_mixed_batch_over_a_quantized_cache(bits, dtype, window) -> None:

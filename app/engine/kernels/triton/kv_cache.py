@@ -1,4 +1,11 @@
-"""Writes this step's keys and values into the paged cache at their slots."""
+"""Writes this step's keys and values into the paged cache at their slots: cast to a float
+cache's dtype, or quantized into int8/int4 rows (layout and rounding in app/engine/kv_quant.py).
+
+For a quantized cache the rows are first turned by the Hadamard matrix R in torch (one small
+matmul for the step, the same op the reference runs, so both quantize bit-identical inputs);
+the kernel then finds each row's range, rounds scale and minimum to fp16, and rounds to the
+nearest integer, ties to even, with IEEE division, as torch does: its bytes equal the reference's.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from app.engine import kv_quant
 from app.engine.kernels.triton._common import next_pow2
 
 
@@ -33,12 +41,67 @@ def _write_kv_kernel(
     tl.store(vc, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _quantize_rows(x_ptr, stride_xh, row_ptr, stride_rh, h, heads, dim,
+                   BLOCK_D: tl.constexpr, BITS: tl.constexpr):
+    """Heads h of one token: turned fp32 rows at x_ptr -> quantized rows at row_ptr."""
+    d = tl.arange(0, BLOCK_D)
+    mask = (h < heads)[:, None] & (d < dim)[None, :]
+    x = tl.load(x_ptr + h[:, None] * stride_xh + d[None, :], mask=mask, other=0.0)
+    levels = (1 << BITS) - 1
+    low = tl.minimum(tl.maximum(tl.min(tl.where(mask, x, float("inf")), axis=1), -65504.0), 65504.0)
+    low = low.to(tl.float16).to(tl.float32)
+    high = tl.max(tl.where(mask, x, float("-inf")), axis=1)
+    scale = tl.math.div_rn(high - low, tl.full(low.shape, levels, tl.float32))
+    scale = tl.minimum(tl.maximum(scale, 1e-6), 65504.0).to(tl.float16).to(tl.float32)
+    y = tl.math.div_rn(x - low[:, None], tl.broadcast_to(scale[:, None], x.shape))
+    q = tl.floor(y + 0.5)
+    q = tl.where((q - y == 0.5) & (q % 2 != 0), q - 1.0, q)  # ties to even, as torch.round
+    q = tl.minimum(tl.maximum(q, 0.0), levels * 1.0).to(tl.uint8)
+    rows = row_ptr + h[:, None] * stride_rh
+    if BITS == 8:
+        tl.store(rows + d[None, :], q, mask=mask)
+        data_bytes = dim
+    else:  # element 2i in the low nibble of byte i, 2i + 1 in the high one
+        even, odd = tl.split(tl.reshape(q, (q.shape[0], BLOCK_D // 2, 2)))
+        pair = tl.arange(0, BLOCK_D // 2)
+        pair_mask = (h < heads)[:, None] & (pair < dim // 2)[None, :]
+        tl.store(rows + pair[None, :], even | (odd << 4), mask=pair_mask)
+        data_bytes = dim // 2
+    params = (row_ptr + h * stride_rh + data_bytes).to(tl.pointer_type(tl.float16))
+    tl.store(params, scale.to(tl.float16), mask=h < heads)
+    tl.store(params + 1, low.to(tl.float16), mask=h < heads)
+
+
+@triton.jit
+def _write_kv_quant_kernel(
+    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
+    heads, dim,
+    stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+    BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BITS: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slots_ptr + t).to(tl.int64)
+    if slot >= 0:  # a negative slot is padding (CUDA-graph batches)
+        block, offset = slot // BLOCK_SIZE, slot % BLOCK_SIZE
+        h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        _quantize_rows(k_ptr + t * stride_kt, stride_kh, k_cache_ptr + block * stride_kcb + offset * stride_kcs,
+                       stride_kch, h, heads, dim, BLOCK_D, BITS)
+        _quantize_rows(v_ptr + t * stride_vt, stride_vh, v_cache_ptr + block * stride_vcb + offset * stride_vcs,
+                       stride_vch, h, heads, dim, BLOCK_D, BITS)
+
+
 def write_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
-    """k/v: [T, kv_heads, dim] (any token/head strides); caches: [num_blocks, block_size, kv_heads, dim];
-    slots: [T] int, slot = block * block_size + offset; a negative slot is padding and is skipped."""
+    """k/v: [T, kv_heads, dim] (any token/head strides); caches: [num_blocks, block_size, kv_heads,
+    dim], or uint8 [..., row width] holding int8/int4 rows; slots: [T] int, slot = block *
+    block_size + offset; a negative slot is padding and is skipped."""
     tokens, heads, dim = k.shape
+    if k_cache.dtype == torch.uint8:
+        _write_quantized(k, v, k_cache, v_cache, slots)
+        return
     if k.stride(-1) != 1:
         k = k.contiguous()
     if v.stride(-1) != 1:
@@ -55,3 +118,22 @@ def write_kv(
             BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d,
             num_warps=4 if block_h * block_d >= 1024 else 1,
         )
+
+
+def _write_quantized(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     slots: torch.Tensor) -> None:
+    tokens, heads, dim = k.shape
+    if not tokens:
+        return
+    turn = kv_quant.rotation(dim, k.device)
+    k, v = k.float() @ turn, v.float() @ turn  # as kv_quant.quantize_rows: the same bits
+    block_d = next_pow2(dim)
+    block_h = max(1, min(next_pow2(heads), 4096 // block_d))
+    _write_kv_quant_kernel[(tokens, triton.cdiv(heads, block_h))](
+        k, v, k_cache, v_cache, slots, heads, dim,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, BITS=kv_quant.bits_of(k_cache, dim),
+        num_warps=4 if block_h * block_d >= 1024 else 1,
+    )
