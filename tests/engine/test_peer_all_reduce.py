@@ -42,3 +42,24 @@ def test_the_second_rank_sums_both_parts(dtype):
                 FLAGS_BYTES=FLAGS_BYTES, SLOT_BYTES=peer_all_reduce.MAX_BYTES, SPINS=2, BLOCK=block, PDL=False)
         second = order[1]
         assert torch.equal(outs[second], (parts[0].float() + parts[1].float()).to(dtype))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the one-process simulation needs the interpreter")
+def test_the_second_rank_gathers_both_parts():
+    """GATHER: the rank that runs second holds both ranks' parts, in rank order, bit for bit."""
+    dtype = torch.bfloat16
+    buffers = [torch.zeros(FLAGS_BYTES + 2 * WORLD * peer_all_reduce.MAX_BYTES, dtype=torch.uint8) for _ in range(WORLD)]
+    addresses = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64)
+    counters = [torch.zeros(peer_all_reduce.MAX_PROGRAMS, dtype=torch.int32) for _ in range(WORLD)]
+    abort = torch.zeros(1, dtype=torch.int32)
+    n, block = 3000, peer_all_reduce.BLOCK_BYTES // dtype.itemsize
+    g = torch.Generator().manual_seed(1)
+    for order in ((0, 1), (1, 0)):
+        parts = [torch.randn(n, generator=g).to(dtype) for _ in range(WORLD)]
+        outs = [torch.zeros(WORLD, n, dtype=dtype) for _ in range(WORLD)]
+        for rank in order:
+            peer_all_reduce._one_shot_kernel[(-(-n // block),)](
+                parts[rank], outs[rank], n, addresses, counters[rank], abort, rank, WORLD=WORLD,
+                FLAGS_BYTES=FLAGS_BYTES, SLOT_BYTES=peer_all_reduce.MAX_BYTES, SPINS=2, BLOCK=block, PDL=False,
+                GATHER=True)
+        assert torch.equal(outs[order[1]], torch.stack(parts))

@@ -1,6 +1,7 @@
 """On a box with 2 GPUs: parallel_state.all_reduce gives every rank the same sum, bit for bit,
 through the peer buffers (one-shot, up to MAX_BYTES) and through NCCL above that, eagerly and
-replayed from a CUDA graph with new inputs; a wait for a rank that never comes ends on abort."""
+replayed from a CUDA graph with new inputs; gather_columns stacks the ranks' columns (peer buffers
+or NCCL); a wait for a rank that never comes ends on abort."""
 
 from __future__ import annotations
 
@@ -51,6 +52,12 @@ def _rank(rank: int, port: int, errors) -> None:
             _check(parallel_state.all_reduce(parts[rank].to(device)), parts, rows <= PEER_ROWS, f"{rows} rows")
         parts = _inputs(5, 50, torch.float32)
         _check(parallel_state.all_reduce(parts[rank].to(device)), parts, True, "float32")
+        for rows, cols in ((1, 64128), (3, 1000), (PEER_ROWS + 1, HIDDEN)):  # a split vocabulary's logits; NCCL's size
+            parts = [p[:, :cols] for p in _inputs(rows, 60 + rows, torch.bfloat16)] if cols <= HIDDEN else [
+                torch.randn(rows, cols, generator=torch.Generator().manual_seed(70 + r)).to(torch.bfloat16)
+                for r in range(WORLD)]
+            got = parallel_state.gather_columns(parts[rank].to(device))
+            assert torch.equal(got.cpu(), torch.cat(parts, dim=1)), f"gather {rows}x{cols}"
 
         # Captured into a graph (as decode steps are) and replayed on new inputs.
         x = torch.zeros(3, HIDDEN, dtype=torch.bfloat16, device=device)

@@ -145,8 +145,13 @@ def all_reduce(x: torch.Tensor) -> torch.Tensor:
 def gather_columns(x: torch.Tensor) -> torch.Tensor:
     """Every rank's [rows, cols] slice side by side, on every rank: [rows, world * cols]."""
     rows, world = x.shape[0], dist.get_world_size()
-    parts = torch.empty((world * rows, x.shape[1]), dtype=x.dtype, device=x.device)
-    dist.all_gather_into_tensor(parts, x.contiguous())
+    x = x.contiguous()
+    peer = _peer
+    if peer is not None and peer.fits(x):
+        parts = peer.gather(x)
+    else:
+        parts = torch.empty((world * rows, x.shape[1]), dtype=x.dtype, device=x.device)
+        dist.all_gather_into_tensor(parts, x)
     return parts.view(world, rows, -1).transpose(0, 1).reshape(rows, -1)
 
 

@@ -1,4 +1,5 @@
-"""One-shot all-reduce through GPU buffers mapped into every rank (CUDA IPC), for small sums.
+"""One-shot all-reduce (and all-gather) through GPU buffers mapped into every rank (CUDA IPC),
+for small tensors.
 
 A decode step of an 8B model split over 2 GPUs sums 64 tensors of a few KB; NCCL's ring takes
 15-20 µs for each, a third of the step. Here every rank writes its part into each peer's buffer
@@ -42,7 +43,8 @@ def _aligned(address, elem):
 @triton.jit
 def _one_shot_kernel(x_ptr, out_ptr, n, addresses_ptr, counters_ptr, abort_ptr, rank,
                      WORLD: tl.constexpr, FLAGS_BYTES: tl.constexpr, SLOT_BYTES: tl.constexpr,
-                     SPINS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+                     SPINS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr, GATHER: tl.constexpr = False):
+    """GATHER: out [WORLD, n] receives every rank's x (rank order) instead of their sum."""
     if PDL:  # the next kernel may launch now and stream its weights while this one waits for peers
         gdc_launch_dependents()
         gdc_wait()
@@ -78,14 +80,22 @@ def _one_shot_kernel(x_ptr, out_ptr, n, addresses_ptr, counters_ptr, abort_ptr, 
                 seen = tl.atomic_add(my_flags + pid * WORLD + peer, 0, sem="acquire", scope="sys")
     tl.debug_barrier()
 
-    acc = tl.zeros([BLOCK], tl.float32)
-    for peer in tl.static_range(WORLD):  # in rank order on every rank: the same sums everywhere
-        if peer == rank:
-            acc += x.to(tl.float32)
-        else:
-            region = _aligned(mine + slot + peer * SLOT_BYTES, elem)
-            acc += tl.load(region + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
-    tl.store(out_ptr + offs, acc.to(elem), mask=mask)
+    if GATHER:
+        for peer in tl.static_range(WORLD):
+            part = x
+            if peer != rank:
+                region = _aligned(mine + slot + peer * SLOT_BYTES, elem)
+                part = tl.load(region + offs, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptr + peer * n + offs, part, mask=mask)
+    else:
+        acc = tl.zeros([BLOCK], tl.float32)
+        for peer in tl.static_range(WORLD):  # in rank order on every rank: the same sums everywhere
+            if peer == rank:
+                acc += x.to(tl.float32)
+            else:
+                region = _aligned(mine + slot + peer * SLOT_BYTES, elem)
+                acc += tl.load(region + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+        tl.store(out_ptr + offs, acc.to(elem), mask=mask)
 
 
 class PeerAllReduce:
@@ -125,12 +135,20 @@ class PeerAllReduce:
         return x.numel() * x.element_size() <= MAX_BYTES and x.is_contiguous() and x.dtype.is_floating_point
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(x)
+        """The sum of every rank's x."""
+        return self._run(x, torch.empty_like(x), gather=False)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's x, stacked in rank order: [world, *x.shape] (the split vocabulary's logits
+        each step: one kernel where NCCL's all-gather takes about as long as a layer's kernels)."""
+        return self._run(x, torch.empty((self.world, *x.shape), dtype=x.dtype, device=x.device), gather=True)
+
+    def _run(self, x: torch.Tensor, out: torch.Tensor, gather: bool) -> torch.Tensor:
         block = BLOCK_BYTES // x.element_size()
         grid = (triton.cdiv(x.numel(), block),)
         _one_shot_kernel[grid](x, out, x.numel(), self.addresses, self.counters, self.abort_flag, self.rank,
                                WORLD=self.world, FLAGS_BYTES=self.flags_bytes, SLOT_BYTES=MAX_BYTES,
-                               SPINS=SPIN_LIMIT, BLOCK=block, num_warps=4, **self._pdl)
+                               SPINS=SPIN_LIMIT, BLOCK=block, GATHER=gather, num_warps=4, **self._pdl)
         return out
 
     def abort(self) -> None:
