@@ -18,30 +18,6 @@ from app.engine.kernels.triton._common import next_pow2
 
 
 @triton.jit
-def _write_kv_kernel(
-    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
-    heads, dim,
-    stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
-    BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    t = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slots_ptr + t).to(tl.int64)
-    if slot < 0:  # padding (CUDA-graph batches): nothing to write
-        return
-    block, offset = slot // BLOCK_SIZE, slot % BLOCK_SIZE
-    h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    d = tl.arange(0, BLOCK_D)
-    mask = (h < heads)[:, None] & (d < dim)[None, :]
-    k = tl.load(k_ptr + t * stride_kt + h[:, None] * stride_kh + d[None, :], mask=mask)
-    v = tl.load(v_ptr + t * stride_vt + h[:, None] * stride_vh + d[None, :], mask=mask)
-    kc = k_cache_ptr + block * stride_kcb + offset * stride_kcs + h[:, None] * stride_kch + d[None, :]
-    vc = v_cache_ptr + block * stride_vcb + offset * stride_vcs + h[:, None] * stride_vch + d[None, :]
-    tl.store(kc, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(vc, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
 def _quantize_rows(x_ptr, stride_xh, row_ptr, stride_rh, h, heads, dim,
                    BLOCK_D: tl.constexpr, BITS: tl.constexpr):
     """Heads h of one token: turned fp32 rows at x_ptr -> quantized rows at row_ptr."""
@@ -74,22 +50,36 @@ def _quantize_rows(x_ptr, stride_xh, row_ptr, stride_rh, h, heads, dim,
 
 
 @triton.jit
-def _write_kv_quant_kernel(
+def _store_rows(x_ptr, stride_xh, row_ptr, stride_rh, h, heads, dim, BLOCK_D: tl.constexpr):
+    """Heads h of one token, cast to the (float) cache's dtype."""
+    d = tl.arange(0, BLOCK_D)
+    mask = (h < heads)[:, None] & (d < dim)[None, :]
+    x = tl.load(x_ptr + h[:, None] * stride_xh + d[None, :], mask=mask)
+    tl.store(row_ptr + h[:, None] * stride_rh + d[None, :], x.to(row_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _write_kv_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
     heads, dim,
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BITS: tl.constexpr,
 ):
+    """Program (token, block of heads). BITS 0: a float cache; 8 or 4: quantized rows."""
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + t).to(tl.int64)
-    if slot >= 0:  # a negative slot is padding (CUDA-graph batches)
+    if slot >= 0:  # a negative slot is padding (CUDA-graph batches): nothing to write
         block, offset = slot // BLOCK_SIZE, slot % BLOCK_SIZE
         h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-        _quantize_rows(k_ptr + t * stride_kt, stride_kh, k_cache_ptr + block * stride_kcb + offset * stride_kcs,
-                       stride_kch, h, heads, dim, BLOCK_D, BITS)
-        _quantize_rows(v_ptr + t * stride_vt, stride_vh, v_cache_ptr + block * stride_vcb + offset * stride_vcs,
-                       stride_vch, h, heads, dim, BLOCK_D, BITS)
+        k_rows = k_cache_ptr + block * stride_kcb + offset * stride_kcs
+        v_rows = v_cache_ptr + block * stride_vcb + offset * stride_vcs
+        if BITS == 0:
+            _store_rows(k_ptr + t * stride_kt, stride_kh, k_rows, stride_kch, h, heads, dim, BLOCK_D)
+            _store_rows(v_ptr + t * stride_vt, stride_vh, v_rows, stride_vch, h, heads, dim, BLOCK_D)
+        else:
+            _quantize_rows(k_ptr + t * stride_kt, stride_kh, k_rows, stride_kch, h, heads, dim, BLOCK_D, BITS)
+            _quantize_rows(v_ptr + t * stride_vt, stride_vh, v_rows, stride_vch, h, heads, dim, BLOCK_D, BITS)
 
 
 def write_kv(
@@ -99,41 +89,25 @@ def write_kv(
     dim], or uint8 [..., row width] holding int8/int4 rows; slots: [T] int, slot = block *
     block_size + offset; a negative slot is padding and is skipped."""
     tokens, heads, dim = k.shape
-    if k_cache.dtype == torch.uint8:
-        _write_quantized(k, v, k_cache, v_cache, slots)
+    if not tokens:
         return
+    bits = 0
+    if k_cache.dtype == torch.uint8:
+        bits = kv_quant.bits_of(k_cache, dim)
+        turn = kv_quant.rotation(dim, k.device)
+        k, v = k.float() @ turn, v.float() @ turn  # as kv_quant.quantize_rows: the same bits
     if k.stride(-1) != 1:
         k = k.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
-    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "cache needs a unit stride on head_dim"
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1, "cache needs a unit stride on its rows"
     block_d = next_pow2(dim)
     block_h = max(1, min(next_pow2(heads), 4096 // block_d))
-    if tokens:
-        _write_kv_kernel[(tokens, triton.cdiv(heads, block_h))](
-            k, v, k_cache, v_cache, slots, heads, dim,
-            k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-            BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d,
-            num_warps=4 if block_h * block_d >= 1024 else 1,
-        )
-
-
-def _write_quantized(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     slots: torch.Tensor) -> None:
-    tokens, heads, dim = k.shape
-    if not tokens:
-        return
-    turn = kv_quant.rotation(dim, k.device)
-    k, v = k.float() @ turn, v.float() @ turn  # as kv_quant.quantize_rows: the same bits
-    block_d = next_pow2(dim)
-    block_h = max(1, min(next_pow2(heads), 4096 // block_d))
-    _write_kv_quant_kernel[(tokens, triton.cdiv(heads, block_h))](
+    _write_kv_kernel[(tokens, triton.cdiv(heads, block_h))](
         k, v, k_cache, v_cache, slots, heads, dim,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, BITS=kv_quant.bits_of(k_cache, dim),
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, BITS=bits,
         num_warps=4 if block_h * block_d >= 1024 else 1,
     )
