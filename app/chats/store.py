@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS messages (
     images TEXT NOT NULL DEFAULT '[]',
     stats TEXT,
     complete INTEGER NOT NULL DEFAULT 1,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    model TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation_id, id);
 """
@@ -56,6 +57,7 @@ class Message:
     stats: dict | None = None  # TTFT, tok/s, token counts of a reply
     complete: bool = True  # False: a reply still streaming, or cut off by a crash
     created: float = 0.0
+    model: str | None = None  # the model that wrote a reply, as the chat's model list named it
 
 
 class ChatStore:
@@ -73,6 +75,9 @@ class ChatStore:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed write survives a crash
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            columns = {row["name"] for row in self._db.execute("PRAGMA table_info(messages)")}
+            if "model" not in columns:  # a database from before replies named their model
+                self._db.execute("ALTER TABLE messages ADD COLUMN model TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -118,13 +123,14 @@ class ChatStore:
 
     # ---- messages ------------------------------------------------------------------------------
     def add_message(self, conversation_id: int, role: str, content: str, images: list[str] | None = None,
-                    complete: bool = True) -> Message:
+                    complete: bool = True, model: str | None = None) -> Message:
         now = time.time()
         cur = self._run(
-            "INSERT INTO messages (conversation_id, role, content, images, complete, created) VALUES (?, ?, ?, ?, ?, ?)",
-            (conversation_id, role, content, json.dumps(images or []), int(complete), now))
+            "INSERT INTO messages (conversation_id, role, content, images, complete, created, model) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (conversation_id, role, content, json.dumps(images or []), int(complete), now, model))
         self._run("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
-        return Message(cur.lastrowid, conversation_id, role, content, list(images or []), None, complete, now)
+        return Message(cur.lastrowid, conversation_id, role, content, list(images or []), None, complete, now, model)
 
     def update_message(self, message_id: int, content: str, complete: bool, stats: dict | None = None) -> None:
         self._run("UPDATE messages SET content = ?, complete = ?, stats = ? WHERE id = ?",
@@ -133,7 +139,8 @@ class ChatStore:
     def messages(self, conversation_id: int) -> list[Message]:
         rows = self._run("SELECT * FROM messages WHERE conversation_id = ? ORDER BY id", (conversation_id,)).fetchall()
         return [Message(row["id"], row["conversation_id"], row["role"], row["content"], json.loads(row["images"]),
-                        json.loads(row["stats"]) if row["stats"] else None, bool(row["complete"]), row["created"])
+                        json.loads(row["stats"]) if row["stats"] else None, bool(row["complete"]), row["created"],
+                        row["model"])
                 for row in rows]
 
     def truncate_from(self, conversation_id: int, message_id: int) -> None:

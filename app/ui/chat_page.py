@@ -1,5 +1,8 @@
-"""The chat page: conversations on the left, the selected one's messages and the input on the right.
+"""The chat page: conversations on the left, the selected one's messages and the input in the
+middle, the model to talk to and its settings on the right.
 
+Each model on offer (ChatModel) comes with the bridge that streams its replies: the local engine's,
+or a remote endpoint's with the same signals, so this page never knows which one it talks to.
 A reply streams into its bubble: deltas from the bridge collect in a buffer that a timer
 renders at most every RENDER_MS, so a fast engine never floods the GUI thread with repaints.
 Every message is stored when sent; the reply as it grows (ReplyWriter), and whole at the end.
@@ -8,37 +11,55 @@ Every message is stored when sent; the reply as it grows (ReplyWriter), and whol
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QImage
 from PySide6.QtWidgets import (
-    QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton,
-    QScrollArea, QSplitter, QVBoxLayout, QWidget,
+    QComboBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QProgressBar,
+    QPushButton, QScrollArea, QSplitter, QVBoxLayout, QWidget,
 )
 
 from app.chats.store import ChatStore, Message, ReplyWriter
 from app.ui.attachments import PICTURE_FILTER, AttachmentTray, ChatInput, png_bytes
-from app.ui.engine_bridge import EngineBridge
 from app.ui.message_bubble import MessageBubble, describe_reply
 from app.ui.sampling_panel import SamplingPanel
 
 RENDER_MS = 33
 
 
+@dataclass(frozen=True)
+class ChatModel:
+    """A model the chat can talk to, and the bridge that streams its replies: request_generate and
+    request_stop in, delta and finished out, with EngineBridge's signatures."""
+
+    key: str  # stays the same while the model is on offer (the picker keeps it selected)
+    label: str  # as the model picker shows it
+    name: str  # stored with each reply it writes
+    bridge: QObject
+    ready: bool = True  # False: nothing can be sent to it now (no model loaded, say)
+    vision: bool = False  # it reads pictures
+    context_tokens: int = 0  # its context length; 0: not known
+
+
 class ChatPage(QWidget):
     reply_finished = Signal(dict)  # the finish info of the reply that just ended
 
-    def __init__(self, store: ChatStore, bridge: EngineBridge):
+    def __init__(self, store: ChatStore):
         super().__init__()
-        self.store, self.bridge = store, bridge
+        self.store = store
         self.conversation_id: int | None = None
+        self.model_picker = QComboBox()
+        self.model_picker.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_picker.setMinimumContentsLength(20)  # long remote names elide instead of widening the page
+        self.models: list[ChatModel] = []
+        self.model: ChatModel | None = None  # the one replies come from
+        self._heard: list[QObject] = []  # every bridge whose signals reach this page
         self.sampling = SamplingPanel()
         self.extra_generation: dict = {}  # GenerationConfig fields the panel has no control for
-        self._engine_ready = False
-        self._vision = False  # the loaded model reads pictures
-        self._reply_key = 0
-        self._active: tuple[int, MessageBubble, ReplyWriter] | None = None  # streaming reply
+        self._reply_key = 0  # unique across bridges: a key names one reply of this page, whichever bridge has it
+        self._active: tuple[int, MessageBubble, ReplyWriter, QObject] | None = None  # streaming reply, its bridge
         self._pending = ""
         self._render = QTimer(self, interval=RENDER_MS, timeout=self._flush_pending)
 
@@ -94,7 +115,12 @@ class ChatPage(QWidget):
 
         self.context_meter = QProgressBar(minimum=0, maximum=1, value=0)
         self.context_meter.setFormat("context: %v of %m tokens")
+        picker_box = QWidget()  # margins like the sampling panel's, so the two line up
+        picker_column = QVBoxLayout(picker_box)
+        picker_column.addWidget(QLabel("<b>Model</b>"))
+        picker_column.addWidget(self.model_picker)
         side = QVBoxLayout()
+        side.addWidget(picker_box)
         side.addWidget(self.sampling)
         side.addWidget(self.context_meter)
         side.addStretch(1)
@@ -125,10 +151,37 @@ class ChatPage(QWidget):
         self.attach_button.clicked.connect(self._pick_images)
         self.input.image_pasted.connect(lambda data: self.attach_data(data, "the pasted picture"))
         self.tray.rejected.connect(self.notice.setText)
-        # Queued to the GUI thread: the engine thread emits these.
-        bridge.delta.connect(self._on_delta, Qt.ConnectionType.QueuedConnection)
-        bridge.finished.connect(self._on_finished, Qt.ConnectionType.QueuedConnection)
+        self.model_picker.currentIndexChanged.connect(lambda index: self._use(self.models[index]))
         self.refresh_list()
+        self._update_actions()
+
+    # ---- the model -------------------------------------------------------------------------------
+    def set_models(self, models: list[ChatModel]) -> None:
+        """The models on offer (at least one); the chosen one stays chosen while it is offered, else
+        the first is."""
+        self.models = models
+        keys = [m.key for m in models]
+        at = keys.index(self.model.key) if self.model is not None and self.model.key in keys else 0
+        self.model_picker.blockSignals(True)
+        self.model_picker.clear()
+        for i, m in enumerate(models):
+            self.model_picker.addItem(m.label)
+            self.model_picker.setItemData(i, m.label, Qt.ItemDataRole.ToolTipRole)  # the whole name, if elided
+        self.model_picker.setCurrentIndex(at)
+        self.model_picker.blockSignals(False)
+        self._use(models[at])
+
+    def _use(self, model: ChatModel) -> None:
+        self.model = model
+        self.model_picker.setToolTip(model.label)
+        if all(model.bridge is not heard for heard in self._heard):
+            # Queued to the GUI thread: engine and worker threads emit these.
+            model.bridge.delta.connect(self._on_delta, Qt.ConnectionType.QueuedConnection)
+            model.bridge.finished.connect(self._on_finished, Qt.ConnectionType.QueuedConnection)
+            self._heard.append(model.bridge)
+        self.context_meter.setVisible(model.context_tokens > 0)
+        self.context_meter.setMaximum(max(1, model.context_tokens))
+        self._update_actions()
 
     # ---- conversations ---------------------------------------------------------------------------
     def refresh_list(self) -> None:
@@ -211,9 +264,6 @@ class ChatPage(QWidget):
         else:
             self.store.set_system_prompt(self.conversation_id, text)
 
-    def set_context_limit(self, tokens: int) -> None:
-        self.context_meter.setMaximum(max(1, tokens))
-
     def _show_context(self, stats: dict | None) -> None:
         used = (stats["prompt_tokens"] + stats["completion_tokens"]) if stats else 0
         self.context_meter.setValue(min(used, self.context_meter.maximum()))
@@ -269,9 +319,9 @@ class ChatPage(QWidget):
     # ---- sending and streaming ----------------------------------------------------------------------
     def send(self) -> None:
         text = self.input.toPlainText().strip()
-        if not text or self._active is not None or not self._engine_ready:
+        if not text or not self._can_send():
             return
-        if self.attachments and not self._vision:  # never drop pictures silently
+        if self.attachments and not self.model.vision:  # never drop pictures silently
             self.notice.setText("The loaded model reads text only, so it cannot see pictures. Load a vision "
                                 "model (Models page), or remove them to send the message.")
             return
@@ -290,7 +340,7 @@ class ChatPage(QWidget):
     def regenerate(self) -> None:
         """Drops the last reply and asks again."""
         bubbles = self.bubbles()
-        if self._active is not None or not self._engine_ready or not bubbles or bubbles[-1].role != "assistant":
+        if not self._can_send() or not bubbles or bubbles[-1].role != "assistant":
             return
         self.store.truncate_from(self.conversation_id, bubbles[-1].message_id)
         self._show_messages(self.store.messages(self.conversation_id))
@@ -315,32 +365,31 @@ class ChatPage(QWidget):
         chat = [{"role": m.role, "content": self._content(m)} for m in self.store.messages(self.conversation_id)]
         if conv.system_prompt:
             chat.insert(0, {"role": "system", "content": conv.system_prompt})
-        reply = self.store.add_message(self.conversation_id, "assistant", "", complete=False)
+        reply = self.store.add_message(self.conversation_id, "assistant", "", complete=False, model=self.model.name)
         self._reply_key += 1
-        self._active = (self._reply_key, self._add_bubble("assistant", "", reply.id), self.store.reply_writer(reply.id))
+        bridge = self.model.bridge
+        self._active = (self._reply_key, self._add_bubble("assistant", "", reply.id), self.store.reply_writer(reply.id),
+                        bridge)
         self._pending = ""
         self.stats_label.setText("Generating…")
         self._update_actions()
         self._render.start()
-        self.bridge.request_generate.emit(self._reply_key, chat, {**self.sampling.generation(), **self.extra_generation})
+        bridge.request_generate.emit(self._reply_key, chat, {**self.sampling.generation(), **self.extra_generation})
 
     def _content(self, message) -> str | list[dict]:
         """A stored message as the engine takes it: text, or its pictures (files in the store)
         then its text. Pictures in the conversation reach a text-only model as a note instead."""
         if not message.images:
             return message.content
-        if not self._vision:
+        if not self.model.vision:
             return f"[{len(message.images)} picture(s) not shown: this model reads text only]\n{message.content}"
         return [*({"type": "image", "image": str(self.store.image_path(name))} for name in message.images),
                 {"type": "text", "text": message.content}]
 
-    def set_vision(self, vision: bool) -> None:
-        """Whether the loaded model reads pictures (a vision-language model)."""
-        self._vision = vision
-
     def stop(self) -> None:
         if self._active is not None:
-            self.bridge.request_stop.emit(self._active[0])
+            key, _, _, bridge = self._active
+            bridge.request_stop.emit(key)
 
     @Slot(int, str, int)
     def _on_delta(self, key: int, text: str, _tokens: int) -> None:
@@ -359,7 +408,7 @@ class ChatPage(QWidget):
         if self._active is None or key != self._active[0]:
             return
         self._flush_pending()
-        _, bubble, writer = self._active
+        _, bubble, writer, _ = self._active
         self._active = None
         self._render.stop()
         writer.finish(stats=info.get("stats"), complete=info.get("finish_reason") != "error")
@@ -374,26 +423,29 @@ class ChatPage(QWidget):
         self.reply_finished.emit(info)
 
     def _context_notice(self, info: dict) -> str:
-        """Says plainly when the conversation has outgrown the model's context (else nothing)."""
-        limit = self.context_meter.maximum()
+        """Says plainly when the conversation has outgrown the model's context (else nothing). A
+        model whose context is not known (a remote one) can only say so by refusing the prompt."""
+        limit = self.model.context_tokens
         if info.get("error_type") == "ContextOverflowError":
-            return (f"This conversation no longer fits the model's context ({limit:,} tokens). "
+            size = f" ({limit:,} tokens)" if limit else ""
+            return (f"This conversation no longer fits the model's context{size}. "
                     "Start a new chat, or use Edit last to shorten your message.")
         stats = info.get("stats")
-        if info.get("finish_reason") == "length" and stats and stats["prompt_tokens"] + stats["completion_tokens"] >= limit:
+        filled = stats and stats["prompt_tokens"] + stats["completion_tokens"] >= limit
+        if info.get("finish_reason") == "length" and limit and filled:
             return (f"The reply stopped because the conversation filled the model's context ({limit:,} tokens). "
                     "Start a new chat to go on.")
         return ""
 
-    def set_engine_ready(self, ready: bool) -> None:
-        """Sending needs a loaded model; a reply in progress keeps Send off until it ends."""
-        self._engine_ready = ready
-        self._update_actions()
+    def _can_send(self) -> bool:
+        """Sending needs a model that is ready; a reply in progress keeps Send off until it ends."""
+        return self._active is None and self.model is not None and self.model.ready
 
     def _update_actions(self) -> None:
         idle = self._active is None
         bubbles = self.bubbles()
-        self.send_button.setEnabled(self._engine_ready and idle)
+        self.send_button.setEnabled(self._can_send())
         self.stop_button.setEnabled(not idle)
-        self.regenerate_button.setEnabled(self._engine_ready and idle and bool(bubbles) and bubbles[-1].role == "assistant")
+        self.regenerate_button.setEnabled(self._can_send() and bool(bubbles) and bubbles[-1].role == "assistant")
         self.edit_button.setEnabled(idle and any(b.role == "user" for b in bubbles))
+        self.model_picker.setEnabled(idle)  # a reply finishes with the model that began it

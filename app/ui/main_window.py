@@ -1,5 +1,6 @@
 """The main window: a sidebar of pages, the pages, and a status bar (engine state, model, device
-and its memory). It owns the engine's and the quantizer's bridges and routes between pages.
+and its memory). It owns the engine's and the quantizer's bridges and the remote endpoints' models,
+and routes between pages.
 
 The engine loads in the background: the window shows at once and stays responsive.
 """
@@ -15,14 +16,17 @@ from PySide6.QtWidgets import (
 
 from app.chats.store import ChatStore
 from app.downloader import CatalogEntry, DownloadRequest, JobState, TokenStore, load_catalog
-from app.ui.chat_page import ChatPage
+from app.remote import EndpointStore
+from app.ui.chat_page import ChatModel, ChatPage
 from app.ui.collector import GuiCollector
+from app.ui.connections_page import ConnectionsPage
 from app.ui.discover_page import DiscoverPage
 from app.ui.downloads_panel import Downloads, DownloadsPanel
 from app.ui.engine_bridge import EngineBridge
 from app.ui.models_page import ModelsPage
 from app.ui.quantize_bridge import QuantizeBridge
 from app.ui.quantize_page import QuantizePage
+from app.ui.remote_models import RemoteModels
 from app.ui.server_page import ServerPage
 from app.ui.settings import AppSettings
 from app.ui.settings_page import SettingsPage
@@ -45,7 +49,10 @@ class MainWindow(QMainWindow):
         self.settings.apply_paths()
         self.engine_options = engine_options or {}  # overrides the settings (tests, command line)
         self.device = "cpu"
-        self.chat = ChatPage(store, bridge)
+        self.engine_state, self.engine_stats = "loading", {}  # the local engine's, for the chat's model list
+        tokens = tokens or TokenStore()
+        self.remote = RemoteModels(EndpointStore(self.settings.file.with_name("endpoints.json"), tokens), self)
+        self.chat = ChatPage(store)
         self.quantizer = QuantizeBridge(self)
         self.models = ModelsPage(self.quantizer)
         self.quantize_page = QuantizePage(self.quantizer, self.current_engine_options)
@@ -57,12 +64,16 @@ class MainWindow(QMainWindow):
         self.models_tabs.addTab(self.discover, "Discover")
         self.models_tabs.addTab(self.downloads_panel, "Downloads")
         self.settings_page = SettingsPage(self.settings, tokens)
+        self.connections_page = ConnectionsPage(self.remote)
+        self.settings_tabs = QTabWidget()
+        self.settings_tabs.addTab(self.settings_page, "General")
+        self.settings_tabs.addTab(self.connections_page, "Connections")
         self.sidebar = QListWidget(objectName="sidebar")
         self.sidebar.setFixedWidth(160)
         self.pages = QStackedWidget()
         self.server_page = ServerPage()
         pages = [("Chat", self.chat), ("Models", self.models_tabs), ("Quantize", self.quantize_page),
-                 ("Server", self.server_page), ("Settings", self.settings_page)]
+                 ("Server", self.server_page), ("Settings", self.settings_tabs)]
         for name, page in pages:
             self.sidebar.addItem(name)
             self.pages.addWidget(page)
@@ -106,6 +117,9 @@ class MainWindow(QMainWindow):
         self.settings_page.split_changed.connect(self.models.set_split)
         self.models.set_split(self.settings.split)
         self.settings_page.reload_requested.connect(lambda: self.load(self.models.loaded_path))
+        self.remote.changed.connect(self._offer_models)
+        self._offer_models()
+        self.remote.refresh()
         self._memory_timer = QTimer(self, interval=MEMORY_POLL_MS,
                                     timeout=lambda: bridge.request_memory.emit(self.device))
         self._memory_timer.start()
@@ -121,6 +135,15 @@ class MainWindow(QMainWindow):
 
     def show_page(self, page: QWidget) -> None:
         self.sidebar.setCurrentRow(self.pages.indexOf(page))
+
+    def _offer_models(self) -> None:
+        """The chat's model list: the local engine's model first, then every remote one."""
+        name = Path(self.engine_stats.get("model", "")).name
+        label = {"loading": "Loading a model…", "empty": "No model loaded"}.get(self.engine_state, name)
+        local = ChatModel(key="local", label=label, name=name, bridge=self.bridge, ready=self.engine_state == "ready",
+                          vision=bool(self.engine_stats.get("vision")),
+                          context_tokens=self.engine_stats.get("max_model_len", 0))
+        self.chat.set_models([local, *self.remote.chat_models()])
 
     def _quantize(self, folder: str) -> None:
         problem = self.quantize_page.quick(folder)
@@ -158,16 +181,19 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt's naming)
         self.downloads.close()  # a running download pauses; its partial files wait for next time
         self.quantizer.shutdown()  # a running quantization is cancelled and leaves nothing behind
+        self.remote.close()  # remote replies in flight are cancelled (their servers stop them too)
         self.collector.stop()
         super().closeEvent(event)
 
     @Slot(str)
     def _on_state(self, state: str) -> None:
         self.state_label.setText({"loading": "Loading model…", "ready": "Ready", "empty": "No model"}.get(state, state))
-        self.chat.set_engine_ready(state == "ready")
+        self.engine_state = state
         if state == "empty":
+            self.engine_stats = {}
             self.model_label.setText("No model")
             self.models.set_loaded(None)
+        self._offer_models()
 
     @Slot(float, str)
     def _on_load_progress(self, fraction: float, stage: str) -> None:
@@ -183,8 +209,8 @@ class MainWindow(QMainWindow):
     def _on_loaded(self, stats: dict) -> None:
         self.model_label.setText(Path(stats.get("model", "")).name)
         self.models.set_loaded(stats.get("model"))  # refreshes: a starter model converted just now appears
-        self.chat.set_context_limit(stats.get("max_model_len", 0))
-        self.chat.set_vision(bool(stats.get("vision")))
+        self.engine_stats = stats
+        self._offer_models()
         self.server_page.set_model(Path(stats.get("model", "")).name)
         self.device = stats.get("device", "cpu")
         self.bridge.request_memory.emit(self.device)

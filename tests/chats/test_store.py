@@ -88,6 +88,30 @@ for i in range(100000):
 """
 
 
+def test_replies_name_their_model_and_an_older_database_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "chats.sqlite3")  # the schema before replies named their model
+    old.executescript("""
+        CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL,
+            system_prompt TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL);
+        CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL REFERENCES conversations(id)
+            ON DELETE CASCADE, role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), content TEXT NOT NULL,
+            images TEXT NOT NULL DEFAULT '[]', stats TEXT, complete INTEGER NOT NULL DEFAULT 1, created REAL NOT NULL);
+        INSERT INTO conversations VALUES (1, 'Capitals', '', 0, 0);
+        INSERT INTO messages (conversation_id, role, content, created) VALUES (1, 'user', 'Capital of France?', 0);
+    """)
+    old.close()
+    store = ChatStore(tmp_path)
+    store.add_message(1, "assistant", "Paris.", model="SmolLM2-135M-Instruct — Lab server")
+    store.close()
+    again = ChatStore(tmp_path)
+    assert [(m.content, m.model) for m in again.messages(1)] == [("Capital of France?", None),
+                                                                ("Paris.", "SmolLM2-135M-Instruct — Lab server")]
+    assert again.export_json(1)["messages"][1]["model"] == "SmolLM2-135M-Instruct — Lab server"
+    again.close()
+
+
 def test_kill_9_mid_reply_keeps_the_question_and_the_partial_reply(tmp_path: Path) -> None:
     kill_after_marker([sys.executable, "-c", _STREAMER, str(tmp_path)], "streaming", then_s=0.3)
     store = ChatStore(tmp_path)

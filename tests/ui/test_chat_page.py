@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QApplication, QLabel, QMessageBox
 
 from app.chats.store import ChatStore
 from app.ui.attachments import Thumbnail
-from app.ui.chat_page import ChatPage
+from app.ui.chat_page import ChatModel, ChatPage
 from app.ui.engine_bridge import EngineBridge
 from app.ui.markdown_view import split_segments
 from app.ui.message_bubble import MessageBubble
@@ -24,7 +24,9 @@ from app.ui.message_bubble import MessageBubble
 @pytest.fixture
 def page(qtbot, tmp_path):
     store = ChatStore(tmp_path / "chats")
-    chat = ChatPage(store, EngineBridge())  # no engine started: nothing here generates
+    chat = ChatPage(store)
+    # A bridge with no engine started: nothing here generates
+    chat.set_models([ChatModel("local", "tiny", "tiny", EngineBridge(), ready=False)])
     qtbot.addWidget(chat)
     chat.show()
     yield chat
@@ -100,7 +102,7 @@ def test_dropped_and_pasted_pictures(page: ChatPage, tmp_path) -> None:
 
 
 def test_a_text_only_model_says_so_and_sends_nothing(page: ChatPage, tmp_path) -> None:
-    page.set_engine_ready(True)
+    page.set_models([ChatModel("local", "tiny", "tiny", page.model.bridge)])  # ready, and reads text only
     page.attach_files([write(tmp_path, "a.png", "PNG")])
     page.input.setPlainText("What is in this picture?")
     page.send()
