@@ -6,6 +6,8 @@ import argparse
 import multiprocessing
 import sys
 
+from app.commands.cluster import add_cluster_parser
+
 # The choices only (no torch): the same tuple EngineConfig checks
 KV_CACHE_DTYPES = ("auto", "bfloat16", "float16", "float32", "int8", "int4")
 
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES,
                      help="run through LM Station's engine with this KV cache (default: transformers' forward)")
     ppl.add_argument("--chunk", type=int, default=64, help="with --kv-cache-dtype: tokens prefilled per step")
+
+    add_cluster_parser(sub)
     return parser
 
 
@@ -129,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             from app.commands.eval_ppl import run_eval_ppl
 
             return run_eval_ppl(args)
+        if args.command == "cluster":
+            from app.commands.cluster import run_cluster
+
+            return run_cluster(args)
     except KeyboardInterrupt:
         return 130
     return 2

@@ -1,9 +1,10 @@
-"""The FastAPI application: OpenAI's endpoints over an Engine, one submitted request per call.
+"""The FastAPI application: OpenAI's endpoints over an Engine (or any ``backend.Backend``, such as
+app/cluster's Ray Serve replicas), one submitted request per call.
 
-Deltas come from the engine thread through ``on_delta`` into an asyncio queue per request. A
-client that goes away cancels its request (its KV blocks are freed at once); errors the engine
-reports before the first token get their HTTP status, later ones end the stream with an error
-event. Requests past ``max_requests`` in flight are answered 429 rather than queued forever.
+Deltas come from the backend into an asyncio queue per request. A client that goes away cancels
+its request (its KV blocks are freed at once); errors the engine reports before the first token
+get their HTTP status, later ones end the stream with an error event. Requests past
+``max_requests`` in flight are answered 429 rather than queued forever.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -23,31 +23,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.engine import Engine
 from app.engine.outputs import Delta, TokenLogprob
 from app.server import errors, protocol
+from app.server.backend import Backend, EngineBackend, Reply, ServedModel
 from app.server.config import ServerConfig
 from app.server.limits import BodySizeLimit
 
 RequestLog = Callable[[dict], None]
 
 
-class _Pending:
-    """One submitted request's deltas, handed from the engine thread to the event loop."""
-
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop, **submit: Any):
-        self.queue: asyncio.Queue[Delta] = asyncio.Queue()
-        self.finished = False
-        self.handle = engine.submit(on_delta=lambda d: loop.call_soon_threadsafe(self.queue.put_nowait, d), **submit)
-
-    async def next(self) -> Delta:
-        delta = await self.queue.get()
-        self.finished = delta.finished
-        return delta
-
-    def cancel(self) -> None:
-        if not self.finished:
-            self.handle.cancel()
-
-
-def create_app(engine: Engine, config: ServerConfig | None = None, on_request: RequestLog | None = None) -> FastAPI:
+def create_app(source: Engine | Backend, config: ServerConfig | None = None,
+               on_request: RequestLog | None = None) -> FastAPI:
+    backend = EngineBackend(source) if isinstance(source, Engine) else source
     config = config or ServerConfig()
     config.validate()
     app = FastAPI(title="LM Station", description="OpenAI-compatible API over the model loaded in LM Station.",
@@ -69,19 +54,6 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
         if header[7:].strip() != config.api_key:
             raise errors.APIError(401, "incorrect API key", code="invalid_api_key")
 
-    def loaded_model() -> tuple[str, dict]:
-        stats = engine.stats()
-        if "model" not in stats or stats.get("state") in ("empty", "loading"):
-            raise errors.APIError(503, "no model is loaded (load one in LM Station first)", code="model_not_loaded")
-        return Path(stats["model"]).name, stats
-
-    def check_model(requested: str) -> tuple[str, dict]:
-        name, stats = loaded_model()
-        if requested != name:
-            raise errors.APIError(404, f"the model '{requested}' does not exist here; the loaded model is '{name}'",
-                                  param="model", code="model_not_found")
-        return name, stats
-
     def log(request: Request, endpoint: str, started: float, status: int, final: Delta | None) -> None:
         if on_request is None:
             return
@@ -95,29 +67,25 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
 
     @app.get("/health")
     async def health() -> dict:
-        stats = engine.stats()
-        return {"status": "ok", "model": Path(stats["model"]).name if "model" in stats else None,
-                "state": stats.get("state")}
+        return {"status": "ok", **backend.health()}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models() -> dict:
-        stats = engine.stats()
-        data = [] if "model" not in stats else [_model_card(Path(stats["model"]).name)]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [_model_card(name) for name in backend.model_names()]}
 
     @app.get("/v1/models/{model}", dependencies=[Depends(authorize)])
     async def get_model(model: str) -> dict:
-        name, _ = check_model(model)
-        return _model_card(name)
+        return _model_card((await backend.model(model)).name)
 
-    async def serve(request: Request, endpoint: str, submit: dict, gen, respond, stream_chunks) -> Any:
+    async def serve(request: Request, endpoint: str, served: ServedModel, submit: dict, gen, respond,
+                    stream_chunks) -> Any:
         nonlocal in_flight
         if in_flight >= config.max_requests:
             raise errors.APIError(429, f"the server is busy ({config.max_requests} requests in flight); retry shortly",
                                   code="too_many_requests")
         started = time.perf_counter()
         in_flight += 1
-        pending = _Pending(engine, asyncio.get_running_loop(), gen=gen, **submit)
+        pending = backend.submit(served, gen, **submit)
         try:
             first = await pending.next()
         except BaseException:
@@ -160,8 +128,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: protocol.ChatCompletionRequest, request: Request) -> Any:
-        name, stats = check_model(body.model)
-        gen = body.generation_config(stats["max_model_len"])
+        served = await backend.model(body.model)
+        name, gen = served.name, body.generation_config(served.max_model_len)
         request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         messages = [m.as_engine_message() for m in body.messages]
 
@@ -172,7 +140,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
             return {**protocol.envelope("chat.completion", request_id, name, [choice], created),
                     "usage": protocol.usage(final.stats)}
 
-        async def chunks(pending: _Pending, first: Delta):
+        async def chunks(pending: Reply, first: Delta):
             def chunk(delta: dict, reason: str | None = None, logprobs: list[TokenLogprob] | None = None) -> dict:
                 choice = {"index": 0, "delta": delta, "finish_reason": reason,
                           "logprobs": protocol.chat_logprobs(logprobs) if logprobs else None}
@@ -191,12 +159,13 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
                         yield {**protocol.envelope("chat.completion.chunk", request_id, name, [], created),
                                "usage": protocol.usage(delta.stats)}, None
 
-        return await serve(request, "chat", {"messages": messages}, gen, respond, chunks if body.stream else None)
+        return await serve(request, "chat", served, {"messages": messages}, gen, respond,
+                           chunks if body.stream else None)
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: protocol.CompletionRequest, request: Request) -> Any:
-        name, stats = check_model(body.model)
-        gen = body.generation_config(stats["max_model_len"])
+        served = await backend.model(body.model)
+        name, gen = served.name, body.generation_config(served.max_model_len)
         prompt = body.text()
         request_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -206,7 +175,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
             return {**protocol.envelope("text_completion", request_id, name, [choice], created),
                     "usage": protocol.usage(final.stats)}
 
-        async def chunks(pending: _Pending, first: Delta):
+        async def chunks(pending: Reply, first: Delta):
             offset = 0
             async for delta in _deltas(pending, first):
                 if delta.error:
@@ -222,7 +191,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None, on_request: R
                     yield {**protocol.envelope("text_completion", request_id, name, [], created),
                            "usage": protocol.usage(delta.stats)}, None
 
-        return await serve(request, "completions", {"prompt": prompt}, gen, respond, chunks if body.stream else None)
+        return await serve(request, "completions", served, {"prompt": prompt}, gen, respond,
+                           chunks if body.stream else None)
 
     return app
 
@@ -242,7 +212,7 @@ def _outcome(final: Delta | None) -> int:
     return _status(final) if final.error else 200
 
 
-async def _deltas(pending: _Pending, first: Delta) -> AsyncIterator[Delta]:
+async def _deltas(pending: Reply, first: Delta) -> AsyncIterator[Delta]:
     delta = first
     while True:
         yield delta
@@ -251,7 +221,7 @@ async def _deltas(pending: _Pending, first: Delta) -> AsyncIterator[Delta]:
         delta = await pending.next()
 
 
-async def _collect(request: Request, pending: _Pending, first: Delta
+async def _collect(request: Request, pending: Reply, first: Delta
                    ) -> tuple[Delta | None, str, list[TokenLogprob]]:
     """The whole reply: (final delta, text, logprobs); final is None when the client left first
     (a watcher notices, and cancels the request)."""

@@ -14,6 +14,7 @@ ENGINE_ERRORS = {
     "RequestError": (400, "invalid_request_error", None),
     "NoModelLoadedError": (503, "server_error", "model_not_loaded"),
     "TensorParallelError": (500, "server_error", None),
+    "ReplicaDiedError": (503, "server_error", "replica_died"),  # app/cluster: a replica's process died mid-request
 }
 
 
