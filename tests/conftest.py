@@ -77,9 +77,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     done = subprocess.run([sys.executable, "-m", "tests.triton_compile_check", str(records)], env=env,
                           capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    output = (done.stdout + done.stderr).strip()
     if reporter is not None:
         reporter.write_sep("=", "Triton kernels compiled for GPUs", red=done.returncode != 0, green=done.returncode == 0)
-        reporter.write_line(output if done.returncode else output.splitlines()[-1] if output else "")
+        summary = done.stdout.strip().splitlines()[:1]  # "N variants compiled ... in S s: F failed"
+        reporter.write_line((done.stdout + done.stderr).strip() if done.returncode else "".join(summary))
     if done.returncode:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

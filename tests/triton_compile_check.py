@@ -4,9 +4,9 @@ The CPU tests run the kernels under Triton's interpreter, which executes them as
 GPU compiler rejects can pass there (a constexpr branch that returns early still has the code
 after it compiled for the GPU, and once broke every bf16 decode). So while the tests run, each
 launch's kernel, argument types and constexpr values are recorded (``Recorder``), and at the end
-this module, run as a script without the interpreter, compiles each variant for the GPU
-architectures below, down to the cubin, through Triton's own launch path with a compile-only
-driver (nothing is launched: there is no GPU here).
+this module, run as a script without the interpreter, compiles each variant — and the variants a
+GPU launches in its place (``gpu_variants``) — for the GPU architectures below, down to the cubin,
+through Triton's own launch path with a compile-only driver (nothing is launched: no GPU here).
 
 Usage: python -m tests.triton_compile_check RECORDS.json
 """
@@ -137,16 +137,30 @@ def _argument(spec: list, keep: list) -> Any:
     return spec[1]
 
 
+def gpu_variants(record: dict, arch: int) -> list[dict]:
+    """The variants a GPU launches where the interpreter launched ``record``: the interpreter makes
+    every tl.dot take fp32 operands (DOT_FP32; a GPU dots bf16/fp16 as they are) and launches
+    without programmatic dependent launch (PDL; Hopper and later launch with it)."""
+    variants = [record]
+    args = record["args"]
+    half = any(spec[0] == "tensor" and spec[1] in ("bfloat16", "float16") for spec in args.values())
+    if args.get("DOT_FP32") == ["value", True] and half:
+        variants += [{**v, "args": {**v["args"], "DOT_FP32": ["value", False]}} for v in variants]
+    if arch >= 90 and args.get("PDL") == ["value", False]:
+        variants += [{**v, "args": {**v["args"], "PDL": ["value", True]}, "options": {**v["options"], "launch_pdl": True}}
+                     for v in variants]
+    return variants
+
+
 def compile_all(records: list[dict], arch: int) -> list[str]:
-    """Compiles every recorded variant for sm_``arch``; returns the failures, described."""
+    """Compiles every recorded variant (and its GPU twins) for sm_``arch``; returns the failures,
+    described."""
     from triton.runtime.driver import driver
 
     driver.set_active(_compile_only_driver(arch))
     failures = []
-    for record in records:
+    for record in (variant for recorded in records for variant in gpu_variants(recorded, arch)):
         options = dict(record["options"])
-        if arch < 90 and (options.get("launch_pdl") or record["args"].get("PDL") == ["value", True]):
-            continue  # launched with PDL only on Hopper and later (kernels/triton/_common.pdl_launch)
         module = importlib.import_module(record["module"])
         kernel = module
         for part in record["name"].split("."):
@@ -173,7 +187,8 @@ def main(path: str) -> int:
     jobs = [(records[i::workers], arch) for arch in ARCHS for i in range(workers)]
     with ProcessPoolExecutor(workers) as pool:  # compiling is CPU-bound: one process per core
         failures = [failure for done in pool.map(_compile_job, jobs) for failure in done]
-    print(f"{len(records)} Triton kernel variants compiled for sm_{', sm_'.join(map(str, ARCHS))} in "
+    print(f"{len(records)} Triton kernel variants launched, compiled with their GPU twins for sm_"
+          f"{', sm_'.join(map(str, ARCHS))} in "
           f"{time.monotonic() - started:.0f} s: {len(failures)} failed")
     for failure in failures:
         print(failure, end="\n\n")
