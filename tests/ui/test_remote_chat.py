@@ -125,7 +125,7 @@ def test_a_served_model_is_picked_and_answers_streamed_and_stored_like_a_local_o
     assert beat.longest < 0.1, f"the GUI thread stalled {beat.longest * 1e3:.0f} ms while a remote reply streamed"
     info, chat = result["info"], window.chat
     assert info["finish_reason"] == "stop" and info["error"] is None
-    assert len(result["updates"]) > 1, "the reply arrived in one piece"
+    assert len(result["pieces"]) > 1, "the reply arrived in one piece"
     reply = chat.bubbles()[-1].text()
     assert "Paris" in reply and "tok/s" in chat.stats_label.text()
     assert info["stats"]["prompt_tokens"] > 10 and info["stats"]["completion_tokens"] >= 6  # the server's count
