@@ -137,14 +137,14 @@ def _argument(spec: list, keep: list) -> Any:
     return spec[1]
 
 
-def gpu_variants(record: dict, arch: int) -> list[dict]:
+def gpu_variants(record: dict, arch: int, arg_names: list[str]) -> list[dict]:
     """The variants a GPU launches where the interpreter launched ``record``: the interpreter makes
     every tl.dot take fp32 operands (DOT_FP32; a GPU dots bf16/fp16 as they are) and launches
     without programmatic dependent launch (PDL; Hopper and later launch with it)."""
     variants = [record]
     args = record["args"]
-    half = any(spec[0] == "tensor" and spec[1] in ("bfloat16", "float16") for spec in args.values())
-    if args.get("DOT_FP32") == ["value", True] and half:
+    first = next(args[name] for name in arg_names if args[name][0] == "tensor")  # the dot's input (q, x)
+    if args.get("DOT_FP32") == ["value", True] and first[1] in ("bfloat16", "float16"):
         variants += [{**v, "args": {**v["args"], "DOT_FP32": ["value", False]}} for v in variants]
     if arch >= 90 and args.get("PDL") == ["value", False]:
         variants += [{**v, "args": {**v["args"], "PDL": ["value", True]}, "options": {**v["options"], "launch_pdl": True}}
@@ -159,12 +159,18 @@ def compile_all(records: list[dict], arch: int) -> list[str]:
 
     driver.set_active(_compile_only_driver(arch))
     failures = []
-    for record in (variant for recorded in records for variant in gpu_variants(recorded, arch)):
-        options = dict(record["options"])
-        module = importlib.import_module(record["module"])
-        kernel = module
-        for part in record["name"].split("."):
+    for recorded in records:
+        kernel = importlib.import_module(recorded["module"])
+        for part in recorded["name"].split("."):
             kernel = getattr(kernel, part)
+        failures += _compile_variants(kernel, gpu_variants(recorded, arch, kernel.arg_names), arch)
+    return failures
+
+
+def _compile_variants(kernel, records: list[dict], arch: int) -> list[str]:
+    failures = []
+    for record in records:
+        options = dict(record["options"])
         keep: list = []
         args = [_argument(record["args"][name], keep) for name in kernel.arg_names]
         try:
