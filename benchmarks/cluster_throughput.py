@@ -15,41 +15,13 @@ Usage: python benchmarks/cluster_throughput.py [MODEL] [--requests 32] [--max-in
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
-import time
 
-import torch
 
-from app.engine.bench import sharegpt_like_lengths
+from server_throughput import through_openai, workload  # the same workload and client
+
 from app.library import resolve_model
-
-
-def workload(tokenizer, args: argparse.Namespace) -> list[tuple[str, int]]:
-    """(prompt text, reply length) per request, as benchmarks/server_throughput.py makes them."""
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for prompt_len, reply_len in sharegpt_like_lengths(args.requests, seed=0):
-        ids = torch.randint(1000, tokenizer.vocab_size - 1000, (min(prompt_len, args.max_input),), generator=g)
-        out.append((tokenizer.decode(ids.tolist()), min(reply_len, args.max_output)))
-    return out
-
-
-def through_cluster(base_url: str, model: str, requests: list[tuple[str, int]]) -> tuple[float, int]:
-    from openai import AsyncOpenAI
-
-    async def run() -> int:
-        client = AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=3600)
-        replies = await asyncio.gather(*(client.completions.create(
-            model=model, prompt=prompt, max_tokens=n, temperature=0, extra_body={"ignore_eos": True})
-            for prompt, n in requests))
-        await client.close()
-        return sum(r.usage.completion_tokens for r in replies)
-
-    started = time.perf_counter()
-    tokens = asyncio.run(run())
-    return time.perf_counter() - started, tokens
 
 
 def free_port() -> int:
@@ -95,8 +67,8 @@ def main() -> None:
                 "tensor_parallel": args.tensor_parallel, "enable_prefix_caching": False,
                 "max_num_seqs": max(args.requests, 1), "max_ongoing_requests": max(args.requests, 1)}]})
             deploy.deploy(config)  # the second pass adds a replica beside the first
-            through_cluster(config.base_url, model_dir.name, requests[:4])  # warm-up
-            results[replicas] = through_cluster(config.base_url, model_dir.name, requests)
+            through_openai(config.base_url, model_dir.name, requests[:4])  # warm-up
+            results[replicas] = through_openai(config.base_url, model_dir.name, requests)
     finally:
         deploy.shutdown()
         ray.shutdown()

@@ -21,7 +21,7 @@ from app.library import resolve_model
 from app.server import ServerConfig, ServerThread
 
 
-def workload(engine: Engine, tokenizer, args) -> list[tuple[str, int]]:
+def workload(tokenizer, args) -> list[tuple[str, int]]:
     """(prompt text, reply length) per request."""
     g = torch.Generator().manual_seed(0)
     out = []
@@ -39,11 +39,12 @@ def in_process(engine: Engine, requests: list[tuple[str, int]]) -> tuple[float, 
     return time.perf_counter() - started, tokens
 
 
-def through_server(server: ServerThread, model: str, requests: list[tuple[str, int]]) -> tuple[float, int]:
+def through_openai(base_url: str, model: str, requests: list[tuple[str, int]]) -> tuple[float, int]:
+    """(seconds, reply tokens) for the requests sent at once with the openai client to base_url."""
     from openai import AsyncOpenAI
 
     async def run() -> int:
-        client = AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=3600)
+        client = AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=3600)
         replies = await asyncio.gather(*(client.completions.create(
             model=model, prompt=prompt, max_tokens=n, temperature=0, extra_body={"ignore_eos": True})
             for prompt, n in requests))
@@ -71,13 +72,13 @@ def main() -> None:
         # No prefix cache: the second run would find the first one's prompts cached.
         stats = engine.load(EngineConfig(model=model_dir, device=args.device, max_num_seqs=args.requests,
                                          enable_prefix_caching=False)).result()
-        requests = workload(engine, tokenizer, args)
+        requests = workload(tokenizer, args)
         in_process(engine, requests[:4])  # warm-up
         server = ServerThread(engine, ServerConfig(port=0, max_requests=max(256, args.requests)))
         server.start()
         try:
             local_s, local_tokens = in_process(engine, requests)
-            served_s, served_tokens = through_server(server, model_dir.name, requests)
+            served_s, served_tokens = through_openai(server.base_url, model_dir.name, requests)
         finally:
             server.stop()
     local, served = local_tokens / local_s, served_tokens / served_s
