@@ -7,8 +7,9 @@ Each figure is one CUDA graph of CALLS calls replayed REPLAYS times (no launch g
 runs decode), over enough copies of the weights that the L2 cache never holds the next one.
 Every kernel is first checked against the torch reference.
 
-Usage: python benchmarks/gpu_w4a16.py [--sweep]   (--sweep: also time other Triton tile configs
-and CUDA split counts, to tune CONFIGS / GEMV_CONFIG in app/engine/kernels/triton/w4a16.py and
+Usage: python benchmarks/gpu_w4a16.py [--sweep [--sweep-batches M ...]]
+(--sweep: also time other Triton tile configs and split targets, and CUDA split
+counts, to tune CONFIGS / GEMV_CONFIG / PROGRAMS_PER_SM in app/engine/kernels/triton/w4a16.py and
 make_plan in csrc/w4a16/w4a16_gemv.cu). On Hopper both kernels use programmatic dependent launch;
 LMSTATION_PDL=0 turns it off.
 """
@@ -21,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import triton
 
 from app.engine.kernels import w4a16_cuda
 from app.engine.kernels.triton import w4a16 as triton_w4a16
@@ -42,6 +44,7 @@ SWEEP_GEMV = [  # (block_n, block_k, num_warps, num_stages) for batch 1
     (512, 64, 8, 3),
 ]
 SWEEP_SPLITS = [0, 4, 8, 16, 24, 32]
+SWEEP_PROGRAMS_PER_SM = [1, 2, 4]  # Triton: split K until this many programs per SM
 
 
 def time_us(calls: list[Callable[[], object]]) -> float:
@@ -113,6 +116,7 @@ def gbps(nbytes: int, us: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", action="store_true", help="also time other Triton tiles and CUDA splits")
+    parser.add_argument("--sweep-batches", type=int, nargs="+", default=[1, 4, 8, 64, 128], help="batches swept")
     args = parser.parse_args()
     cuda_ok = w4a16_cuda.available()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__} (CUDA {torch.version.cuda}); "
@@ -138,15 +142,21 @@ def main() -> None:
         print(f"{'layer':<8} {'':>12} | {totals['bf16']:8.1f} {'':>6} | {totals['triton']:9.1f} {'':>6} | "
               f"{totals['cuda']:8.1f} {'':>6}   speed-up vs bf16: triton {totals['bf16'] / totals['triton']:.2f}x, "
               f"best W4A16 {totals['bf16'] / best:.2f}x")
+    print("\nprefill's expansion (triton dequantize to fp16, then cuBLAS): us, GB/s (read 4-bit, write fp16)")
+    for name, s in shapes.items():
+        us = time_us([lambda a=a: triton_w4a16.dequantize(*a, GROUP, torch.float16) for a in s.awq])
+        print(f"  {name:<8} {us:8.1f} {gbps(s.int4_bytes + s.k * s.n * 2, us):6.0f}")
     if args.sweep:
-        sweep(shapes, cuda_ok)
+        sweep(shapes, cuda_ok, args.sweep_batches)
 
 
-def sweep(shapes: dict[str, Shape], cuda_ok: bool) -> None:
+def sweep(shapes: dict[str, Shape], cuda_ok: bool, batches: list[int]) -> None:
     """Per shape and batch: each Triton tile config (GEMV_CONFIG at batch 1, else the bucket's
-    entry of CONFIGS replaced), and each CUDA split count (0 = automatic)."""
+    entry of CONFIGS replaced) at each split target (programs per SM), and each CUDA split count
+    (0 = automatic)."""
     saved, saved_gemv = dict(triton_w4a16.CONFIGS), triton_w4a16.GEMV_CONFIG
-    for m in (1, 4, 8, 64, 128):
+    saved_per_sm = triton_w4a16.PROGRAMS_PER_SM
+    for m in batches:
         key = next(limit for limit in sorted(saved) if m <= limit)
         if m == 1:
             tiles = [triton_w4a16.TileConfig(1, *t) for t in SWEEP_GEMV]
@@ -162,9 +172,16 @@ def sweep(shapes: dict[str, Shape], cuda_ok: bool) -> None:
                     triton_w4a16.GEMV_CONFIG = tile
                 else:
                     triton_w4a16.CONFIGS[key] = tile
-                label = (f"triton {tile.block_m}x{tile.block_n}x{tile.block_k} w{tile.num_warps} s{tile.num_stages}"
-                         + (" by-load" if tile.widen_by_load else ""))
-                row.append((s.triton_us(x), label))
+                label = f"triton {tile.block_m}x{tile.block_n}x{tile.block_k} w{tile.num_warps} s{tile.num_stages}"
+                if tile.widen_by_load:
+                    label += " by-load"
+                for per_sm in SWEEP_PROGRAMS_PER_SM:
+                    triton_w4a16.PROGRAMS_PER_SM = per_sm
+                    try:
+                        row.append((s.triton_us(x), f"{label} {per_sm}/SM"))
+                    except triton.runtime.errors.OutOfResources:  # the tile does not fit this GPU
+                        break
+                triton_w4a16.PROGRAMS_PER_SM = saved_per_sm
             triton_w4a16.CONFIGS.update(saved)
             triton_w4a16.GEMV_CONFIG = saved_gemv
             if cuda_ok and m <= w4a16_cuda.MAX_M:

@@ -4,13 +4,16 @@
  * bundling; the engine loads it with ctypes (app/engine/kernels/cuda_library.py).
  *
  * Shapes, for a linear with K inputs, N outputs and group size G:
- *   x        [M, K]      fp16 or bf16 (dtype flag), contiguous, 1 <= M <= LMS_W4A16_MAX_M
+ *   x        [M, K]      fp16 or bf16 (dtype flag), contiguous, 1 <= M <= LMS_W4A16_MAX_M;
+ *                        [M, 2K] with the silu-mul activation flag: x = silu(gate) * up of its
+ *                        halves gate | up (a SwiGLU MLP's down projection)
  *   qweight  [K, N / 8]  int32: word [k, j] packs columns 8j..8j+7 of row k; nibble i (bits
  *                        4i..4i+3) holds column 8j + (0, 2, 4, 6, 1, 3, 5, 7)[i]
  *   qzeros   [K / G, N / 8] int32, packed the same way
  *   scales   [K / G, N]  fp16, 16-byte aligned
  *   y        [M, N]      x's dtype, contiguous
- * W[k, n] = (q[k, n] - z[k / G, n]) * s[k / G, n]; accumulation in fp32.
+ * W[k, n] = (q[k, n] - z[k / G, n]) * s[k / G, n]; x and W in fp16 (bf16 x is converted), products
+ * summed in fp16 over 8-16 rows of K (one quantisation group), then in fp32.
  * Requirements: N % 8 == 0 (N <= 4194304), G % 16 == 0, K % G == 0.
  *
  * Workspace: the kernel may split K over several blocks; their fp32 partials and one counter per
@@ -39,12 +42,16 @@ extern "C" {
 #define LMS_API __attribute__((visibility("default")))
 #endif
 
-#define LMS_W4A16_ABI_VERSION 1
+#define LMS_W4A16_ABI_VERSION 2
 #define LMS_W4A16_MAX_M 8
 
 /* dtype flag for x and y */
 #define LMS_DTYPE_F16 0
 #define LMS_DTYPE_BF16 1
+
+/* activation flag: what x is made of */
+#define LMS_ACT_NONE 0
+#define LMS_ACT_SILU_MUL 1
 
 /* Return codes: 0 success, negative for a bad call, positive for a CUDA runtime error (its
  * cudaError_t value). lms_w4a16_error_string() says which. */
@@ -53,6 +60,7 @@ extern "C" {
 #define LMS_W4A16_ERR_DTYPE -2     /* unknown dtype flag */
 #define LMS_W4A16_ERR_ALIGN -3     /* scales not 16-byte aligned, or a null pointer */
 #define LMS_W4A16_ERR_WORKSPACE -4 /* workspace smaller than lms_w4a16_workspace_bytes() */
+#define LMS_W4A16_ERR_ACTIVATION -5 /* unknown activation flag */
 
 /* LMS_W4A16_ABI_VERSION of the built library (a prebuilt one may be older than the headers). */
 LMS_API int lms_w4a16_abi_version(void);
@@ -67,7 +75,8 @@ LMS_API int lms_w4a16_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t g
  * shape allows. Asynchronous: returns once the kernel is queued. */
 LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t* qzeros, const void* scales,
                            void* y, int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype,
-                           void* workspace, int64_t workspace_bytes, int splits, void* stream);
+                           int activation, void* workspace, int64_t workspace_bytes, int splits,
+                           void* stream);
 
 /* A static, human-readable message for a return code. */
 LMS_API const char* lms_w4a16_error_string(int code);

@@ -3,8 +3,8 @@
 //
 // At decode batch sizes the product is bound by reading the weight (K * N / 2 bytes); everything
 // here serves streaming it at memory bandwidth. Measured on an H100 (bf16, Llama-3-8B's linears,
-// benchmarks/gpu_w4a16.py): at batch 1, 1.2 to 2.1 TB/s of weight bytes, one decoder layer's
-// linears 2.6x faster than bf16 weights through cuBLAS.
+// benchmarks/gpu_w4a16.py): at batch 1, 1.3 to 2.3 TB/s of weight bytes, one decoder layer's
+// linears 2.97x faster than bf16 weights through cuBLAS.
 //
 // - Work split. A block owns a column tile of 32 int32 words per row (128 bytes, one cache line:
 //   256 output columns) over a slice of K. The grid is (column tiles, K slices): when the tiles
@@ -16,16 +16,18 @@
 // - Coalescing. Each warp reads one row of the tile per load (32 consecutive words, one per
 //   lane: one cache line); the block's 8 warps take chunks of R consecutive rows of K in turn.
 //   Each thread loads its next chunk while it computes on the current one.
-// - Dequantisation without int-to-float conversions. Or-ing a nibble field into the bits of 2^23
-//   makes the float 2^23 + q * 16^j (j: the field's place in its 16-bit half); subtracting the
-//   zero point made the same way leaves (q - z) * 16^j exactly. The nibble order (0 2 4 6 1 3 5 7)
-//   puts columns 0, 2, 4, 6 in the low half-word and 1, 3, 5, 7 in the high one, field j of each.
-//   A chunk lies in one quantisation group, so with few rows of x the scale (pre-multiplied by
-//   16^-j) is applied once per chunk to the chunk's sums: per weight one LOP3 and one FADD, then
-//   one FFMA per row of x. With more rows of x (more accumulators) it multiplies each weight
-//   instead, which needs no second set of sums.
-// - x is staged once per block in shared memory as fp32 ([row][m], so a thread reads all M
-//   values of a row together); sums stay in registers and are reduced once at the end, across
+// - Dequantisation two weights per instruction. Or-ing a pair of nibble fields (one in each 16-bit
+//   half of a word) into the bits of an fp16 power of two makes the half2 "magic + q" for two
+//   columns at once; subtracting the zero point made the same way leaves q - z exactly, and one
+//   multiply by the scale pair gives the weights: per 8 weights a shift, 4 LOP3, 4 HSUB2 and 4
+//   HMUL2, then one HFMA2 per column pair and row of x. The nibble order (0 2 4 6 1 3 5 7) puts
+//   columns 0, 2, 4, 6 in the low half-word and 1, 3, 5, 7 in the high one, so a pair is two
+//   neighbouring columns. The products are summed in fp16 over a chunk (16 or 8 rows, one
+//   quantisation group), then added into fp32 accumulators. (The fp32 version of this, one
+//   weight per instruction, left the kernel issue-bound at ~1.55 TB/s in the engine.)
+// - x is staged once per block in shared memory as fp16 pairs (x, x) ([row][m], so a thread reads
+//   all M values of a row together), computed there from gate | up for a SwiGLU down projection
+//   (which saves the launch of a separate silu-mul kernel and its round trip through memory); sums stay in registers and are reduced once at the end, across
 //   warps through shared memory.
 // - Programmatic dependent launch (Hopper and later): a kernel lets the next one start at once,
 //   and waits for the previous one only after its first weights are on their way; only x and the
@@ -48,7 +50,6 @@ constexpr int kTileWords = 32;             // int32 words of a row in a column t
 constexpr int kTileCols = kTileWords * 8;  // output columns of a tile; == kThreads (one each at the end)
 constexpr int kMaxSharedX = 32 * 1024;     // bytes of x staged per block (with red[], under the 48 KB default)
 constexpr int kCounterBytes = 64 * 1024;   // the workspace's counter area, the same for every shape
-constexpr uint32_t kFloat2p23 = 0x4B000000u;
 static_assert(kTileCols == kThreads, "the final phase gives each thread one column of the tile");
 
 // Rows per chunk: 16 while the accumulators are few (more bytes in flight per thread), else 8.
@@ -76,6 +77,7 @@ struct Params {
   float* partials;         // [splits][M][n], with splits > 1
   unsigned int* counters;  // [column tiles], zero between launches
   int n, k, group, words, chunks, splits;
+  bool silu_mul;  // x is [M, 2K], gate | up: the product takes silu(gate) * up
 };
 
 // What a thread needs for one chunk: its word of each of the R rows, the zero-point word and the
@@ -98,60 +100,60 @@ __device__ __forceinline__ void load_chunk(const Params& p, int chunk, int word,
   c.s = __ldg(p.scales + group * p.words + word);
 }
 
+__device__ __forceinline__ __half2 bits_as_half2(uint32_t bits) {
+  __half2 h;
+  static_assert(sizeof(h) == sizeof(bits), "a half2 is one 32-bit register");
+  memcpy(&h, &bits, sizeof(h));
+  return h;
+}
+
+// The 4 column pairs of a word as half2 values "magic + q": pair j holds field j of both 16-bit
+// halves (columns 2j and 2j + 1). Fields 0 and 2 (bits 0-3, 8-11) or-ed into 1024.0 (0x6400, unit
+// 1) give 1024 + q; fields 1 and 3 (bits 4-7, 12-15) or-ed into 64.0 (0x5400, unit 1/16) give
+// 64 + q. One LOP3 a pair, plus one shift a word.
+__device__ __forceinline__ void magic_pairs(uint32_t word, __half2 (&out)[4]) {
+  const uint32_t high = word >> 8;
+  out[0] = bits_as_half2((word & 0x000F000Fu) | 0x64006400u);
+  out[1] = bits_as_half2((word & 0x00F000F0u) | 0x54005400u);
+  out[2] = bits_as_half2((high & 0x000F000Fu) | 0x64006400u);
+  out[3] = bits_as_half2((high & 0x00F000F0u) | 0x54005400u);
+}
+
 // acc[m][c] += sum over the chunk's rows of x[row][m] * W[row][c], for the thread's 8 columns.
+// Per word: magic + q minus magic + z (exact: small integers), times the scale (the weight
+// itself, so the fp16 sums stay at the size of the products), then one HFMA2 per column pair and
+// row of x. The chunk's sums (R rows) are then added into the fp32 accumulators.
 template <int M, int R>
-__device__ __forceinline__ void compute_chunk(const Chunk<R>& ch, const float* __restrict__ x_rows,
+__device__ __forceinline__ void compute_chunk(const Chunk<R>& ch, const __half2* __restrict__ x_rows,
                                               float (&acc)[M][8]) {
-  constexpr bool kScaleOnce = M <= 4;  // a second set of M * 8 sums fits the registers
-  float zc[8], sc[8];  // per column: 2^23 + z * 16^j, and s * 16^-j
-  const __half2* s2 = reinterpret_cast<const __half2*>(&ch.s);
+  __half2 zero[4], sums[M][4];
+  magic_pairs(ch.z, zero);
+  const __half2* scale = reinterpret_cast<const __half2*>(&ch.s);  // pair j: columns 2j, 2j + 1
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const uint32_t mask = 0xFu << (4 * j);
-    const float unit = 1.0f / static_cast<float>(1 << (4 * j));
-    const float2 s = __half22float2(s2[j]);  // columns 2j, 2j + 1
-    zc[2 * j] = __uint_as_float(kFloat2p23 | (ch.z & mask));
-    zc[2 * j + 1] = __uint_as_float(kFloat2p23 | ((ch.z >> 16) & mask));
-    sc[2 * j] = s.x * unit;
-    sc[2 * j + 1] = s.y * unit;
-  }
-  float sums[kScaleOnce ? M : 1][8];
-  if constexpr (kScaleOnce) {
+  for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int c = 0; c < 8; ++c) sums[m][c] = 0.0f;
-  }
+    for (int j = 0; j < 4; ++j) sums[m][j] = __float2half2_rn(0.0f);
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    float xv[M];
+    __half2 w[4];
+    magic_pairs(ch.w[r], w);
 #pragma unroll
-    for (int m = 0; m < M; ++m) xv[m] = x_rows[r * M + m];
-    const uint32_t lo = ch.w[r], hi = lo >> 16;
+    for (int j = 0; j < 4; ++j) w[j] = __hmul2(__hsub2(w[j], zero[j]), scale[j]);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t mask = 0xFu << (4 * j);
-      float d[2] = {__uint_as_float(kFloat2p23 | (lo & mask)) - zc[2 * j],   // (q - z) * 16^j, exact
-                    __uint_as_float(kFloat2p23 | (hi & mask)) - zc[2 * j + 1]};
+    for (int m = 0; m < M; ++m) {
+      const __half2 xv = x_rows[r * M + m];  // (x, x)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int c = 2 * j + h;
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          if constexpr (kScaleOnce)
-            sums[m][c] = fmaf(xv[m], d[h], sums[m][c]);
-          else
-            acc[m][c] = fmaf(xv[m], d[h] * sc[c], acc[m][c]);
-        }
-      }
+      for (int j = 0; j < 4; ++j) sums[m][j] = __hfma2(xv, w[j], sums[m][j]);
     }
   }
-  if constexpr (kScaleOnce) {
 #pragma unroll
-    for (int m = 0; m < M; ++m)
+  for (int m = 0; m < M; ++m)
 #pragma unroll
-      for (int c = 0; c < 8; ++c) acc[m][c] = fmaf(sums[m][c], sc[c], acc[m][c]);
-  }
+    for (int j = 0; j < 4; ++j) {
+      const float2 s = __half22float2(sums[m][j]);
+      acc[m][2 * j] += s.x;
+      acc[m][2 * j + 1] += s.y;
+    }
 }
 
 // Programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it).
@@ -169,7 +171,7 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
 template <typename T, int M>
 __global__ void __launch_bounds__(kThreads, blocks_per_sm(M)) w4a16_gemv_kernel(const Params p) {
   constexpr int R = chunk_rows(M);
-  extern __shared__ float xs[];  // this block's slice of x: [row][m], fp32
+  extern __shared__ __half2 xs[];  // this block's slice of x: [row][m], each value twice (x, x)
   __shared__ float red[kWarps][kTileCols];
   __shared__ bool last_block;
 
@@ -189,9 +191,13 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(M)) w4a16_gemv_kernel(
   wait_for_previous_kernel();
 
   const T* x = static_cast<const T*>(p.x);
+  const size_t x_stride = p.silu_mul ? 2 * static_cast<size_t>(p.k) : p.k;
   for (int i = tid; i < rows * M; i += kThreads) {
     const int m = i / rows, r = i - m * rows;  // consecutive threads read consecutive x elements
-    xs[r * M + m] = to_float(x[static_cast<size_t>(m) * p.k + row_begin + r]);
+    const T* x_row = x + m * x_stride + row_begin + r;
+    float v = to_float(*x_row);
+    if (p.silu_mul) v = v / (1.0f + __expf(-v)) * to_float(x_row[p.k]);  // silu(gate) * up
+    xs[r * M + m] = __float2half2_rn(v);
   }
   __syncthreads();
 
@@ -309,9 +315,9 @@ Plan make_plan(int64_t m, int64_t n, int64_t k, int requested_splits, const Devi
     splits = clamp(waves * resident / plan.tiles, 1, plan.chunks / kWarps);
   }
   // Each block's slice of x must fit its shared memory.
-  const int64_t max_chunks_per_block = kMaxSharedX / (rows_per_chunk * m * static_cast<int64_t>(sizeof(float)));
+  const int64_t max_chunks_per_block = kMaxSharedX / (rows_per_chunk * m * static_cast<int64_t>(sizeof(__half2)));
   plan.splits = static_cast<int>(clamp(splits, cdiv(plan.chunks, max_chunks_per_block), plan.chunks));
-  plan.shared_bytes = static_cast<size_t>(cdiv(plan.chunks, plan.splits) * rows_per_chunk * m) * sizeof(float);
+  plan.shared_bytes = static_cast<size_t>(cdiv(plan.chunks, plan.splits) * rows_per_chunk * m) * sizeof(__half2);
   if (plan.splits > 1)  // counters first, at a fixed size: another shape's partials never land on them
     plan.workspace_bytes = kCounterBytes + static_cast<size_t>(plan.splits) * m * n * sizeof(float);
   return plan;
@@ -364,9 +370,11 @@ LMS_API int lms_w4a16_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t g
 
 LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t* qzeros, const void* scales,
                            void* y, int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype,
-                           void* workspace, int64_t workspace_bytes, int splits, void* stream) {
+                           int activation, void* workspace, int64_t workspace_bytes, int splits,
+                           void* stream) {
   if (!valid_shape(m, n, k, group_size)) return LMS_W4A16_ERR_SHAPE;
   if (dtype != LMS_DTYPE_F16 && dtype != LMS_DTYPE_BF16) return LMS_W4A16_ERR_DTYPE;
+  if (activation != LMS_ACT_NONE && activation != LMS_ACT_SILU_MUL) return LMS_W4A16_ERR_ACTIVATION;
   if (!x || !qweight || !qzeros || !scales || !y || reinterpret_cast<uintptr_t>(scales) % 16 != 0)
     return LMS_W4A16_ERR_ALIGN;
   DeviceInfo device;
@@ -392,6 +400,7 @@ LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t*
   p.words = static_cast<int>(n / 8);
   p.chunks = plan.chunks;
   p.splits = plan.splits;
+  p.silu_mul = activation == LMS_ACT_SILU_MUL;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   err = dtype == LMS_DTYPE_F16 ? launch<__half>(static_cast<int>(m), p, plan, device.pdl, s)
                                : launch<__nv_bfloat16>(static_cast<int>(m), p, plan, device.pdl, s);
@@ -406,6 +415,7 @@ LMS_API const char* lms_w4a16_error_string(int code) {
     case LMS_W4A16_ERR_DTYPE: return "bad dtype flag (0: float16, 1: bfloat16)";
     case LMS_W4A16_ERR_ALIGN: return "a null pointer, or scales not 16-byte aligned";
     case LMS_W4A16_ERR_WORKSPACE: return "workspace smaller than lms_w4a16_workspace_bytes()";
+    case LMS_W4A16_ERR_ACTIVATION: return "bad activation flag (0: none, 1: silu-mul)";
     default:
       return code > 0 ? cudaGetErrorString(static_cast<cudaError_t>(code)) : "unknown error";
   }

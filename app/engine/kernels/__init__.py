@@ -37,6 +37,10 @@ class Ops:
     # x [M, K] @ a 4-bit AWQ weight (qweight, qzeros, scales, group_size) -> [M, N], dequantising
     # inside the kernel (None: AWQ weights are dequantised once at load and run as dense ones).
     w4a16: Callable | None = None
+    # SwiGLU's down projection with AWQ weights: (gate_up [M, 2K], qweight, qzeros, scales,
+    # group_size) -> silu(gate) * up @ W, in one launch where a kernel stages x itself (None:
+    # silu_mul, then w4a16).
+    w4a16_silu_mul: Callable | None = None
     bind_decode_layer: Callable | None = None
     decode_step: Callable | None = None
     name: str = "torch-reference"
@@ -88,9 +92,16 @@ def _triton_ops() -> Ops:
         bind_decode_layer=lambda layer, k, v: partial(fused_decode.run, fused_decode.DecodeLayer(layer, k, v)),
         decode_step=fused_decode.decode_step,
         w4a16=_w4a16_gpu,
+        w4a16_silu_mul=_w4a16_silu_mul_gpu,
         name="triton",
         graph_safe=True,
     )
+
+
+def _cuda_gemv_takes(x: torch.Tensor) -> bool:
+    from app.engine.kernels import w4a16_cuda
+
+    return x.shape[0] <= w4a16_cuda.MAX_M and x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.available()
 
 
 def _w4a16_gpu(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
@@ -102,11 +113,23 @@ def _w4a16_gpu(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, sca
     from app.engine.kernels.triton import w4a16
 
     m = x.shape[0]
-    if m <= w4a16_cuda.MAX_M and x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.available():
+    if _cuda_gemv_takes(x):
         return w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group_size)
     if m >= DEQUANTIZE_ROWS:
         return x @ w4a16.dequantize(qweight, qzeros, scales, group_size, x.dtype)
     return w4a16.w4a16_matmul(x, qweight, qzeros, scales, group_size)
+
+
+def _w4a16_silu_mul_gpu(gate_up: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                        group_size: int) -> torch.Tensor:
+    """silu(gate) * up @ W: the CUDA GEMV computes the activation while staging x; elsewhere the
+    Triton silu-mul, then the W4A16 product by batch size."""
+    from app.engine.kernels import w4a16_cuda
+    from app.engine.kernels.triton import silu_mul
+
+    if _cuda_gemv_takes(gate_up):
+        return w4a16_cuda.w4a16_gemv(gate_up, qweight, qzeros, scales, group_size, silu_mul=True)
+    return _w4a16_gpu(silu_mul(gate_up), qweight, qzeros, scales, group_size)
 
 
 # From this many rows of x a W4A16 product expands the weight and calls cuBLAS. The expansion

@@ -65,15 +65,17 @@ def _workspace(device: torch.device, nbytes: int) -> torch.Tensor:
 
 def w4a16_gemv(
     x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
-    *, out: torch.Tensor | None = None, splits: int = 0,
+    *, out: torch.Tensor | None = None, splits: int = 0, silu_mul: bool = False,
 ) -> torch.Tensor:
     """y = x @ W for x [..., K] with at most MAX_M rows (fp16 or bf16, on a CUDA device) and an
     AWQ weight (qweight int32 [K, N // 8], qzeros int32 [K // G, N // 8], scales fp16 [K // G, N],
     contiguous, on x's device). Returns [..., N] in x's dtype, queued on the current stream;
-    `out` (contiguous) is written when given. splits: K slices per column tile, 0 = automatic."""
+    `out` (contiguous) is written when given. splits: K slices per column tile, 0 = automatic.
+    silu_mul: x is [..., 2K], gate | up, and the product takes silu(gate) * up (SwiGLU's down
+    projection, without a separate activation kernel)."""
     k, n = check_shapes(qweight, qzeros, scales, group_size)
-    if x.shape[-1] != k:
-        raise ValueError(f"x has {x.shape[-1]} features, the weight {k}")
+    if x.shape[-1] != (2 * k if silu_mul else k):
+        raise ValueError(f"x has {x.shape[-1]} features, the weight {k}" + (" (x is gate | up)" if silu_mul else ""))
     if x.dtype not in _DTYPE_FLAGS or scales.dtype != torch.float16:
         raise ValueError(f"x must be float16 or bfloat16 and scales float16, got {x.dtype} and {scales.dtype}")
     tensors = (qweight, qzeros, scales)
@@ -82,7 +84,7 @@ def w4a16_gemv(
     if not all(t.is_contiguous() for t in tensors):
         raise ValueError("qweight, qzeros and scales must be contiguous")
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, k).contiguous()
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
     m = x2.shape[0]
     if not 1 <= m <= MAX_M:
         raise ValueError(f"the CUDA W4A16 GEMV takes 1..{MAX_M} rows, got {m}")
@@ -95,7 +97,7 @@ def w4a16_gemv(
         stream = torch.cuda.current_stream(x.device).cuda_stream
         rc = lib.lms_w4a16_gemv(
             x2.data_ptr(), qweight.data_ptr(), qzeros.data_ptr(), scales.data_ptr(), y.data_ptr(),
-            m, n, k, group_size, _DTYPE_FLAGS[x.dtype], ws.data_ptr(), ws.numel(), splits, stream,
+            m, n, k, group_size, _DTYPE_FLAGS[x.dtype], int(silu_mul), ws.data_ptr(), ws.numel(), splits, stream,
         )
     _check(lib, rc, "lms_w4a16_gemv")
     return y.view(*lead, n)

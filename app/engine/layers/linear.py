@@ -57,6 +57,10 @@ class Linear(nn.Module):
         split holds (None: none of it)."""
         return dense_index(kind, shape, split)
 
+    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """self(silu(gate) * up) for gate_up = [gate | up] (SwiGLU's down projection)."""
+        return self(self.ops.silu_mul(gate_up))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
             y = F.linear(x, self.weight, self.bias)
@@ -130,11 +134,21 @@ class AWQLinear(Linear):
             return (slice(None), equal_part(shape[1], split))
         return (equal_part(shape[0], split),)
 
+    def forward_silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.qweight is None or self.ops.w4a16_silu_mul is None:
+            return super().forward_silu_mul(gate_up)
+        y = self.ops.w4a16_silu_mul(gate_up.reshape(-1, 2 * self.in_features), self.qweight, self.qzeros,
+                                    self.scales, self.group_size)
+        return self._finish(y.view(*gate_up.shape[:-1], self.out_features))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.qweight is None:
             return super().forward(x)
         y = self.ops.w4a16(x.reshape(-1, self.in_features), self.qweight, self.qzeros, self.scales, self.group_size)
-        y = y.view(*x.shape[:-1], self.out_features)
+        return self._finish(y.view(*x.shape[:-1], self.out_features))
+
+    def _finish(self, y: torch.Tensor) -> torch.Tensor:
+        """The bias, and under tensor parallelism the sum over the ranks."""
         if self.bias is not None:
             y.add_(self.bias)
         return y if self.reduce is None else self.reduce(y)

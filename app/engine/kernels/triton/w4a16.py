@@ -60,7 +60,8 @@ class TileConfig:
     num_warps: int
     num_stages: int
     # GEMM: how each word reaches its 8 columns: widened in registers (tl.interleave), or loaded
-    # once per column (the same word 8 times, served by L1), which needs no layout change.
+    # once per column (the same word 8 times, served by L1), which needs no layout change. (Eight
+    # narrow dots a step, one per nibble plane, measured slower than either on an H100.)
     widen_by_load: bool = False
 
 
@@ -230,11 +231,20 @@ def _sum_slices_kernel(part_ptr, out_ptr, M, N, slices, stride_om, BLOCK: tl.con
 
 
 @triton.jit
+def _dequantize_plane(packed, packed_zeros, scale_ptrs, ok, i: tl.constexpr):
+    """W for nibble i of every word of the tile: [BLOCK_K, BLOCK_W], fp32."""
+    q = ((packed >> (4 * i)) & 0xF).to(tl.float32)
+    z = ((packed_zeros >> (4 * i)) & 0xF).to(tl.float32)
+    s = tl.load(scale_ptrs + (2 * (i % 4) + i // 4), mask=ok, other=0.0).to(tl.float32)
+    return (q - z) * s
+
+
+@triton.jit
 def _dequantize_kernel(qweight_ptr, qzeros_ptr, scales_ptr, w_ptr, K, N, group_size,
                        BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr):
-    """W [K, N] = (q - z) * s for a [BLOCK_K, BLOCK_W words] tile, built whole in registers so its
-    rows are stored contiguously (a store per nibble plane would write every 8th column: scattered
-    2-byte writes). Column c of a word is its nibble plane (c % 2) * 4 + c // 2."""
+    """W [K, N] = (q - z) * s for a [BLOCK_K, BLOCK_W words] tile: the 8 nibble planes of the
+    tile as loaded, put in column order by interleaving (column c of a word is plane
+    (c % 2) * 4 + c // 2), so whole rows are stored contiguously."""
     k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
     words = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     words_per_row = N // 8
@@ -242,15 +252,21 @@ def _dequantize_kernel(qweight_ptr, qzeros_ptr, scales_ptr, w_ptr, K, N, group_s
     packed = tl.load(qweight_ptr + k.to(tl.int64)[:, None] * words_per_row + words[None, :], mask=ok, other=0)
     group = (k // group_size)[:, None]
     zeros = tl.load(qzeros_ptr + group * words_per_row + words[None, :], mask=ok, other=0)
-    c = tl.arange(0, 8)
-    shifts = (4 * ((c % 2) * 4 + c // 2))[None, None, :]
-    q = ((packed[:, :, None] >> shifts) & 0xF).to(tl.float32)
-    z = ((zeros[:, :, None] >> shifts) & 0xF).to(tl.float32)
-    columns = tl.reshape(words[:, None] * 8 + c[None, :], (BLOCK_W * 8,))
+    scale_ptrs = scales_ptr + group * N + words[None, :] * 8
+    p0 = _dequantize_plane(packed, zeros, scale_ptrs, ok, 0)
+    p1 = _dequantize_plane(packed, zeros, scale_ptrs, ok, 1)
+    p2 = _dequantize_plane(packed, zeros, scale_ptrs, ok, 2)
+    p3 = _dequantize_plane(packed, zeros, scale_ptrs, ok, 3)
+    p4 = _dequantize_plane(packed, zeros, scale_ptrs, ok, 4)
+    p5 = _dequantize_plane(packed, zeros, scale_ptrs, ok, 5)
+    p6 = _dequantize_plane(packed, zeros, scale_ptrs, ok, 6)
+    p7 = _dequantize_plane(packed, zeros, scale_ptrs, ok, 7)
+    even = tl.interleave(tl.interleave(p0, p2), tl.interleave(p1, p3))
+    odd = tl.interleave(tl.interleave(p4, p6), tl.interleave(p5, p7))
+    w = tl.interleave(even, odd).to(w_ptr.dtype.element_ty)
+    columns = tl.program_id(1) * BLOCK_W * 8 + tl.arange(0, BLOCK_W * 8)
     ok = (k < K)[:, None] & (columns < N)[None, :]
-    s = tl.load(scales_ptr + group * N + columns[None, :], mask=ok, other=0.0).to(tl.float32)
-    w = tl.reshape((q - z), (BLOCK_K, BLOCK_W * 8)) * s
-    tl.store(w_ptr + k.to(tl.int64)[:, None] * N + columns[None, :], w.to(w_ptr.dtype.element_ty), mask=ok)
+    tl.store(w_ptr + k.to(tl.int64)[:, None] * N + columns[None, :], w, mask=ok)
 
 
 def dequantize(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
