@@ -27,7 +27,9 @@ CALIB_SAMPLES, CALIB_SEQLEN = 128, 512
 
 
 def _source(folder: Path, layers: int | None) -> Path:
-    """config + tokenizer from bench_shapes, random bf16 weights saved by transformers."""
+    """config + tokenizer from bench_shapes, random bf16 weights (drawn on the GPU: initialising
+    8B parameters on the CPU took minutes) in safetensors shards of at most 5 GB with their index."""
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
     write_shape_folder(SHAPE, folder)
@@ -35,11 +37,29 @@ def _source(folder: Path, layers: int | None) -> Path:
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps(dict(config, num_hidden_layers=layers), indent=2))
     start = time.monotonic()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.bfloat16)
-    model.save_pretrained(folder, max_shard_size="5GB")
-    print(f"random {SHAPE} ({model.config.num_hidden_layers} layers) written in {time.monotonic() - start:.0f} s",
-          flush=True)
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        shapes = {name: tuple(t.shape) for name, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    for name, shape in shapes.items():
+        if "norm" in name:
+            tensor = torch.ones(shape, dtype=torch.bfloat16)
+        else:
+            tensor = (torch.randn(shape, generator=gen, device="cuda") * 0.02).to(torch.bfloat16).cpu()
+        if shards[-1] and sum(t.nbytes for t in shards[-1].values()) + tensor.nbytes > 5e9:
+            shards.append({})
+        shards[-1][name] = tensor
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, folder / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    total = sum(t.nbytes for shard in shards for t in shard.values())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    print(f"random {SHAPE} ({config.num_hidden_layers} layers, {total / 1e9:.1f} GB) written in "
+          f"{time.monotonic() - start:.0f} s", flush=True)
     return folder
 
 

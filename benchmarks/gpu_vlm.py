@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from app.engine import Engine, EngineConfig, GenerationConfig
-from app.engine.vision.prompts import load_processor
+from app.engine.vision.prompts import load_processor, split_images
 
 SHAPES = {
     "qwen2.5-vl-7b": dict(
@@ -64,10 +64,25 @@ def write_checkpoint(folder: Path, shape: str, device: str) -> None:
     the special tokens at the vocabulary's end, and the image processor's settings."""
     import transformers
 
-    from app.engine.bench_shapes import write_word_tokenizer
-
     if (folder / "config.json").is_file():
         return
+    config = write_model_files(folder, shape)
+    started = time.monotonic()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(folder, max_shard_size="5GB")
+    print(f"random {shape} written in {time.monotonic() - started:.0f} s", flush=True)
+    del model
+
+
+def write_model_files(folder: Path, shape: str):
+    """Everything but the weights (the tokenizer, chat template and processor settings); returns
+    the model's config (not yet written)."""
+    import transformers
+
+    from app.engine.bench_shapes import write_word_tokenizer
+
     folder.mkdir(parents=True, exist_ok=True)
     spec = SHAPES[shape]
     vocab_size = spec["text"]["vocab_size"]
@@ -80,13 +95,7 @@ def write_checkpoint(folder: Path, shape: str, device: str) -> None:
         vision_config=spec["vision"], text_config=dict(spec["text"], eos_token_id=ids["<|im_end|>"], bos_token_id=None),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"])
-    started = time.monotonic()
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = transformers.Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
-    model.save_pretrained(folder, max_shard_size="5GB")
-    print(f"random {shape} written in {time.monotonic() - started:.0f} s", flush=True)
-    del model
+    return config
 
 
 def question(words: int, seed: int) -> str:
@@ -130,9 +139,12 @@ def main() -> None:
               flush=True)
         # The same prompt for HF, made by the parts the engine used (engine internals: a benchmark).
         processor = load_processor(folder, engine._core.loaded.model)
-        text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
-                                                                           messages[0]["content"][1]]}])
-        inputs = processor(text=text, images=[picture], return_tensors="pt")
+        # The engine's own rendering and pictures (load_image may resize one), so both sides read
+        # the same prompt.
+        rendered, pictures = split_images(messages)
+        text = processor.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=text, images=[p.image for p in pictures], return_tensors="pt")
+        assert inputs["input_ids"].shape[1] == reply.stats.prompt_tokens, "HF's prompt is not the engine's"
         grid = tuple(inputs["image_grid_thw"][0].tolist())
         (our_features,) = engine._core.loaded.model.encode_images([(inputs["pixel_values"], grid)])
         our_features = our_features.float().cpu()
@@ -161,7 +173,7 @@ def main() -> None:
             for _ in range(args.runs + 1 if timed else 0):  # the first warms up
                 sync()
                 started = time.perf_counter()
-                again = processor(text=text, images=[picture], return_tensors="pt")
+                again = processor(text=text, images=[p.image for p in pictures], return_tensors="pt")
                 ids = again["input_ids"].to(args.device)
                 hf(input_ids=ids, mm_token_type_ids=(ids == image).long(), pixel_values=again["pixel_values"].to(
                     args.device, hf_dtype), image_grid_thw=again["image_grid_thw"].to(args.device))

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from app.engine import kv_quant
-from app.engine.kernels.triton._common import next_pow2
+from app.engine.kernels.triton._common import gdc_launch_dependents, gdc_wait, next_pow2, pdl_launch
 
 
 @triton.jit
@@ -65,8 +65,12 @@ def _write_kv_kernel(
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BITS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program (token, block of heads). BITS 0: a float cache; 8 or 4: quantized rows."""
+    if PDL:  # programmatic dependent launch: the next kernel may launch; k and v are the last one's
+        gdc_launch_dependents()
+        gdc_wait()
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + t).to(tl.int64)
     if slot >= 0:  # a negative slot is padding (CUDA-graph batches): nothing to write
@@ -109,5 +113,5 @@ def write_kv(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, BITS=bits,
-        num_warps=4 if block_h * block_d >= 1024 else 1,
+        num_warps=4 if block_h * block_d >= 1024 else 1, **pdl_launch(k.device),
     )

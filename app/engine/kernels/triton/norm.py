@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from app.engine.kernels.triton._common import next_pow2
+from app.engine.kernels.triton._common import gdc_launch_dependents, gdc_wait, next_pow2, pdl_launch
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -14,8 +14,11 @@ def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     n_rows, heads, n_cols, eps,
     stride_xt, stride_xh, stride_rt, stride_rh,
-    HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # the next kernel may launch now (and start on its weights); x is the last one's output
+        gdc_launch_dependents()
+        gdc_wait()
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -72,6 +75,7 @@ def _launch(x, residual, weight, eps):
         _rms_norm_kernel[(triton.cdiv(n_rows, block_m),)](
             xr, rr, weight, out, res_out, n_rows, heads, n, eps, sxt, sxh, srt, srh,
             HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+            **pdl_launch(x.device),
         )
     return out, res_out
 

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from app.engine.kernels.triton._common import next_pow2
+from app.engine.kernels.triton._common import gdc_launch_dependents, gdc_wait, next_pow2, pdl_launch
 
 
 @triton.jit
@@ -36,8 +36,11 @@ def _rotary_kernel(
     stride_qt, stride_qh, stride_qot, stride_qoh,
     stride_kt, stride_kh, stride_kot, stride_koh,
     stride_ct, stride_st,
-    HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # programmatic dependent launch: the next kernel may launch; q and k are the last one's
+        gdc_launch_dependents()
+        gdc_wait()
     t = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     d = tl.arange(0, BLOCK_HALF)
@@ -91,7 +94,7 @@ def apply_rotary_qk(
             k.stride(0), k.stride(1), k_out.stride(0), k_out.stride(1),
             cos.stride(0), sin.stride(0),
             HALF=half, BLOCK_H=block_h, BLOCK_HALF=block_half,
-            num_warps=4 if block_h * block_half >= 1024 else 1,
+            num_warps=4 if block_h * block_half >= 1024 else 1, **pdl_launch(q.device),
         )
     return q_out, (k_out if k_heads else None)
 
