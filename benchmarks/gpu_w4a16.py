@@ -30,7 +30,7 @@ from app.engine.kernels.w4a16_reference import pack, w4a16_matmul_reference
 
 LAYER = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}  # (K, N)
 GROUP = 128
-BATCHES = (1, 4, 64)
+BATCHES = (1, 4, 16, 64, 128)
 CALLS = 40
 REPLAYS = 10
 ROTATE_BYTES = 512 << 20  # weight copies per shape: at least this many bytes (10x the L2)
@@ -43,7 +43,7 @@ SWEEP_GEMV = [  # (block_n, block_k, num_warps, num_stages) for batch 1
     (256, 64, 4, 3), (256, 32, 4, 3), (128, 64, 4, 3), (512, 32, 4, 3), (256, 128, 8, 3), (256, 64, 8, 4),
     (512, 64, 8, 3),
 ]
-SWEEP_SPLITS = [0, 4, 8, 16, 24, 32]
+SWEEP_SPLITS = [0, 2, 4, 8, 16, 24, 32, 48]
 SWEEP_PROGRAMS_PER_SM = [1, 2, 4]  # Triton: split K until this many programs per SM
 
 
@@ -93,8 +93,8 @@ class Shape:
         x = torch.randn(m, self.k, device="cuda", dtype=torch.bfloat16)
         ref = w4a16_matmul_reference(x, *self.awq[0], GROUP)
         errs = [f"triton {rel_error(triton_w4a16.w4a16_matmul(x, *self.awq[0], GROUP), ref):.1e}"]
-        if m <= w4a16_cuda.MAX_M:
-            errs.append(f"cuda {rel_error(w4a16_cuda.w4a16_gemv(x, *self.awq[0], GROUP), ref):.1e}")
+        kernel = w4a16_cuda.w4a16_gemv if m <= w4a16_cuda.MAX_M else w4a16_cuda.w4a16_gemm
+        errs.append(f"cuda {rel_error(kernel(x, *self.awq[0], GROUP), ref):.1e}")
         return ", ".join(errs)
 
     def bf16_us(self, x: torch.Tensor) -> float:
@@ -104,9 +104,14 @@ class Shape:
         return time_us([lambda a=a: triton_w4a16.w4a16_matmul(x, *a, GROUP) for a in self.awq])
 
     def cuda_us(self, x: torch.Tensor, splits: int = 0) -> float:
+        """The GEMV up to MAX_M rows, the tensor-core GEMM past it."""
+        kernel = w4a16_cuda.w4a16_gemv if x.shape[0] <= w4a16_cuda.MAX_M else w4a16_cuda.w4a16_gemm
         outs = [torch.empty(x.shape[0], self.n, device="cuda", dtype=x.dtype) for _ in self.awq]
-        return time_us([lambda a=a, y=y: w4a16_cuda.w4a16_gemv(x, *a, GROUP, out=y, splits=splits)
-                        for a, y in zip(self.awq, outs)])
+        return time_us([lambda a=a, y=y: kernel(x, *a, GROUP, out=y, splits=splits) for a, y in zip(self.awq, outs)])
+
+    def dequantize_us(self, x: torch.Tensor) -> float:
+        """Prefill's way: the weight expanded (Triton), then cuBLAS."""
+        return time_us([lambda a=a: x @ triton_w4a16.dequantize(*a, GROUP, x.dtype) for a in self.awq])
 
 
 def gbps(nbytes: int, us: float) -> float:
@@ -117,11 +122,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", action="store_true", help="also time other Triton tiles and CUDA splits")
     parser.add_argument("--sweep-batches", type=int, nargs="+", default=[1, 4, 8, 64, 128], help="batches swept")
+    parser.add_argument("--sweep-only", action="store_true", help="skip the tables, sweep only")
+    parser.add_argument("--sweep-kernels", choices=["both", "cuda", "triton"], default="both")
     args = parser.parse_args()
     cuda_ok = w4a16_cuda.available()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__} (CUDA {torch.version.cuda}); "
           f"CUDA W4A16: {'yes' if cuda_ok else w4a16_cuda.unavailable_reason()}")
     shapes = {name: Shape(k, n) for name, (k, n) in LAYER.items()}
+    if args.sweep_only:
+        sweep(shapes, cuda_ok, args.sweep_batches, args.sweep_kernels)
+        return
     for m in BATCHES:
         errors = "; ".join(f"{name} {s.check(m)}" for name, s in shapes.items())
         print(f"\nM = {m}  (errors vs reference: {errors})")
@@ -132,7 +142,7 @@ def main() -> None:
             x = torch.randn(m, s.k, device="cuda", dtype=torch.bfloat16)
             io = (m * s.k + m * s.n) * 2
             bf16, tri = s.bf16_us(x), s.triton_us(x)
-            cu = s.cuda_us(x) if cuda_ok and m <= w4a16_cuda.MAX_M else float("nan")
+            cu = s.cuda_us(x) if cuda_ok else float("nan")
             totals["bf16"] += bf16
             totals["triton"] += tri
             totals["cuda"] += cu
@@ -146,11 +156,17 @@ def main() -> None:
     for name, s in shapes.items():
         us = time_us([lambda a=a: triton_w4a16.dequantize(*a, GROUP, torch.float16) for a in s.awq])
         print(f"  {name:<8} {us:8.1f} {gbps(s.int4_bytes + s.k * s.n * 2, us):6.0f}")
+    for m in (64, 128, 256):  # where prefill's expansion should take over from the GEMM
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        s = shapes["gate_up"]
+        gemm = s.cuda_us(x) if cuda_ok else float("nan")
+        print(f"  gate_up at M = {m}: expansion + cuBLAS {s.dequantize_us(x):.1f} us, CUDA GEMM {gemm:.1f} us, "
+              f"bf16 {s.bf16_us(x):.1f} us")
     if args.sweep:
-        sweep(shapes, cuda_ok, args.sweep_batches)
+        sweep(shapes, cuda_ok, args.sweep_batches, args.sweep_kernels)
 
 
-def sweep(shapes: dict[str, Shape], cuda_ok: bool, batches: list[int]) -> None:
+def sweep(shapes: dict[str, Shape], cuda_ok: bool, batches: list[int], kernels: str = "both") -> None:
     """Per shape and batch: each Triton tile config (GEMV_CONFIG at batch 1, else the bucket's
     entry of CONFIGS replaced) at each split target (programs per SM), and each CUDA split count
     (0 = automatic)."""
@@ -167,7 +183,7 @@ def sweep(shapes: dict[str, Shape], cuda_ok: bool, batches: list[int]) -> None:
         for name, s in shapes.items():
             x = torch.randn(m, s.k, device="cuda", dtype=torch.bfloat16)
             row = []
-            for tile in tiles:
+            for tile in tiles if kernels != "cuda" else []:
                 if m == 1:
                     triton_w4a16.GEMV_CONFIG = tile
                 else:
@@ -184,7 +200,7 @@ def sweep(shapes: dict[str, Shape], cuda_ok: bool, batches: list[int]) -> None:
                 triton_w4a16.PROGRAMS_PER_SM = saved_per_sm
             triton_w4a16.CONFIGS.update(saved)
             triton_w4a16.GEMV_CONFIG = saved_gemv
-            if cuda_ok and m <= w4a16_cuda.MAX_M:
+            if cuda_ok and kernels != "triton":
                 row += [(s.cuda_us(x, splits), f"cuda splits={splits}") for splits in SWEEP_SPLITS]
             row.sort()
             print(f"  {name:<8} " + " | ".join(f"{label} {us:.1f}" for us, label in row[:7]))

@@ -1,4 +1,5 @@
-/* W4A16 GEMV for small batches (decode): y = x @ W with W in the AWQ 4-bit "gemm" layout.
+/* W4A16 products for decode batches: y = x @ W with W in the AWQ 4-bit "gemm" layout. A GEMV
+ * (CUDA cores) for 1..LMS_W4A16_MAX_M rows, a GEMM (tensor cores) for more.
  *
  * Plain C ABI (no torch, no C++ types) so that a prebuilt library survives torch upgrades and
  * bundling; the engine loads it with ctypes (app/engine/kernels/cuda_library.py).
@@ -42,7 +43,7 @@ extern "C" {
 #define LMS_API __attribute__((visibility("default")))
 #endif
 
-#define LMS_W4A16_ABI_VERSION 2
+#define LMS_W4A16_ABI_VERSION 3
 #define LMS_W4A16_MAX_M 8
 
 /* dtype flag for x and y */
@@ -77,6 +78,16 @@ LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t*
                            void* y, int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype,
                            int activation, void* workspace, int64_t workspace_bytes, int splits,
                            void* stream);
+
+/* The tensor-core GEMM, for any number of rows (meant for 9 to ~128: decode batches; the GEMV
+ * serves fewer). x and W as for lms_w4a16_gemv (no activation flag); x 16-byte aligned, and
+ * K % 64 == 0, G % 32 == 0. Its workspace (fp32 partials of K slices, summed by a second kernel)
+ * needs no zero-filling; lms_w4a16_gemm_workspace_bytes() says its size (0: none), as above. */
+LMS_API int lms_w4a16_gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t group_size, int splits,
+                                           int64_t* bytes);
+LMS_API int lms_w4a16_gemm(const void* x, const int32_t* qweight, const int32_t* qzeros, const void* scales,
+                           void* y, int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype,
+                           void* workspace, int64_t workspace_bytes, int splits, void* stream);
 
 /* A static, human-readable message for a return code. */
 LMS_API const char* lms_w4a16_error_string(int code);

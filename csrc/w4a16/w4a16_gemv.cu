@@ -34,15 +34,11 @@
 //   workspace depend on earlier kernels. So one GEMV's ramp-up hides under the last one's tail.
 
 #include "w4a16.h"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <cstdlib>
-#include <cstring>
+#include "w4a16_common.cuh"
 
 namespace {
+
+using namespace lms;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;      // also the thread rows that take chunks of K in turn
@@ -57,16 +53,6 @@ static_assert(kTileCols == kThreads, "the final phase gives each thread one colu
 __host__ __device__ constexpr int chunk_rows(int m) { return m <= 4 ? 16 : 8; }
 // Blocks per SM the registers allow (the kernel's launch bounds): batch 1 needs fewer registers.
 __host__ __device__ constexpr int blocks_per_sm(int m) { return m == 1 ? 3 : 2; }
-
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 struct Params {
   const void* x;
@@ -98,25 +84,6 @@ __device__ __forceinline__ void load_chunk(const Params& p, int chunk, int word,
   const size_t group = static_cast<size_t>(row0 / p.group);
   c.z = __ldg(p.qzeros + group * p.words + word);
   c.s = __ldg(p.scales + group * p.words + word);
-}
-
-__device__ __forceinline__ __half2 bits_as_half2(uint32_t bits) {
-  __half2 h;
-  static_assert(sizeof(h) == sizeof(bits), "a half2 is one 32-bit register");
-  memcpy(&h, &bits, sizeof(h));
-  return h;
-}
-
-// The 4 column pairs of a word as half2 values "magic + q": pair j holds field j of both 16-bit
-// halves (columns 2j and 2j + 1). Fields 0 and 2 (bits 0-3, 8-11) or-ed into 1024.0 (0x6400, unit
-// 1) give 1024 + q; fields 1 and 3 (bits 4-7, 12-15) or-ed into 64.0 (0x5400, unit 1/16) give
-// 64 + q. One LOP3 a pair, plus one shift a word.
-__device__ __forceinline__ void magic_pairs(uint32_t word, __half2 (&out)[4]) {
-  const uint32_t high = word >> 8;
-  out[0] = bits_as_half2((word & 0x000F000Fu) | 0x64006400u);
-  out[1] = bits_as_half2((word & 0x00F000F0u) | 0x54005400u);
-  out[2] = bits_as_half2((high & 0x000F000Fu) | 0x64006400u);
-  out[3] = bits_as_half2((high & 0x00F000F0u) | 0x54005400u);
 }
 
 // acc[m][c] += sum over the chunk's rows of x[row][m] * W[row][c], for the thread's 8 columns.
@@ -154,18 +121,6 @@ __device__ __forceinline__ void compute_chunk(const Chunk<R>& ch, const __half2*
       acc[m][2 * j] += s.x;
       acc[m][2 * j + 1] += s.y;
     }
-}
-
-// Programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it).
-__device__ __forceinline__ void let_next_kernel_start() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_previous_kernel() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 template <typename T, int M>
@@ -267,38 +222,10 @@ struct Plan {
   size_t shared_bytes, workspace_bytes;
 };
 
-int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-int64_t clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
-
 bool valid_shape(int64_t m, int64_t n, int64_t k, int64_t group) {
   return m >= 1 && m <= LMS_W4A16_MAX_M && n >= 8 && n % 8 == 0 &&
          cdiv(n, kTileCols) * static_cast<int64_t>(sizeof(unsigned)) <= kCounterBytes && group >= 16 &&
          group % 16 == 0 && k >= group && k % group == 0 && k <= (int64_t{1} << 30);
-}
-
-struct DeviceInfo {
-  int sms;
-  bool pdl;  // programmatic dependent launch: compute capability 9.0+, unless LMSTATION_PDL=0
-};
-
-// The current device's (cached per device).
-cudaError_t device_info(DeviceInfo* out) {
-  static DeviceInfo cached[128] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  if (device < 128 && cached[device].sms > 0) {
-    *out = cached[device];
-    return cudaSuccess;
-  }
-  int major = 0;
-  err = cudaDeviceGetAttribute(&out->sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (err != cudaSuccess) return err;
-  const char* env = getenv("LMSTATION_PDL");
-  out->pdl = major >= 9 && !(env && strcmp(env, "0") == 0);
-  if (device < 128) cached[device] = *out;
-  return cudaSuccess;
 }
 
 // Grid and workspace for a shape: independent of the pointers, so lms_w4a16_workspace_bytes and
@@ -411,9 +338,10 @@ LMS_API const char* lms_w4a16_error_string(int code) {
   switch (code) {
     case LMS_W4A16_OK: return "success";
     case LMS_W4A16_ERR_SHAPE:
-      return "bad shape: need 1 <= M <= 8, N % 8 == 0 (N <= 4194304), group_size % 16 == 0 and K % group_size == 0";
+      return "bad shape: need N % 8 == 0 and K % group_size == 0; the GEMV 1 <= M <= 8, N <= 4194304, "
+             "group_size % 16 == 0; the GEMM K % 64 == 0, group_size % 32 == 0";
     case LMS_W4A16_ERR_DTYPE: return "bad dtype flag (0: float16, 1: bfloat16)";
-    case LMS_W4A16_ERR_ALIGN: return "a null pointer, or scales not 16-byte aligned";
+    case LMS_W4A16_ERR_ALIGN: return "a null pointer, or scales (the GEMM: or x) not 16-byte aligned";
     case LMS_W4A16_ERR_WORKSPACE: return "workspace smaller than lms_w4a16_workspace_bytes()";
     case LMS_W4A16_ERR_ACTIVATION: return "bad activation flag (0: none, 1: silu-mul)";
     default:

@@ -106,15 +106,20 @@ def _cuda_gemv_takes(x: torch.Tensor) -> bool:
 
 def _w4a16_gpu(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
                group_size: int) -> torch.Tensor:
-    """W4A16 by batch size: the CUDA GEMV (csrc/w4a16) for decode-sized batches of fp16/bf16 where
-    it is built; the Triton GEMM up to DEQUANTIZE_ROWS rows; above that (prefill) the weight
-    expanded once by a Triton kernel, then cuBLAS."""
+    """W4A16 by batch size, for fp16/bf16 where the CUDA library is built: up to MAX_M rows the CUDA
+    GEMV (csrc/w4a16), then the CUDA tensor-core GEMM below CUDA_GEMM_ROWS; elsewhere the Triton
+    GEMM below DEQUANTIZE_ROWS. Past those (prefill) the weight is expanded once by a Triton
+    kernel, then multiplied by cuBLAS."""
     from app.engine.kernels import w4a16_cuda
     from app.engine.kernels.triton import w4a16
 
     m = x.shape[0]
     if _cuda_gemv_takes(x):
         return w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group_size)
+    cuda_gemm = (x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.gemm_takes(qweight.shape[0], group_size)
+                 and w4a16_cuda.available())
+    if cuda_gemm and m < CUDA_GEMM_ROWS:
+        return w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, group_size)
     if m >= DEQUANTIZE_ROWS:
         return x @ w4a16.dequantize(qweight, qzeros, scales, group_size, x.dtype)
     return w4a16.w4a16_matmul(x, qweight, qzeros, scales, group_size)
@@ -132,10 +137,13 @@ def _w4a16_silu_mul_gpu(gate_up: torch.Tensor, qweight: torch.Tensor, qzeros: to
     return _w4a16_gpu(silu_mul(gate_up), qweight, qzeros, scales, group_size)
 
 
-# From this many rows of x a W4A16 product expands the weight and calls cuBLAS. The expansion
-# moves 4.5 bytes a weight (read 0.5, write 2, cuBLAS reads 2): ~0.45x bf16's speed, while the
-# Triton GEMM measured 0.87x bf16 at 64 rows but 0.2x at 128 (docs/benchmarks.md, H100).
+# Rows of x from which a W4A16 product expands the weight (Triton) and calls cuBLAS: the expansion
+# moves 4.5 bytes a weight (read 0.5, write 2, cuBLAS reads 2). Measured on an H100 at gate_up's
+# shape (docs/benchmarks.md): the Triton GEMM was 0.87x bf16 at 64 rows but 0.2x at 128, so it
+# stops at 128; the CUDA GEMM took 174 us at 128 rows against the expansion's 236, 352 against
+# 252 at 256 (crossing, interpolated, near 176).
 DEQUANTIZE_ROWS = 128
+CUDA_GEMM_ROWS = 176
 
 
 def with_cache_format(ops: Ops, fmt, model_dtype: torch.dtype) -> Ops:

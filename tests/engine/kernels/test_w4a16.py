@@ -352,6 +352,49 @@ def test_cuda_w4a16_splits_and_ragged_tiles(m, k, n, group, splits):
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m", [9, 16, 33, 64, 128])
+@pytest.mark.parametrize("k,n", LLAMA_8B)
+def test_cuda_w4a16_gemm_llama_shapes(llama_weights, k, n, m, dtype):
+    """The tensor-core GEMM (decode batches past the GEMV's) at Llama-3-8B's shapes."""
+    w4a16_cuda = _cuda_kernel()
+    x, qweight, qzeros, scales, ref = _llama_case(llama_weights, k, n, m, dtype, seed=m)
+    y = torch.full_like(ref, float("nan"))  # every element must be written
+    w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, 128, out=y)
+    err = rel_error(y, ref)
+    assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", [0, 1, 3, 64])
+@pytest.mark.parametrize("m,k,n,group", [(20, 512, 200, 32), (70, 1024, 4104, 64), (9, 640, 88, 128)])
+def test_cuda_w4a16_gemm_splits_and_ragged_tiles(m, k, n, group, splits):
+    """Fixed K splits (none, several, more than there are steps), row and column tiles cut short,
+    groups of 32 (two a step); repeated calls give identical results (slices summed in order)."""
+    w4a16_cuda = _cuda_kernel()
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=m + k)
+    for dtype in DTYPES:
+        x = nonzero(m, k, dtype=dtype, seed=n)
+        ref = w4a16_matmul_reference(x, qweight, qzeros, scales, group)
+        first = w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, group, splits=splits)
+        again = w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, group, splits=splits)
+        assert torch.equal(first, again)
+        err = rel_error(first, ref)
+        assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_w4a16_gemm_refuses_shapes_it_does_not_take():
+    w4a16_cuda = _cuda_kernel()
+    _, _, _, qweight, qzeros, scales = random_awq(96, 64, 32, seed=3)  # K % 64 != 0
+    with pytest.raises(ValueError, match="K % 64"):
+        w4a16_cuda.w4a16_gemm(nonzero(16, 96, dtype=torch.float16, seed=1), qweight, qzeros, scales, 32)
+
+
+@gpu
+@pytest.mark.gpu
 def test_cuda_w4a16_shapes_share_the_workspace():
     """Shapes with few and many column tiles (16 to 112), split, one after another on one
     workspace: no shape's partials may land on another's split counters."""
@@ -366,14 +409,16 @@ def test_cuda_w4a16_shapes_share_the_workspace():
 
 @gpu
 @pytest.mark.gpu
-def test_cuda_w4a16_in_a_cuda_graph(llama_weights):
+@pytest.mark.parametrize("m", [1, 48])
+def test_cuda_w4a16_in_a_cuda_graph(llama_weights, m):
     w4a16_cuda = _cuda_kernel()
-    x, qweight, qzeros, scales, ref = _llama_case(llama_weights, 4096, 4096, 1, torch.bfloat16, seed=9)
+    kernel = w4a16_cuda.w4a16_gemv if m <= w4a16_cuda.MAX_M else w4a16_cuda.w4a16_gemm
+    x, qweight, qzeros, scales, ref = _llama_case(llama_weights, 4096, 4096, m, torch.bfloat16, seed=9)
     y = torch.empty_like(ref)
-    w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 128, out=y)  # allocates the workspace
+    kernel(x, qweight, qzeros, scales, 128, out=y)  # allocates the workspace
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 128, out=y)
+        kernel(x, qweight, qzeros, scales, 128, out=y)
     y.fill_(float("nan"))
     for _ in range(3):
         graph.replay()
