@@ -44,7 +44,8 @@ SWEEP_GEMV = [  # (block_n, block_k, num_warps, num_stages) for batch 1
     (512, 64, 8, 3),
 ]
 SWEEP_SPLITS = [0, 2, 4, 8, 16, 24, 32, 48]
-SWEEP_PROGRAMS_PER_SM = [1, 2, 4]  # Triton: split K until this many programs per SM
+SWEEP_PROGRAMS_PER_SM = [1, 2, 4]
+SWEEP_BLOCK_ROWS = [0, 16, 32, 64]  # the CUDA GEMM's rows of x a block (0 = automatic)  # Triton: split K until this many programs per SM
 
 
 def time_us(calls: list[Callable[[], object]]) -> float:
@@ -103,11 +104,15 @@ class Shape:
     def triton_us(self, x: torch.Tensor) -> float:
         return time_us([lambda a=a: triton_w4a16.w4a16_matmul(x, *a, GROUP) for a in self.awq])
 
-    def cuda_us(self, x: torch.Tensor, splits: int = 0) -> float:
-        """The GEMV up to MAX_M rows, the tensor-core GEMM past it."""
-        kernel = w4a16_cuda.w4a16_gemv if x.shape[0] <= w4a16_cuda.MAX_M else w4a16_cuda.w4a16_gemm
+    def cuda_us(self, x: torch.Tensor, splits: int = 0, block_rows: int = 0) -> float:
+        """The GEMV up to MAX_M rows, the tensor-core GEMM (taking block_rows rows a block) past it."""
         outs = [torch.empty(x.shape[0], self.n, device="cuda", dtype=x.dtype) for _ in self.awq]
-        return time_us([lambda a=a, y=y: kernel(x, *a, GROUP, out=y, splits=splits) for a, y in zip(self.awq, outs)])
+        if x.shape[0] <= w4a16_cuda.MAX_M:
+            return time_us([lambda a=a, y=y: w4a16_cuda.w4a16_gemv(x, *a, GROUP, out=y, splits=splits)
+                            for a, y in zip(self.awq, outs)])
+        return time_us([lambda a=a, y=y: w4a16_cuda.w4a16_gemm(x, *a, GROUP, out=y, splits=splits,
+                                                               block_rows=block_rows)
+                        for a, y in zip(self.awq, outs)])
 
     def dequantize_us(self, x: torch.Tensor) -> float:
         """Prefill's way: the weight expanded (Triton), then cuBLAS."""
@@ -201,7 +206,9 @@ def sweep(shapes: dict[str, Shape], cuda_ok: bool, batches: list[int], kernels: 
             triton_w4a16.CONFIGS.update(saved)
             triton_w4a16.GEMV_CONFIG = saved_gemv
             if cuda_ok and kernels != "triton":
-                row += [(s.cuda_us(x, splits), f"cuda splits={splits}") for splits in SWEEP_SPLITS]
+                for rows in SWEEP_BLOCK_ROWS if m > w4a16_cuda.MAX_M else [0]:
+                    label = f"cuda rows={rows} " if rows else "cuda "
+                    row += [(s.cuda_us(x, splits, rows), f"{label}splits={splits}") for splits in SWEEP_SPLITS]
             row.sort()
             print(f"  {name:<8} " + " | ".join(f"{label} {us:.1f}" for us, label in row[:7]))
 

@@ -43,7 +43,7 @@ extern "C" {
 #define LMS_API __attribute__((visibility("default")))
 #endif
 
-#define LMS_W4A16_ABI_VERSION 3
+#define LMS_W4A16_ABI_VERSION 4
 #define LMS_W4A16_MAX_M 8
 
 /* dtype flag for x and y */
@@ -79,15 +79,16 @@ LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t*
                            int activation, void* workspace, int64_t workspace_bytes, int splits,
                            void* stream);
 
-/* The tensor-core GEMM, for any number of rows (meant for 9 to ~128: decode batches; the GEMV
+/* The tensor-core GEMM, for any number of rows (meant for 9 to ~175: decode batches; the GEMV
  * serves fewer). x and W as for lms_w4a16_gemv (no activation flag); x 16-byte aligned, and
  * K % 64 == 0, G % 32 == 0. Its workspace (fp32 partials of K slices, summed by a second kernel)
- * needs no zero-filling; lms_w4a16_gemm_workspace_bytes() says its size (0: none), as above. */
+ * needs no zero-filling; lms_w4a16_gemm_workspace_bytes() says its size (0: none), as above.
+ * block_rows: rows of x a block takes (16, 32 or 64; 0 picks from M, the engine's choice). */
 LMS_API int lms_w4a16_gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t group_size, int splits,
-                                           int64_t* bytes);
+                                           int block_rows, int64_t* bytes);
 LMS_API int lms_w4a16_gemm(const void* x, const int32_t* qweight, const int32_t* qzeros, const void* scales,
                            void* y, int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype,
-                           void* workspace, int64_t workspace_bytes, int splits, void* stream);
+                           void* workspace, int64_t workspace_bytes, int splits, int block_rows, void* stream);
 
 /* A static, human-readable message for a return code. */
 LMS_API const char* lms_w4a16_error_string(int code);

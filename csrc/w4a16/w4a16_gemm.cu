@@ -7,7 +7,8 @@
 // H100); here each weight is made once, in fp16, straight into a shared-memory tile that the
 // tensor cores read as it lies.
 //
-// - Block tile: BM rows of x (16, 32 or 64: the template's MT m16 tiles) x 256 columns (32 words
+// - Block tile: BM rows of x (16, 32 or 64: the template's MT m16 tiles; by default the fewest
+//   that hold M, or 64) x 256 columns (32 words
 //   of a row), stepping through K 64 rows at a time. The grid is (column tiles, row tiles, K
 //   slices); K is sliced until the blocks fill the GPU, bounded so that the fp32 partials (written
 //   and read back once) stay near the weight's own bytes; a second kernel sums the slices in
@@ -252,9 +253,10 @@ bool valid_gemm_shape(int64_t m, int64_t n, int64_t k, int64_t group) {
          group % 32 == 0 && k % group == 0 && k % kBlockK == 0 && k >= kBlockK && k <= (int64_t{1} << 30);
 }
 
-GemmPlan make_gemm_plan(int64_t m, int64_t n, int64_t k, int requested_splits, const DeviceInfo& device) {
+GemmPlan make_gemm_plan(int64_t m, int64_t n, int64_t k, int requested_splits, int block_rows,
+                        const DeviceInfo& device) {
   GemmPlan plan{};
-  plan.mt = m <= 16 ? 1 : m <= 32 ? 2 : 4;
+  plan.mt = block_rows == 16 ? 1 : block_rows == 32 ? 2 : block_rows == 64 ? 4 : m <= 16 ? 1 : m <= 32 ? 2 : 4;
   plan.n_tiles = static_cast<int>(cdiv(n, kBlockN));
   plan.m_tiles = static_cast<int>(cdiv(m, 16 * plan.mt));
   const int64_t steps = k / kBlockK;
@@ -307,19 +309,19 @@ cudaError_t launch_gemm(const GemmParams& p, const GemmPlan& plan, bool pdl, cud
 extern "C" {
 
 LMS_API int lms_w4a16_gemm_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t group_size, int splits,
-                                           int64_t* bytes) {
+                                           int block_rows, int64_t* bytes) {
   if (!valid_gemm_shape(m, n, k, group_size)) return LMS_W4A16_ERR_SHAPE;
   if (!bytes) return LMS_W4A16_ERR_ALIGN;
   DeviceInfo device;
   const cudaError_t err = device_info(&device);
   if (err != cudaSuccess) return static_cast<int>(err);
-  *bytes = static_cast<int64_t>(make_gemm_plan(m, n, k, splits, device).workspace_bytes);
+  *bytes = static_cast<int64_t>(make_gemm_plan(m, n, k, splits, block_rows, device).workspace_bytes);
   return LMS_W4A16_OK;
 }
 
 LMS_API int lms_w4a16_gemm(const void* x, const int32_t* qweight, const int32_t* qzeros, const void* scales, void* y,
                            int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype, void* workspace,
-                           int64_t workspace_bytes, int splits, void* stream) {
+                           int64_t workspace_bytes, int splits, int block_rows, void* stream) {
   if (!valid_gemm_shape(m, n, k, group_size)) return LMS_W4A16_ERR_SHAPE;
   if (dtype != LMS_DTYPE_F16 && dtype != LMS_DTYPE_BF16) return LMS_W4A16_ERR_DTYPE;
   if (!x || !qweight || !qzeros || !scales || !y || reinterpret_cast<uintptr_t>(scales) % 16 != 0 ||
@@ -328,7 +330,7 @@ LMS_API int lms_w4a16_gemm(const void* x, const int32_t* qweight, const int32_t*
   DeviceInfo device;
   cudaError_t err = device_info(&device);
   if (err != cudaSuccess) return static_cast<int>(err);
-  const GemmPlan plan = make_gemm_plan(m, n, k, splits, device);
+  const GemmPlan plan = make_gemm_plan(m, n, k, splits, block_rows, device);
   if (plan.workspace_bytes > 0 &&
       (!workspace || workspace_bytes < static_cast<int64_t>(plan.workspace_bytes) ||
        reinterpret_cast<uintptr_t>(workspace) % 16 != 0))

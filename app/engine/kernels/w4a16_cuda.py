@@ -49,12 +49,17 @@ def _check(lib: ctypes.CDLL, rc: int, what: str) -> None:
         raise RuntimeError(f"{what}: {lib.lms_w4a16_error_string(rc).decode()} (code {rc})")
 
 
-def workspace_bytes(m: int, n: int, k: int, group_size: int, splits: int = 0, *, gemm: bool = False) -> int:
-    """Workspace the GEMV (or the GEMM) needs for this shape on the current CUDA device."""
+def workspace_bytes(m: int, n: int, k: int, group_size: int, splits: int = 0, *, gemm_block_rows: int | None = None
+                    ) -> int:
+    """Workspace the GEMV (or, given gemm_block_rows, the GEMM) needs for this shape on the current
+    CUDA device."""
     lib = _lib()
     out = ctypes.c_int64(0)
-    name = "lms_w4a16_gemm_workspace_bytes" if gemm else "lms_w4a16_workspace_bytes"
-    _check(lib, getattr(lib, name)(m, n, k, group_size, splits, ctypes.byref(out)), name)
+    if gemm_block_rows is None:
+        rc = lib.lms_w4a16_workspace_bytes(m, n, k, group_size, splits, ctypes.byref(out))
+    else:
+        rc = lib.lms_w4a16_gemm_workspace_bytes(m, n, k, group_size, splits, gemm_block_rows, ctypes.byref(out))
+    _check(lib, rc, "workspace_bytes")
     return out.value
 
 
@@ -123,11 +128,12 @@ def gemm_takes(k: int, group_size: int) -> bool:
 
 def w4a16_gemm(
     x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
-    *, out: torch.Tensor | None = None, splits: int = 0,
+    *, out: torch.Tensor | None = None, splits: int = 0, block_rows: int = 0,
 ) -> torch.Tensor:
     """y = x @ W on tensor cores, for batches past the GEMV's (any number of rows; the operands as
-    for w4a16_gemv; K % 64 == 0 and group_size % 32 == 0, see gemm_takes). splits: K slices, 0 =
-    automatic. Ordered on one stream with the other calls (they share the workspace)."""
+    for w4a16_gemv; K % 64 == 0 and group_size % 32 == 0, see gemm_takes). splits: K slices,
+    block_rows: rows of x a block takes (16, 32 or 64); 0 = automatic, for both. Ordered on one
+    stream with the other calls (they share the workspace)."""
     k, n, x2 = _checked(x, qweight, qzeros, scales, group_size)
     if not gemm_takes(k, group_size):
         raise ValueError(f"the CUDA W4A16 GEMM needs K % {GEMM_K_STEP} == 0 and group_size % 32 == 0, "
@@ -138,11 +144,11 @@ def w4a16_gemm(
         return y.view(*x.shape[:-1], n)
     lib = _lib()
     with torch.cuda.device(x.device):
-        ws = _workspace(x.device, workspace_bytes(m, n, k, group_size, splits, gemm=True), "gemm")
+        ws = _workspace(x.device, workspace_bytes(m, n, k, group_size, splits, gemm_block_rows=block_rows), "gemm")
         stream = torch.cuda.current_stream(x.device).cuda_stream
         rc = lib.lms_w4a16_gemm(
             x2.data_ptr(), qweight.data_ptr(), qzeros.data_ptr(), scales.data_ptr(), y.data_ptr(),
-            m, n, k, group_size, _DTYPE_FLAGS[x.dtype], ws.data_ptr(), ws.numel(), splits, stream,
+            m, n, k, group_size, _DTYPE_FLAGS[x.dtype], ws.data_ptr(), ws.numel(), splits, block_rows, stream,
         )
     _check(lib, rc, "lms_w4a16_gemm")
     return y.view(*x.shape[:-1], n)

@@ -369,16 +369,18 @@ def test_cuda_w4a16_gemm_llama_shapes(llama_weights, k, n, m, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("splits", [0, 1, 3, 64])
 @pytest.mark.parametrize("m,k,n,group", [(20, 512, 200, 32), (70, 1024, 4104, 64), (9, 640, 88, 128)])
-def test_cuda_w4a16_gemm_splits_and_ragged_tiles(m, k, n, group, splits):
-    """Fixed K splits (none, several, more than there are steps), row and column tiles cut short,
-    groups of 32 (two a step); repeated calls give identical results (slices summed in order)."""
+@pytest.mark.parametrize("block_rows", [0, 16, 64])
+def test_cuda_w4a16_gemm_splits_and_ragged_tiles(m, k, n, group, splits, block_rows):
+    """Fixed K splits (none, several, more than there are steps) and block heights, row and column
+    tiles cut short, groups of 32 (two a step); repeated calls give identical results (slices
+    summed in order)."""
     w4a16_cuda = _cuda_kernel()
     _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=m + k)
     for dtype in DTYPES:
         x = nonzero(m, k, dtype=dtype, seed=n)
         ref = w4a16_matmul_reference(x, qweight, qzeros, scales, group)
-        first = w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, group, splits=splits)
-        again = w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, group, splits=splits)
+        first = w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, group, splits=splits, block_rows=block_rows)
+        again = w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, group, splits=splits, block_rows=block_rows)
         assert torch.equal(first, again)
         err = rel_error(first, ref)
         assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
