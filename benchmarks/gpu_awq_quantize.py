@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from app.engine.bench_shapes import write_shape_folder
+from app.engine.bench_shapes import write_random_weights, write_shape_folder
 from app.engine.quant import QuantizeConfig, QuantProgress, quantize
 
 SHAPE = "llama-3-8b"
@@ -27,9 +27,8 @@ CALIB_SAMPLES, CALIB_SEQLEN = 128, 512
 
 
 def _source(folder: Path, layers: int | None) -> Path:
-    """config + tokenizer from bench_shapes, random bf16 weights (drawn on the GPU: initialising
-    8B parameters on the CPU took minutes) in safetensors shards of at most 5 GB with their index."""
-    from safetensors.torch import save_file
+    """config + tokenizer from bench_shapes, random bf16 weights drawn on the GPU (initialising 8B
+    parameters on the CPU took minutes)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     write_shape_folder(SHAPE, folder)
@@ -40,24 +39,7 @@ def _source(folder: Path, layers: int | None) -> Path:
     config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
         shapes = {name: tuple(t.shape) for name, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    for name, shape in shapes.items():
-        if "norm" in name:
-            tensor = torch.ones(shape, dtype=torch.bfloat16)
-        else:
-            tensor = (torch.randn(shape, generator=gen, device="cuda") * 0.02).to(torch.bfloat16).cpu()
-        if shards[-1] and sum(t.nbytes for t in shards[-1].values()) + tensor.nbytes > 5e9:
-            shards.append({})
-        shards[-1][name] = tensor
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
-    total = sum(t.nbytes for shard in shards for t in shard.values())
-    (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    total = write_random_weights(folder, shapes, "cuda")
     print(f"random {SHAPE} ({config.num_hidden_layers} layers, {total / 1e9:.1f} GB) written in "
           f"{time.monotonic() - start:.0f} s", flush=True)
     return folder

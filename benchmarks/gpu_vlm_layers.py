@@ -14,7 +14,6 @@ transformers leaves some tensors of a model built on a GPU (uninitialised memory
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,15 +26,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gpu_vlm import SHAPES, question, write_model_files  # noqa: E402  (the sibling benchmark)
 
 from app.engine import Engine, EngineConfig, GenerationConfig  # noqa: E402
+from app.engine.bench_shapes import write_random_weights  # noqa: E402
 from app.engine.models.decoder import DecoderLayer  # noqa: E402
 from app.engine.vision.prompts import load_processor, split_images  # noqa: E402
 
 
 def write_random_checkpoint(folder: Path, shape: str, device: str) -> None:
-    """gpu_vlm's model files, and every weight drawn on ``device`` (normal, std 0.02; norm
-    weights ones), saved in bf16 shards of at most 5 GB with their index."""
+    """gpu_vlm's model files, and every weight drawn on ``device`` (bench_shapes.write_random_weights)."""
     import transformers
-    from safetensors.torch import save_file
 
     if (folder / "model.safetensors.index.json").is_file():
         return
@@ -43,25 +41,10 @@ def write_random_checkpoint(folder: Path, shape: str, device: str) -> None:
     started = time.monotonic()
     with torch.device("meta"):
         shapes = {n: tuple(t.shape) for n, t in transformers.Qwen2_5_VLForConditionalGeneration(config).state_dict().items()}
-    gen = torch.Generator(device=device).manual_seed(0)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    for name, size in shapes.items():
-        if "norm" in name and len(size) == 1:
-            tensor = torch.ones(size, dtype=torch.bfloat16)
-        else:
-            tensor = (torch.randn(size, generator=gen, device=device) * 0.02).to(torch.bfloat16).cpu()
-        if shards[-1] and sum(t.nbytes for t in shards[-1].values()) + tensor.nbytes > 5e9:
-            shards.append({})
-        shards[-1][name] = tensor
-    weight_map = {}
-    for i, shard in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
+    write_random_weights(folder, shapes, device)
     config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
     config.dtype = torch.bfloat16
     config.save_pretrained(folder)
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     print(f"random {shape} written in {time.monotonic() - started:.0f} s", flush=True)
 
 

@@ -57,3 +57,33 @@ def write_shape_folder(shape: str, folder: Path) -> Path:
         write_word_tokenizer(folder, config["vocab_size"], bos_token="<0>", eos_token="<1>")
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def write_random_weights(folder: Path, shapes: dict[str, tuple[int, ...]], device: str, std: float = 0.02,
+                         shard_bytes: float = 5e9) -> int:
+    """A checkpoint of random bf16 weights for a transformers model's tensors (name -> shape), for
+    benchmarks that feed it to transformers as well: normal(0, std) drawn on ``device`` (fast on a
+    GPU, and every tensor written, unlike a model built there by transformers), norm weights ones;
+    safetensors shards of at most ``shard_bytes`` with their index. Returns the bytes written."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    for name, size in shapes.items():
+        if "norm" in name and len(size) == 1:
+            tensor = torch.ones(size, dtype=torch.bfloat16)
+        else:
+            tensor = (torch.randn(size, generator=gen, device=device) * std).to(torch.bfloat16).cpu()
+        if shards[-1] and sum(t.nbytes for t in shards[-1].values()) + tensor.nbytes > shard_bytes:
+            shards.append({})
+        shards[-1][name] = tensor
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, folder / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    total = sum(t.nbytes for shard in shards for t in shard.values())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return total

@@ -301,13 +301,15 @@ def _cuda_kernel():
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("m", [1, 2, 4, 8])
+@pytest.mark.parametrize("m", [1, 2, 4, 8, 9, 16, 33, 64, 128])
 @pytest.mark.parametrize("k,n", LLAMA_8B)
 def test_cuda_w4a16_llama_shapes(llama_weights, k, n, m, dtype):
+    """The GEMV (up to MAX_M rows) and the tensor-core GEMM (past it) at Llama-3-8B's shapes."""
     w4a16_cuda = _cuda_kernel()
+    kernel = w4a16_cuda.w4a16_gemv if m <= w4a16_cuda.MAX_M else w4a16_cuda.w4a16_gemm
     x, qweight, qzeros, scales, ref = _llama_case(llama_weights, k, n, m, dtype, seed=m)
     y = torch.full_like(ref, float("nan"))  # every element must be written
-    w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 128, out=y)
+    kernel(x, qweight, qzeros, scales, 128, out=y)
     err = rel_error(y, ref)
     assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
 
@@ -348,21 +350,6 @@ def test_cuda_w4a16_splits_and_ragged_tiles(m, k, n, group, splits):
         assert torch.equal(first, again)
         err = rel_error(first, ref)
         assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
-
-
-@gpu
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("m", [9, 16, 33, 64, 128])
-@pytest.mark.parametrize("k,n", LLAMA_8B)
-def test_cuda_w4a16_gemm_llama_shapes(llama_weights, k, n, m, dtype):
-    """The tensor-core GEMM (decode batches past the GEMV's) at Llama-3-8B's shapes."""
-    w4a16_cuda = _cuda_kernel()
-    x, qweight, qzeros, scales, ref = _llama_case(llama_weights, k, n, m, dtype, seed=m)
-    y = torch.full_like(ref, float("nan"))  # every element must be written
-    w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, 128, out=y)
-    err = rel_error(y, ref)
-    assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
 
 
 @gpu
