@@ -81,7 +81,13 @@ class _Submit:
 
 
 class Engine:
-    def __init__(self) -> None:
+    def __init__(self, collect: Callable[[], object] = gc.collect) -> None:
+        """``collect`` runs on the engine thread after a model is let go (an unload, a load that
+        failed) to free what the model kept in reference cycles: gc.collect by default. A collection
+        frees every unreachable object, on the thread that runs it; an app whose objects must die on
+        a thread of its own (Qt's, on the GUI thread) passes a function that has it done there
+        (app/ui/collector.py)."""
+        self._collect = collect
         self._commands: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
         self._core: EngineCore | None = None
@@ -207,7 +213,7 @@ class Engine:
             self._core = self._start_core(config, model_dir, checked, on_progress)
         except BaseException:
             self._stats = {"state": "empty"}
-            _release_memory()
+            self._release_memory()
             raise
         self._core.watch(lambda: self._commands.put(("wake",)))
         self._stats = {"state": "idle", **self._core.stats()}
@@ -243,14 +249,13 @@ class Engine:
         self._core.close()
         self._core = None
         self._stats = {"state": "empty", **({"error": str(failure)} if failure else {})}
-        _release_memory()
+        self._release_memory()
 
     def _drop_failed(self) -> None:
         """A tensor-parallel rank failed: the model is unloaded, the engine stays up for the next load."""
         self._do_unload(TensorParallelError(self._core.failure))
 
-
-def _release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    def _release_memory(self) -> None:
+        self._collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -11,7 +11,6 @@ engine has even seen it.
 
 from __future__ import annotations
 
-import gc
 import threading
 from concurrent.futures import Future
 from dataclasses import fields
@@ -49,6 +48,9 @@ class EngineBridge(QObject):
     finished = Signal(int, dict)  # reply key, {"finish_reason", "error", "error_type", "stats"}
     server_state = Signal(dict)  # {"running", "url", "error"}
     server_request = Signal(dict)  # one served request: time, client, endpoint, tokens, tok/s, status
+    # The engine let a model go: what it kept in reference cycles waits for a collection on the GUI
+    # thread (app/ui/collector.py), never on the engine's, where it would free Qt objects too.
+    collect_requested = Signal()
 
     def __init__(self) -> None:
         super().__init__()
@@ -71,7 +73,7 @@ class EngineBridge(QObject):
         if self._engine is None:  # created in the bridge's thread, on first use
             from app.engine import Engine
 
-            self._engine = Engine()
+            self._engine = Engine(collect=self.collect_requested.emit)
         return self._engine
 
     @Slot(dict)
@@ -84,7 +86,6 @@ class EngineBridge(QObject):
             self.load_failed.emit(f"unknown engine settings: {', '.join(unknown)}")
             return
         self.state_changed.emit("loading")
-        gc.unfreeze()  # the model being replaced: its objects back in the collector's view (collector.py)
         if options.get("model") is None:  # the starter model, converted here on first use (slow)
             from app.library import resolve_model
 
@@ -99,7 +100,6 @@ class EngineBridge(QObject):
 
     def _on_loaded(self, future: Future) -> None:  # runs on the engine thread
         error = future.exception()
-        gc.freeze()  # what the model holds stays until the next load: out of the collector's passes
         if error is None:  # the stats first: "ready" then finds the window knowing the model
             self.loaded.emit(future.result())
             self.state_changed.emit("ready")
@@ -143,7 +143,6 @@ class EngineBridge(QObject):
 
     @Slot()
     def _unload(self) -> None:
-        gc.unfreeze()
         if self._engine is not None:
             self._engine.unload().result()
         self.state_changed.emit("empty")

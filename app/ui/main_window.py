@@ -90,6 +90,7 @@ class MainWindow(QMainWindow):
             self.statusBar().addPermanentWidget(label)
         # Queued to this window's (the GUI) thread: the bridge emits from its own and the engine's threads.
         queued = Qt.ConnectionType.QueuedConnection
+        self.collector.watch(bridge)
         bridge.state_changed.connect(self._on_state, queued)
         bridge.loaded.connect(self._on_loaded, queued)
         bridge.load_progress.connect(self._on_load_progress, queued)

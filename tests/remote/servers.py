@@ -4,12 +4,13 @@ a process of its own, as a user runs it, or the project's server over an Engine 
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,8 +21,10 @@ KEY = "sk-test-7f3a9c"  # what the served endpoints want
 
 
 @contextmanager
-def loaded_engine(model: Path, **config) -> Iterator[Engine]:
-    with Engine() as engine:
+def loaded_engine(model: Path, collect: Callable[[], object] = gc.collect, **config) -> Iterator[Engine]:
+    """An engine in this process, on the CPU; ``collect`` as Engine's (a window's tests pass one
+    that leaves the collection to the GUI thread, tests/ui/conftest.py)."""
+    with Engine(collect=collect) as engine:
         engine.load(EngineConfig(model=model, device="cpu", **config)).result()
         yield engine
 

@@ -28,8 +28,7 @@ def bridge(qtbot, tiny_model_factory):
 def test_reply_streams_in_several_updates_without_stalling_the_gui(qtbot, bridge) -> None:
     deltas: list[tuple[int, str, int]] = []
     bridge.delta.connect(lambda key, text, n: deltas.append((key, text, n)))
-    beat = Heartbeat()
-    with qtbot.waitSignal(bridge.finished, timeout=60_000) as done:
+    with Heartbeat() as beat, qtbot.waitSignal(bridge.finished, timeout=60_000) as done:
         bridge.request_generate.emit(7, CHAT, {"temperature": 0.0, "max_new_tokens": 40, "ignore_eos": True})
     key, result = done.args
     assert key == 7 and result["finish_reason"] == "length" and result["error"] is None

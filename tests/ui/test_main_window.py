@@ -160,8 +160,8 @@ def test_regenerate_edit_and_resend_and_a_responsive_window(qtbot, open_window, 
     folder, _ = tiny_model_factory("llama")
     window = open_window(folder)
     chat = window.chat
-    beat = Heartbeat()
-    first = send(qtbot, window, "Hello there", temperature=0.0, max_new_tokens=60, ignore_eos=True)
+    with Heartbeat() as beat:
+        first = send(qtbot, window, "Hello there", temperature=0.0, max_new_tokens=60, ignore_eos=True)
     assert beat.longest < 0.1, f"the GUI thread stalled {beat.longest * 1e3:.0f} ms while a reply streamed"
     stats = first["info"]["stats"]
     assert stats["completion_tokens"] == 60

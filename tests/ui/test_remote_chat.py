@@ -120,8 +120,8 @@ def test_a_served_model_is_picked_and_answers_streamed_and_stored_like_a_local_o
     assert KEY not in (tmp_path / "endpoints.json").read_text()
 
     pick(window, remote)
-    beat = Heartbeat()
-    result = send(qtbot, window, QUESTION, temperature=0.0, max_new_tokens=48)
+    with Heartbeat() as beat:
+        result = send(qtbot, window, QUESTION, temperature=0.0, max_new_tokens=48)
     assert beat.longest < 0.1, f"the GUI thread stalled {beat.longest * 1e3:.0f} ms while a remote reply streamed"
     info, chat = result["info"], window.chat
     assert info["finish_reason"] == "stop" and info["error"] is None
@@ -228,8 +228,8 @@ def test_a_dead_endpoint_is_said_in_the_chat_and_the_window_keeps_working(qtbot,
     remote = f"{starter_model.name} — Old box (remote)"
     assert offered(window) == [local, remote]
     pick(window, remote)
-    beat = Heartbeat()
-    result = send(qtbot, window, QUESTION, temperature=0.0, max_new_tokens=48)
+    with Heartbeat() as beat:
+        result = send(qtbot, window, QUESTION, temperature=0.0, max_new_tokens=48)
     assert beat.longest < 0.1, f"the GUI thread stalled {beat.longest * 1e3:.0f} ms"
     chat = window.chat
     said = f"Could not connect to Old box ({url}): connection refused. Is the server running, and is the address right?"
@@ -255,7 +255,10 @@ def test_a_picture_goes_to_a_remote_vision_model(qtbot, open_window, tmp_path) -
     from tests.tiny_models import write_tiny_llava
 
     write_tiny_llava(tmp_path / "tiny-llava")
-    with loaded_engine(tmp_path / "tiny-llava", dtype="float32") as engine, serving(engine, api_key=None) as server:
+    # Its model let go without a collection on the engine's thread, which would free the window's Qt
+    # objects there too: the one after the test does it, on the GUI thread (tests/ui/conftest.py).
+    with loaded_engine(tmp_path / "tiny-llava", collect=lambda: None, dtype="float32") as engine, \
+            serving(engine, api_key=None) as server:
         window = open_window()
         add_endpoint(qtbot, window, "Vision box", server.base_url, "")
         chat = window.chat
