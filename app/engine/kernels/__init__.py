@@ -98,10 +98,11 @@ def _triton_ops() -> Ops:
     )
 
 
-def _cuda_gemv_takes(x: torch.Tensor) -> bool:
+def _cuda_w4a16_takes(x: torch.Tensor) -> bool:
+    """Whether the CUDA W4A16 kernels (csrc/w4a16) are built and take x's dtype and device."""
     from app.engine.kernels import w4a16_cuda
 
-    return x.shape[0] <= w4a16_cuda.MAX_M and x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.available()
+    return x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.available()
 
 
 def _w4a16_gpu(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
@@ -113,12 +114,10 @@ def _w4a16_gpu(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, sca
     from app.engine.kernels import w4a16_cuda
     from app.engine.kernels.triton import w4a16
 
-    m = x.shape[0]
-    if _cuda_gemv_takes(x):
+    m, cuda = x.shape[0], _cuda_w4a16_takes(x)
+    if cuda and m <= w4a16_cuda.MAX_M:
         return w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group_size)
-    cuda_gemm = (x.dtype in w4a16_cuda.DTYPES and x.is_cuda and w4a16_cuda.gemm_takes(qweight.shape[0], group_size)
-                 and w4a16_cuda.available())
-    if cuda_gemm and m < CUDA_GEMM_ROWS:
+    if cuda and m < CUDA_GEMM_ROWS and w4a16_cuda.gemm_takes(qweight.shape[0], group_size):
         return w4a16_cuda.w4a16_gemm(x, qweight, qzeros, scales, group_size)
     if m >= DEQUANTIZE_ROWS:
         return x @ w4a16.dequantize(qweight, qzeros, scales, group_size, x.dtype)
@@ -132,7 +131,7 @@ def _w4a16_silu_mul_gpu(gate_up: torch.Tensor, qweight: torch.Tensor, qzeros: to
     from app.engine.kernels import w4a16_cuda
     from app.engine.kernels.triton import silu_mul
 
-    if _cuda_gemv_takes(gate_up):
+    if gate_up.shape[0] <= w4a16_cuda.MAX_M and _cuda_w4a16_takes(gate_up):
         return w4a16_cuda.w4a16_gemv(gate_up, qweight, qzeros, scales, group_size, silu_mul=True)
     return _w4a16_gpu(silu_mul(gate_up), qweight, qzeros, scales, group_size)
 

@@ -71,11 +71,11 @@ def _workspace(device: torch.device, nbytes: int, kernel: str) -> torch.Tensor:
 
 
 def _checked(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
-             x_features: int | None = None) -> tuple[int, int, torch.Tensor]:
-    """(K, N, x as contiguous rows) after checking the operands."""
+             gate_up: bool = False) -> tuple[int, int, torch.Tensor]:
+    """(K, N, x as contiguous rows) after checking the operands; with gate_up, x is [..., 2K]."""
     k, n = check_shapes(qweight, qzeros, scales, group_size)
-    if x.shape[-1] != (x_features or k):
-        raise ValueError(f"x has {x.shape[-1]} features, the weight {k}" + (" (x is gate | up)" if x_features else ""))
+    if x.shape[-1] != (2 * k if gate_up else k):
+        raise ValueError(f"x has {x.shape[-1]} features, the weight {k}" + (" (x is gate | up)" if gate_up else ""))
     if x.dtype not in _DTYPE_FLAGS or scales.dtype != torch.float16:
         raise ValueError(f"x must be float16 or bfloat16 and scales float16, got {x.dtype} and {scales.dtype}")
     tensors = (qweight, qzeros, scales)
@@ -103,8 +103,7 @@ def w4a16_gemv(
     `out` (contiguous) is written when given. splits: K slices per column tile, 0 = automatic.
     silu_mul: x is [..., 2K], gate | up, and the product takes silu(gate) * up (SwiGLU's down
     projection, without a separate activation kernel)."""
-    k = check_shapes(qweight, qzeros, scales, group_size)[0]
-    k, n, x2 = _checked(x, qweight, qzeros, scales, group_size, 2 * k if silu_mul else None)
+    k, n, x2 = _checked(x, qweight, qzeros, scales, group_size, gate_up=silu_mul)
     m = x2.shape[0]
     if not 1 <= m <= MAX_M:
         raise ValueError(f"the CUDA W4A16 GEMV takes 1..{MAX_M} rows, got {m}")
