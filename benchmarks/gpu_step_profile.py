@@ -4,6 +4,7 @@ step (scheduling, staging, sampling, detokenization), with the fused decode laye
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -71,6 +72,7 @@ def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) ->
             graph.replay()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+    print_kernels_by_launch_shape(prof, replays=20)
     if batch > 1:  # a mixed step: these decodes plus one 512-token prompt, eager
         core.add_request([100 + j % 1000 for j in range(512)], GenerationConfig(temperature=0, max_new_tokens=4),
                          lambda d: None)
@@ -92,6 +94,24 @@ def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) ->
             core.step()
             torch.cuda.synchronize()
         pstats.Stats(host).sort_stats("tottime").print_stats(18)
+
+
+def print_kernels_by_launch_shape(prof, replays: int) -> None:
+    """Kernel time per step grouped by kernel and grid, which tells apart the linears of one kernel
+    (under programmatic dependent launch a kernel's span includes its wait on the one before: run
+    with LMSTATION_PDL=0 for durations that add up)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as trace:
+        prof.export_chrome_trace(trace.name)
+        events = json.loads(Path(trace.name).read_text())["traceEvents"]
+    groups: dict[tuple[str, str], list[float]] = {}
+    for event in events:
+        if event.get("cat") == "kernel":
+            key = (event["name"][:60], str(event.get("args", {}).get("grid")))
+            groups.setdefault(key, []).append(event["dur"])
+    print(f"{'kernel':60s} {'grid':>16s} {'calls/step':>10s} {'us/call':>8s} {'us/step':>8s}")
+    for (name, grid), durations in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
+        print(f"{name:60s} {grid:>16s} {len(durations) / replays:10.1f} {sum(durations) / len(durations):8.2f} "
+              f"{sum(durations) / replays:8.1f}")
 
 
 if __name__ == "__main__":

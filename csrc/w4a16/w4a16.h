@@ -43,7 +43,7 @@ extern "C" {
 #define LMS_API __attribute__((visibility("default")))
 #endif
 
-#define LMS_W4A16_ABI_VERSION 4
+#define LMS_W4A16_ABI_VERSION 5
 #define LMS_W4A16_MAX_M 8
 
 /* dtype flag for x and y */
@@ -62,6 +62,7 @@ extern "C" {
 #define LMS_W4A16_ERR_ALIGN -3     /* scales not 16-byte aligned, or a null pointer */
 #define LMS_W4A16_ERR_WORKSPACE -4 /* workspace smaller than lms_w4a16_workspace_bytes() */
 #define LMS_W4A16_ERR_ACTIVATION -5 /* unknown activation flag */
+#define LMS_W4A16_ERR_FUSION -6    /* a fusion the shape or the other arguments do not allow */
 
 /* LMS_W4A16_ABI_VERSION of the built library (a prebuilt one may be older than the headers). */
 LMS_API int lms_w4a16_abi_version(void);
@@ -70,14 +71,45 @@ LMS_API int lms_w4a16_abi_version(void);
  * automatic, as there) on the current device; 0 when it needs none. Returns an error code. */
 LMS_API int lms_w4a16_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t group_size, int splits, int64_t* bytes);
 
+/* What a decode step does around a linear, done by the GEMV itself (each saves a kernel launch,
+ * which at batch 1 costs about as much as a small linear's weights take to stream):
+ *
+ * Prologue, the RMSNorm before a projection (norm_weight not NULL): the product takes
+ *   h = x + residual (rounded to x's dtype; h = x without a residual),
+ *   x' = (h / rms(h), rounded) * norm_weight (rounded), rms over each row of K in fp32,
+ * and h goes to residual_out (with a residual), whole rows, written once. x, residual, residual_out
+ * and norm_weight are 16-byte aligned [M, K] ([K]) in x's dtype; K % 8 == 0; not with silu-mul.
+ *
+ * Epilogue: + bias ([N], x's dtype, or NULL) on each output, rounded as a separate addition would.
+ * Then, with q_heads > 0, the qkv projection of a decode step: the N = (q_heads + 2 kv_heads) *
+ * head_dim outputs are q, k and v heads; q and k heads are rotated (the "rotate half" layout: pair
+ * (j, j + head_dim / 2) by the row's cos[j], sin[j], [M, head_dim / 2] in x's dtype, in fp32), q
+ * goes to y ([M, q_heads * head_dim]), k and v to the caches at the row's slot (an int64 [M]; a
+ * negative slot writes nothing): k_cache[slot][kv head][:], v_cache likewise, contiguous rows of
+ * x's dtype. head_dim must divide 256 (a column tile) and be even. */
+typedef struct lms_w4a16_fusion {
+  const void* norm_weight;
+  const void* residual;
+  void* residual_out;
+  float eps;
+  const void* bias;
+  int q_heads, kv_heads, head_dim;
+  const void* cos;
+  const void* sin;
+  const int64_t* slots;
+  void* k_cache;
+  void* v_cache;
+} lms_w4a16_fusion;
+
 /* y = x @ W on `stream` (a cudaStream_t; NULL for the default stream) of the current device.
  * splits: how many blocks share K for each column tile; 0 picks it from the shape and the
  * device's multiprocessor count (the engine's choice); a positive value is clamped to what the
- * shape allows. Asynchronous: returns once the kernel is queued. */
+ * shape allows. fusion: the prologue and epilogue above, or NULL for none. Asynchronous: returns
+ * once the kernel is queued. */
 LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t* qzeros, const void* scales,
                            void* y, int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype,
-                           int activation, void* workspace, int64_t workspace_bytes, int splits,
-                           void* stream);
+                           int activation, const lms_w4a16_fusion* fusion, void* workspace,
+                           int64_t workspace_bytes, int splits, void* stream);
 
 /* The tensor-core GEMM, for any number of rows (meant for 9 to ~175: decode batches; the GEMV
  * serves fewer). x and W as for lms_w4a16_gemv (no activation flag); x 16-byte aligned, and

@@ -35,16 +35,25 @@ __device__ __forceinline__ uint32_t half2_bits(__half2 h) {
   return bits;
 }
 
+// (a & mask) | bits in one LOP3. Written in C++, the compiler emits an AND and an OR (two 32-bit
+// immediates do not fit one instruction); here ptxas keeps one of them in a register.
+template <uint32_t kMask, uint32_t kBits>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "n"(kMask), "n"(kBits));  // 0xea: (a & b) | c
+  return d;
+}
+
 // The 4 column pairs of a word as half2 values "magic + q": pair j holds field j of both 16-bit
 // halves (columns 2j and 2j + 1). Fields 0 and 2 (bits 0-3, 8-11) or-ed into 1024.0 (0x6400, unit
 // 1) give 1024 + q; fields 1 and 3 (bits 4-7, 12-15) or-ed into 64.0 (0x5400, unit 1/16) give
 // 64 + q. One LOP3 a pair, plus one shift a word.
 __device__ __forceinline__ void magic_pairs(uint32_t word, __half2 (&out)[4]) {
   const uint32_t high = word >> 8;
-  out[0] = bits_as_half2((word & 0x000F000Fu) | 0x64006400u);
-  out[1] = bits_as_half2((word & 0x00F000F0u) | 0x54005400u);
-  out[2] = bits_as_half2((high & 0x000F000Fu) | 0x64006400u);
-  out[3] = bits_as_half2((high & 0x00F000F0u) | 0x54005400u);
+  out[0] = bits_as_half2(and_or<0x000F000Fu, 0x64006400u>(word));
+  out[1] = bits_as_half2(and_or<0x00F000F0u, 0x54005400u>(word));
+  out[2] = bits_as_half2(and_or<0x000F000Fu, 0x64006400u>(high));
+  out[3] = bits_as_half2(and_or<0x00F000F0u, 0x54005400u>(high));
 }
 
 // Programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it).

@@ -15,23 +15,33 @@
 //   deterministic) and writes y.
 // - Coalescing. Each warp reads one row of the tile per load (32 consecutive words, one per
 //   lane: one cache line); the block's 8 warps take chunks of R consecutive rows of K in turn.
-//   Each thread loads its next chunk while it computes on the current one.
+//   A thread holds a ring of S chunks in registers, all requested before it waits on the previous
+//   kernel; each is refilled as soon as it has been used.
 // - Dequantisation two weights per instruction. Or-ing a pair of nibble fields (one in each 16-bit
 //   half of a word) into the bits of an fp16 power of two makes the half2 "magic + q" for two
-//   columns at once; subtracting the zero point made the same way leaves q - z exactly, and one
-//   multiply by the scale pair gives the weights: per 8 weights a shift, 4 LOP3, 4 HSUB2 and 4
-//   HMUL2, then one HFMA2 per column pair and row of x. The nibble order (0 2 4 6 1 3 5 7) puts
-//   columns 0, 2, 4, 6 in the low half-word and 1, 3, 5, 7 in the high one, so a pair is two
-//   neighbouring columns. The products are summed in fp16 over a chunk (16 or 8 rows, one
-//   quantisation group), then added into fp32 accumulators. (The fp32 version of this, one
-//   weight per instruction, left the kernel issue-bound at ~1.55 TB/s in the engine.)
+//   columns at once; subtracting the zero point made the same way leaves q - z exactly: per 8
+//   weights a shift, 4 LOP3 and 4 HSUB2, then one HFMA2 per column pair and row of x. The nibble
+//   order (0 2 4 6 1 3 5 7) puts columns 0, 2, 4, 6 in the low half-word and 1, 3, 5, 7 in the
+//   high one, so a pair is two neighbouring columns. The products x * (q - z) are summed in fp16
+//   over a chunk (16 or 8 rows, inside one quantisation group), and the chunk's sum is multiplied
+//   by the scales into fp32 accumulators (at M > 4 each weight is scaled instead: registers). The
+//   main loop is ~21 instructions per word (SASS, M = 1); it was 28 with a scale multiply per
+//   weight and the compiler's AND + OR pairs for each LOP3, without changing the time at batch 1
+//   (not issue-bound: Nsight Compute shows the warps waiting on loads and barriers, ~50% of the
+//   DRAM bandwidth on gate_up).
 // - x is staged once per block in shared memory as fp16 pairs (x, x) ([row][m], so a thread reads
 //   all M values of a row together), computed there from gate | up for a SwiGLU down projection
-//   (which saves the launch of a separate silu-mul kernel and its round trip through memory); sums stay in registers and are reduced once at the end, across
-//   warps through shared memory.
+//   (which saves the launch of a separate silu-mul kernel and its round trip through memory),
+//   scaled down by a power of two when its largest value could overflow a chunk's fp16 sums.
+//   Sums stay in registers and are reduced once at the end, across warps through shared memory.
 // - Programmatic dependent launch (Hopper and later): a kernel lets the next one start at once,
 //   and waits for the previous one only after its first weights are on their way; only x and the
 //   workspace depend on earlier kernels. So one GEMV's ramp-up hides under the last one's tail.
+// - Fusions for decode steps (lms_w4a16_fusion, see w4a16.h): a layer's RMSNorm runs while x is
+//   staged (every block first sums the squares of whole rows, a few KB read from L2), and the
+//   block that finishes a column tile adds the bias and, for the qkv projection, rotates q and k
+//   (a tile holds whole heads: the pair partner is a shared-memory read away) and stores k and v
+//   into the cache. Each fusion is a launch fewer, worth ~2-3 us at batch 1.
 
 #include "w4a16.h"
 #include "w4a16_common.cuh"
@@ -48,11 +58,19 @@ constexpr int kMaxSharedX = 32 * 1024;     // bytes of x staged per block (with 
 constexpr int kCounterBytes = 64 * 1024;   // the workspace's counter area, the same for every shape
 static_assert(kTileCols == kThreads, "the final phase gives each thread one column of the tile");
 
-// Rows per chunk: 16 while the accumulators are few (more bytes in flight per thread), else 8.
-// Both divide every allowed group size (a multiple of 16).
-__host__ __device__ constexpr int chunk_rows(int m) { return m <= 4 ? 16 : 8; }
-// Blocks per SM the registers allow (the kernel's launch bounds): batch 1 needs fewer registers.
-__host__ __device__ constexpr int blocks_per_sm(int m) { return m == 1 ? 3 : 2; }
+// How an instance streams the weight: rows of K per chunk (a thread's load, 4 bytes a row; a
+// divisor of every allowed group size), chunks a thread holds in registers (all requested before
+// waiting on the previous kernel, then each refilled as soon as it is used), and blocks per SM
+// (the launch bounds: what the registers allow).
+struct Tuning {
+  int rows, stages, blocks;
+};
+// Measured in the engine at batch 1 (H100, Llama-3-8B shape, 2026-11-27): {16, 2, 3} 365 tok/s,
+// {32, 2, 2} 369, {16, 4, 2} 357, {16, 3, 2} 379 and {8, 3, 3} 377 against {16, 2, 3}'s 407 on an
+// H200: deeper rings at lower occupancy buy nothing.
+constexpr Tuning kOneRowTuning = {16, 2, 3};  // M = 1: fewer registers, three blocks an SM
+constexpr Tuning kSmallTuning = {16, 2, 2};   // M = 2..4
+constexpr Tuning kLargeTuning = {8, 2, 2};    // M = 5..8: more accumulators, fewer rows
 
 struct Params {
   const void* x;
@@ -64,7 +82,131 @@ struct Params {
   unsigned int* counters;  // [column tiles], zero between launches
   int n, k, group, words, chunks, splits;
   bool silu_mul;  // x is [M, 2K], gate | up: the product takes silu(gate) * up
+  lms_w4a16_fusion fusion;  // all zero without one
 };
+
+template <typename T>
+__device__ __forceinline__ float round_to(float v) { return to_float(from_float<T>(v)); }
+
+// 8 values from a 16-byte aligned address.
+template <typename T>
+__device__ __forceinline__ void load8(const T* at, float (&out)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(at);
+  const T* v = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = to_float(v[i]);
+}
+
+// The RMSNorm prologue's 1 / rms of each row of h = x (+ residual), over all of K: into inv[m]
+// (partial: kWarps rows of LMS_W4A16_MAX_M floats of shared scratch).
+template <typename T, int M>
+__device__ __forceinline__ void inverse_rms(const Params& p, float (*partial)[LMS_W4A16_MAX_M], float* inv) {
+  const T* x = static_cast<const T*>(p.x);
+  const T* residual = static_cast<const T*>(p.fusion.residual);
+  float squares[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) squares[m] = 0.0f;
+#pragma unroll 2
+  for (int at = threadIdx.x * 8; at < p.k; at += kThreads * 8) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      float h[8], r[8];
+      load8(x + static_cast<size_t>(m) * p.k + at, h);
+      if (residual) {
+        load8(residual + static_cast<size_t>(m) * p.k + at, r);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) h[i] = round_to<T>(h[i] + r[i]);
+      }
+#pragma unroll
+      for (int i = 0; i < 8; ++i) squares[m] += h[i] * h[i];
+    }
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) squares[m] += __shfl_xor_sync(0xFFFFFFFFu, squares[m], offset);
+    if (lane == 0) partial[warp][m] = squares[m];
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += partial[w][threadIdx.x];
+    inv[threadIdx.x] = rsqrtf(total / p.k + p.fusion.eps);
+  }
+  __syncthreads();
+}
+
+// Row m, input `row` of the product's x, as the unfused ops would hand it over: x itself,
+// silu(gate) * up, or the RMSNorm of x + residual (block (0, s) storing x + residual).
+template <typename T>
+__device__ __forceinline__ float staged_input(const Params& p, int m, int row, const float* inv) {
+  const T* x = static_cast<const T*>(p.x);
+  if (p.silu_mul) {
+    const T* gate = x + static_cast<size_t>(m) * 2 * p.k + row;
+    const float g = to_float(*gate);
+    return g / (1.0f + __expf(-g)) * to_float(gate[p.k]);
+  }
+  const size_t at = static_cast<size_t>(m) * p.k + row;
+  float v = to_float(x[at]);
+  if (!p.fusion.norm_weight) return v;
+  if (p.fusion.residual) {
+    v = round_to<T>(v + to_float(static_cast<const T*>(p.fusion.residual)[at]));
+    if (blockIdx.x == 0) static_cast<T*>(p.fusion.residual_out)[at] = from_float<T>(v);
+  }
+  return round_to<T>(round_to<T>(v * inv[m]) * to_float(static_cast<const T*>(p.fusion.norm_weight)[row]));
+}
+
+// The tile's outputs from their fp32 sums (thread t: column t of the tile), with the epilogue:
+// + bias, then y; or for the qkv projection, rotary on q and k, q to y, k and v to the cache.
+// Called by all threads of a block (it may synchronise); scratch holds M * kTileCols floats.
+template <typename T, int M>
+__device__ __forceinline__ void write_outputs(const Params& p, int tile, const float (&sums)[M], float* scratch) {
+  const int tid = threadIdx.x, col = tile * kTileCols + tid;
+  const bool col_ok = col < p.n;
+  const T* bias = static_cast<const T*>(p.fusion.bias);
+  float v[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) v[m] = round_to<T>(bias && col_ok ? round_to<T>(sums[m]) + to_float(bias[col]) : sums[m]);
+  T* y = static_cast<T*>(p.y);
+  const lms_w4a16_fusion& f = p.fusion;
+  if (f.q_heads == 0) {
+    if (col_ok)
+#pragma unroll
+      for (int m = 0; m < M; ++m) y[static_cast<size_t>(m) * p.n + col] = from_float<T>(v[m]);
+    return;
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) scratch[m * kTileCols + tid] = v[m];
+  __syncthreads();
+  if (!col_ok) return;
+  const int half = f.head_dim / 2, head = col / f.head_dim, j = col - head * f.head_dim;
+  if (head < f.q_heads + f.kv_heads) {  // q or k: rotate the pair (j, j + half)
+    const bool low = j < half;
+    const int partner = low ? tid + half : tid - half, pair = low ? j : j - half;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float c = to_float(static_cast<const T*>(f.cos)[m * half + pair]);
+      const float s = to_float(static_cast<const T*>(f.sin)[m * half + pair]);
+      const float other = scratch[m * kTileCols + partner];
+      v[m] = low ? v[m] * c - other * s : v[m] * c + other * s;
+    }
+  }
+  if (head < f.q_heads) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) y[static_cast<size_t>(m) * f.q_heads * f.head_dim + col] = from_float<T>(v[m]);
+    return;
+  }
+  const bool is_key = head < f.q_heads + f.kv_heads;
+  const int kv_head = head - f.q_heads - (is_key ? 0 : f.kv_heads);
+  T* cache = static_cast<T*>(is_key ? f.k_cache : f.v_cache);
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const int64_t slot = f.slots[m];
+    if (slot >= 0) cache[(slot * f.kv_heads + kv_head) * f.head_dim + j] = from_float<T>(v[m]);
+  }
+}
 
 // What a thread needs for one chunk: its word of each of the R rows, the zero-point word and the
 // 8 scales of the chunk's group.
@@ -87,15 +229,18 @@ __device__ __forceinline__ void load_chunk(const Params& p, int chunk, int word,
 }
 
 // acc[m][c] += sum over the chunk's rows of x[row][m] * W[row][c], for the thread's 8 columns.
-// Per word: magic + q minus magic + z (exact: small integers), times the scale (the weight
-// itself, so the fp16 sums stay at the size of the products), then one HFMA2 per column pair and
-// row of x. The chunk's sums (R rows) are then added into the fp32 accumulators.
+// A chunk lies in one quantisation group, so the scale multiplies the chunk's sum once:
+// sums = sum over rows of x * (q - z) in fp16 (magic + q minus magic + z: exact small integers;
+// one HFMA2 per column pair and row of x), then acc += scale * sums in fp32. The staged x is scaled
+// so that these sums cannot overflow (see stage_x). From 5 rows of x on, the scales would stay
+// live across the chunk and spill registers: there each weight is scaled as it is made.
 template <int M, int R>
 __device__ __forceinline__ void compute_chunk(const Chunk<R>& ch, const __half2* __restrict__ x_rows,
                                               float (&acc)[M][8]) {
+  constexpr bool kFoldScale = M <= 4;
+  const __half2* scale = reinterpret_cast<const __half2*>(&ch.s);  // pair j: columns 2j, 2j + 1
   __half2 zero[4], sums[M][4];
   magic_pairs(ch.z, zero);
-  const __half2* scale = reinterpret_cast<const __half2*>(&ch.s);  // pair j: columns 2j, 2j + 1
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
@@ -105,7 +250,7 @@ __device__ __forceinline__ void compute_chunk(const Chunk<R>& ch, const __half2*
     __half2 w[4];
     magic_pairs(ch.w[r], w);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) w[j] = __hmul2(__hsub2(w[j], zero[j]), scale[j]);
+    for (int j = 0; j < 4; ++j) w[j] = kFoldScale ? __hsub2(w[j], zero[j]) : __hmul2(__hsub2(w[j], zero[j]), scale[j]);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const __half2 xv = x_rows[r * M + m];  // (x, x)
@@ -114,21 +259,58 @@ __device__ __forceinline__ void compute_chunk(const Chunk<R>& ch, const __half2*
     }
   }
 #pragma unroll
-  for (int m = 0; m < M; ++m)
+  for (int j = 0; j < 4; ++j) {
+    const float2 sc = kFoldScale ? __half22float2(scale[j]) : make_float2(1.0f, 1.0f);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int m = 0; m < M; ++m) {
       const float2 s = __half22float2(sums[m][j]);
-      acc[m][2 * j] += s.x;
-      acc[m][2 * j + 1] += s.y;
+      acc[m][2 * j] = fmaf(sc.x, s.x, acc[m][2 * j]);
+      acc[m][2 * j + 1] = fmaf(sc.y, s.y, acc[m][2 * j + 1]);
     }
+  }
 }
 
-template <typename T, int M>
-__global__ void __launch_bounds__(kThreads, blocks_per_sm(M)) w4a16_gemv_kernel(const Params p) {
-  constexpr int R = chunk_rows(M);
+// Stages the block's slice of x into xs as fp16 pairs (x, x) * 2^-e, and returns 2^e: the
+// smallest power of two (at least 1) that brings every |x| under 4096 / R, so a chunk's fp16 sum
+// of R products x * (q - z), |q - z| <= 15, stays under 65504. The result is multiplied back in
+// fp32. (Activations that large are rare: usually e = 0 and x is staged as it is.)
+template <typename T, int M, int R>
+__device__ __forceinline__ float stage_x(const Params& p, __half2* xs, int row_begin, int rows, const float* inv,
+                                         float* block_max) {
+  float* staged = reinterpret_cast<float*>(xs);  // fp32 first, in place: a float is a half2's size
+  float largest = 0.0f;
+  for (int i = threadIdx.x; i < rows * M; i += kThreads) {
+    const int m = i / rows, r = i - m * rows;  // consecutive threads read consecutive x elements
+    const float v = staged_input<T>(p, m, row_begin + r, inv);
+    staged[r * M + m] = v;
+    largest = fmaxf(largest, fabsf(v));
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) largest = fmaxf(largest, __shfl_xor_sync(0xFFFFFFFFu, largest, offset));
+  if (threadIdx.x % 32 == 0) block_max[threadIdx.x / 32] = largest;
+  __syncthreads();
+  largest = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) largest = fmaxf(largest, block_max[w]);
+  constexpr float kLimit = 4096.0f / R;
+  int e = 0;
+  if (largest > kLimit) frexpf(largest / kLimit, &e);  // largest / kLimit <= 2^e
+  const float down = ldexpf(1.0f, -e);
+  for (int i = threadIdx.x; i < rows * M; i += kThreads) {
+    const int m = i / rows, r = i - m * rows;
+    xs[r * M + m] = __float2half2_rn(staged[r * M + m] * down);
+  }
+  __syncthreads();
+  return ldexpf(1.0f, e);
+}
+
+template <typename T, int M, int R, int S, int B>
+__global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p) {
   extern __shared__ __half2 xs[];  // this block's slice of x: [row][m], each value twice (x, x)
   __shared__ float red[kWarps][kTileCols];
+  __shared__ float inv_rms[LMS_W4A16_MAX_M];
   __shared__ bool last_block;
+  static_assert(M <= kWarps, "write_outputs keeps M rows of the tile in red[]");
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int tile = blockIdx.x, split = blockIdx.y;
@@ -138,23 +320,21 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(M)) w4a16_gemv_kernel(
   const int c_end = static_cast<int>(static_cast<int64_t>(split + 1) * p.chunks / p.splits);
   const int row_begin = c_begin * R, rows = (c_end - c_begin) * R;
 
-  // The first chunk's weights are on their way while the previous kernel finishes and x is staged.
+  // The first S chunks' weights are on their way while the previous kernel finishes and x is
+  // staged. Warp w takes chunks w, w + kWarps, ... of the block's slice.
   let_next_kernel_start();
-  Chunk<R> cur, next;
-  int chunk = c_begin + warp;
-  if (active && chunk < c_end) load_chunk<R>(p, chunk, word, cur);
+  Chunk<R> ring[S];
+  const int first = c_begin + warp;
+#pragma unroll
+  for (int s = 0; s < S; ++s)
+    if (active && first + s * kWarps < c_end) load_chunk<R>(p, first + s * kWarps, word, ring[s]);
   wait_for_previous_kernel();
 
-  const T* x = static_cast<const T*>(p.x);
-  const size_t x_stride = p.silu_mul ? 2 * static_cast<size_t>(p.k) : p.k;
-  for (int i = tid; i < rows * M; i += kThreads) {
-    const int m = i / rows, r = i - m * rows;  // consecutive threads read consecutive x elements
-    const T* x_row = x + m * x_stride + row_begin + r;
-    float v = to_float(*x_row);
-    if (p.silu_mul) v = v / (1.0f + __expf(-v)) * to_float(x_row[p.k]);  // silu(gate) * up
-    xs[r * M + m] = __float2half2_rn(v);
+  if (p.fusion.norm_weight) {
+    float(*partial)[LMS_W4A16_MAX_M] = reinterpret_cast<float(*)[LMS_W4A16_MAX_M]>(&red[0][0]);
+    inverse_rms<T, M>(p, partial, inv_rms);
   }
-  __syncthreads();
+  const float x_scale = stage_x<T, M, R>(p, xs, row_begin, rows, inv_rms, &red[0][0]);
 
   float acc[M][8];
 #pragma unroll
@@ -162,10 +342,15 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(M)) w4a16_gemv_kernel(
 #pragma unroll
     for (int c = 0; c < 8; ++c) acc[m][c] = 0.0f;
   if (active) {
-    for (; chunk < c_end; chunk += kWarps) {
-      if (chunk + kWarps < c_end) load_chunk<R>(p, chunk + kWarps, word, next);
-      compute_chunk<M, R>(cur, xs + (chunk * R - row_begin) * M, acc);
-      cur = next;
+    for (int base = first; base < c_end; base += S * kWarps) {
+#pragma unroll
+      for (int s = 0; s < S; ++s) {  // unrolled: the ring stays in registers
+        const int chunk = base + s * kWarps;
+        if (chunk < c_end) {
+          compute_chunk<M, R>(ring[s], xs + (chunk * R - row_begin) * M, acc);
+          if (chunk + S * kWarps < c_end) load_chunk<R>(p, chunk + S * kWarps, word, ring[s]);
+        }
+      }
     }
   }
 
@@ -180,17 +365,14 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(M)) w4a16_gemv_kernel(
     float v = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) v += red[w][tid];
-    total[m] = v;
+    total[m] = v * x_scale;  // x was staged scaled by 1 / x_scale
     __syncthreads();
   }
 
-  T* y = static_cast<T*>(p.y);
   const int col = tile * kTileCols + tid;
   const bool col_ok = col < p.n;
   if (p.splits == 1) {
-    if (col_ok)
-#pragma unroll
-      for (int m = 0; m < M; ++m) y[static_cast<size_t>(m) * p.n + col] = from_float<T>(total[m]);
+    write_outputs<T, M>(p, tile, total, &red[0][0]);
     return;
   }
 
@@ -204,15 +386,24 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(M)) w4a16_gemv_kernel(
   __syncthreads();
   if (!last_block) return;
   __threadfence();
-  if (col_ok) {
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float v = 0.0f;
-      for (int s = 0; s < p.splits; ++s) v += __ldcg(&p.partials[(static_cast<size_t>(s) * M + m) * p.n + col]);
-      y[static_cast<size_t>(m) * p.n + col] = from_float<T>(v);
-    }
-  }
   if (tid == 0) p.counters[tile] = 0;  // ready for the next launch
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    total[m] = 0.0f;
+    if (!col_ok) continue;
+    const float* part = p.partials + static_cast<size_t>(m) * p.n + col;
+    const size_t stride = static_cast<size_t>(M) * p.n;
+    int s = 0;
+    for (; s + 8 <= p.splits; s += 8) {  // 8 loads in flight, then summed in slice order
+      float v[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = __ldcg(part + (s + i) * stride);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) total[m] += v[i];
+    }
+    for (; s < p.splits; ++s) total[m] += __ldcg(part + s * stride);
+  }
+  write_outputs<T, M>(p, tile, total, &red[0][0]);
 }
 
 // --- host side ----------------------------------------------------------------------------------
@@ -230,14 +421,17 @@ bool valid_shape(int64_t m, int64_t n, int64_t k, int64_t group) {
 
 // Grid and workspace for a shape: independent of the pointers, so lms_w4a16_workspace_bytes and
 // lms_w4a16_gemv always agree.
+Tuning tuning_for(int64_t m) { return m == 1 ? kOneRowTuning : m <= 4 ? kSmallTuning : kLargeTuning; }
+
 Plan make_plan(int64_t m, int64_t n, int64_t k, int requested_splits, const DeviceInfo& device) {
   Plan plan{};
-  const int64_t rows_per_chunk = chunk_rows(static_cast<int>(m));
+  const Tuning tuning = tuning_for(m);
+  const int64_t rows_per_chunk = tuning.rows;
   plan.tiles = static_cast<int>(cdiv(n, kTileCols));
   plan.chunks = static_cast<int>(k / rows_per_chunk);
   int64_t splits = requested_splits;
   if (splits <= 0) {  // whole waves (see the top), each warp taking at least one chunk
-    const int64_t resident = static_cast<int64_t>(blocks_per_sm(static_cast<int>(m))) * device.sms;
+    const int64_t resident = static_cast<int64_t>(tuning.blocks) * device.sms;
     const int64_t waves = cdiv(4 * plan.tiles, resident);
     splits = clamp(waves * resident / plan.tiles, 1, plan.chunks / kWarps);
   }
@@ -250,7 +444,30 @@ Plan make_plan(int64_t m, int64_t n, int64_t k, int requested_splits, const Devi
   return plan;
 }
 
-template <typename T, int M>
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// LMS_W4A16_OK, or why the fusion does not fit the call (see w4a16.h).
+int check_fusion(const lms_w4a16_fusion& f, int64_t n, int64_t k, const void* x, int activation) {
+  if (f.norm_weight) {
+    if (activation != LMS_ACT_NONE || k % 8 != 0) return LMS_W4A16_ERR_FUSION;
+    if (!aligned16(x) || !aligned16(f.norm_weight)) return LMS_W4A16_ERR_ALIGN;
+    if (f.residual && (!f.residual_out || !aligned16(f.residual) || !aligned16(f.residual_out)))
+      return LMS_W4A16_ERR_ALIGN;
+  } else if (f.residual || f.residual_out) {
+    return LMS_W4A16_ERR_FUSION;  // a residual belongs to the norm
+  }
+  if (f.q_heads < 0 || (f.q_heads == 0 && (f.kv_heads != 0 || f.head_dim != 0))) return LMS_W4A16_ERR_FUSION;
+  if (f.q_heads > 0) {
+    const int d = f.head_dim;
+    if (d < 2 || d % 2 != 0 || kTileCols % d != 0 || f.kv_heads <= 0 ||
+        (static_cast<int64_t>(f.q_heads) + 2 * static_cast<int64_t>(f.kv_heads)) * d != n)
+      return LMS_W4A16_ERR_FUSION;
+    if (!f.cos || !f.sin || !f.slots || !f.k_cache || !f.v_cache) return LMS_W4A16_ERR_ALIGN;
+  }
+  return LMS_W4A16_OK;
+}
+
+template <typename T, int M, int R, int S, int B>
 cudaError_t launch_m(const Params& p, const Plan& plan, bool pdl, cudaStream_t stream) {
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(plan.tiles, plan.splits);
@@ -262,20 +479,22 @@ cudaError_t launch_m(const Params& p, const Plan& plan, bool pdl, cudaStream_t s
   attribute.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &attribute;
   config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, w4a16_gemv_kernel<T, M>, p);
+  return cudaLaunchKernelEx(&config, w4a16_gemv_kernel<T, M, R, S, B>, p);
 }
 
 template <typename T>
 cudaError_t launch(int m, const Params& p, const Plan& plan, bool pdl, cudaStream_t stream) {
   switch (m) {
-    case 1: return launch_m<T, 1>(p, plan, pdl, stream);
-    case 2: return launch_m<T, 2>(p, plan, pdl, stream);
-    case 3: return launch_m<T, 3>(p, plan, pdl, stream);
-    case 4: return launch_m<T, 4>(p, plan, pdl, stream);
-    case 5: return launch_m<T, 5>(p, plan, pdl, stream);
-    case 6: return launch_m<T, 6>(p, plan, pdl, stream);
-    case 7: return launch_m<T, 7>(p, plan, pdl, stream);
-    default: return launch_m<T, 8>(p, plan, pdl, stream);
+#define LMS_TUNED(m, t) launch_m<T, m, t.rows, t.stages, t.blocks>(p, plan, pdl, stream)
+    case 1: return LMS_TUNED(1, kOneRowTuning);
+    case 2: return LMS_TUNED(2, kSmallTuning);
+    case 3: return LMS_TUNED(3, kSmallTuning);
+    case 4: return LMS_TUNED(4, kSmallTuning);
+    case 5: return LMS_TUNED(5, kLargeTuning);
+    case 6: return LMS_TUNED(6, kLargeTuning);
+    case 7: return LMS_TUNED(7, kLargeTuning);
+    default: return LMS_TUNED(8, kLargeTuning);
+#undef LMS_TUNED
   }
 }
 
@@ -297,13 +516,16 @@ LMS_API int lms_w4a16_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t g
 
 LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t* qzeros, const void* scales,
                            void* y, int64_t m, int64_t n, int64_t k, int64_t group_size, int dtype,
-                           int activation, void* workspace, int64_t workspace_bytes, int splits,
-                           void* stream) {
+                           int activation, const lms_w4a16_fusion* fusion, void* workspace,
+                           int64_t workspace_bytes, int splits, void* stream) {
   if (!valid_shape(m, n, k, group_size)) return LMS_W4A16_ERR_SHAPE;
   if (dtype != LMS_DTYPE_F16 && dtype != LMS_DTYPE_BF16) return LMS_W4A16_ERR_DTYPE;
   if (activation != LMS_ACT_NONE && activation != LMS_ACT_SILU_MUL) return LMS_W4A16_ERR_ACTIVATION;
-  if (!x || !qweight || !qzeros || !scales || !y || reinterpret_cast<uintptr_t>(scales) % 16 != 0)
-    return LMS_W4A16_ERR_ALIGN;
+  if (!x || !qweight || !qzeros || !scales || !y || !aligned16(scales)) return LMS_W4A16_ERR_ALIGN;
+  const lms_w4a16_fusion none = {};
+  const lms_w4a16_fusion& f = fusion ? *fusion : none;
+  const int fusion_check = check_fusion(f, n, k, x, activation);
+  if (fusion_check != LMS_W4A16_OK) return fusion_check;
   DeviceInfo device;
   cudaError_t err = device_info(&device);
   if (err != cudaSuccess) return static_cast<int>(err);
@@ -328,6 +550,7 @@ LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t*
   p.chunks = plan.chunks;
   p.splits = plan.splits;
   p.silu_mul = activation == LMS_ACT_SILU_MUL;
+  p.fusion = f;
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   err = dtype == LMS_DTYPE_F16 ? launch<__half>(static_cast<int>(m), p, plan, device.pdl, s)
                                : launch<__nv_bfloat16>(static_cast<int>(m), p, plan, device.pdl, s);
@@ -341,9 +564,14 @@ LMS_API const char* lms_w4a16_error_string(int code) {
       return "bad shape: need N % 8 == 0 and K % group_size == 0; the GEMV 1 <= M <= 8, N <= 4194304, "
              "group_size % 16 == 0; the GEMM K % 64 == 0, group_size % 32 == 0";
     case LMS_W4A16_ERR_DTYPE: return "bad dtype flag (0: float16, 1: bfloat16)";
-    case LMS_W4A16_ERR_ALIGN: return "a null pointer, or scales (the GEMM: or x) not 16-byte aligned";
+    case LMS_W4A16_ERR_ALIGN:
+      return "a null pointer, or scales (the GEMM: or x; with a norm: x, residual, residual_out, norm_weight) "
+             "not 16-byte aligned";
     case LMS_W4A16_ERR_WORKSPACE: return "workspace smaller than lms_w4a16_workspace_bytes()";
     case LMS_W4A16_ERR_ACTIVATION: return "bad activation flag (0: none, 1: silu-mul)";
+    case LMS_W4A16_ERR_FUSION:
+      return "bad fusion: a norm needs K % 8 == 0 and no activation, a residual needs a norm; rotary needs "
+             "an even head_dim dividing 256 and N == (q_heads + 2 kv_heads) * head_dim";
     default:
       return code > 0 ? cudaGetErrorString(static_cast<cudaError_t>(code)) : "unknown error";
   }

@@ -89,13 +89,24 @@ def _triton_ops() -> Ops:
         write_kv=tk.write_kv,
         paged_attention=tk.paged_attention,
         sample_race=tk.sample_race,
-        bind_decode_layer=lambda layer, k, v: partial(fused_decode.run, fused_decode.DecodeLayer(layer, k, v)),
+        bind_decode_layer=_bind_decode_layer,
         decode_step=fused_decode.decode_step,
         w4a16=_w4a16_gpu,
         w4a16_silu_mul=_w4a16_silu_mul_gpu,
         name="triton",
         graph_safe=True,
     )
+
+
+def _bind_decode_layer(layer, k_cache: torch.Tensor, v_cache: torch.Tensor) -> Callable:
+    """The whole-layer decode kernels for a layer's weights: the CUDA W4A16 GEMV's fused forms for
+    packed 4-bit ones, Triton GEMVs for dense ones (ValueError where they do not take the layer)."""
+    from app.engine.kernels import w4a16_decode
+    from app.engine.kernels.triton import fused_decode
+
+    if w4a16_decode.takes(layer):
+        return partial(w4a16_decode.run, w4a16_decode.DecodeLayer(layer, k_cache, v_cache))
+    return partial(fused_decode.run, fused_decode.DecodeLayer(layer, k_cache, v_cache))
 
 
 def _cuda_w4a16_takes(x: torch.Tensor) -> bool:

@@ -31,7 +31,7 @@ from app.engine.kernels.native_build import bind, build_once, bundled, cache_dir
 __all__ = ["ABI_VERSION", "NVCC_FLAGS", "Library", "build", "find_nvcc", "library", "sources"]
 
 SOURCE_DIR = Path(__file__).resolve().parents[3] / "csrc" / "w4a16"
-ABI_VERSION = 4  # LMS_W4A16_ABI_VERSION in w4a16.h
+ABI_VERSION = 5  # LMS_W4A16_ABI_VERSION in w4a16.h
 GENCODE = [
     "-gencode=arch=compute_80,code=sm_80",
     "-gencode=arch=compute_90,code=sm_90",
@@ -46,8 +46,8 @@ _i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 _SIGNATURES: dict[str, tuple[list, type]] = {
     "lms_w4a16_abi_version": ([], _int),
     "lms_w4a16_workspace_bytes": ([_i64, _i64, _i64, _i64, _int, ctypes.POINTER(_i64)], _int),
-    "lms_w4a16_gemv": ([_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int, _ptr, _i64, _int, _ptr],
-                       _int),
+    "lms_w4a16_gemv": ([_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _int, _ptr, _ptr, _i64, _int,
+                        _ptr], _int),
     "lms_w4a16_gemm_workspace_bytes": ([_i64, _i64, _i64, _i64, _int, _int, ctypes.POINTER(_i64)], _int),
     "lms_w4a16_gemm": ([_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _int, _ptr, _i64, _int, _int, _ptr],
                        _int),

@@ -11,16 +11,19 @@ step), so that a larger workspace is not allocated inside a graph."""
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 
 import torch
 
 from app.engine.kernels import cuda_library
 from app.engine.kernels.w4a16_reference import check_shapes
 
-__all__ = ["MAX_M", "available", "gemm_takes", "unavailable_reason", "w4a16_gemm", "w4a16_gemv", "workspace_bytes"]
+__all__ = ["MAX_M", "TILE_COLUMNS", "Norm", "RotaryKV", "available", "gemm_takes", "unavailable_reason", "w4a16_gemm",
+           "w4a16_gemv", "workspace_bytes"]
 
 MAX_M = 8  # LMS_W4A16_MAX_M: the GEMV's rows; the GEMM takes more
 GEMM_K_STEP = 64  # the GEMM's rows of K a step: K must be a multiple
+TILE_COLUMNS = 256  # the GEMV's output columns a block finishes: RotaryKV's head_dim must divide it
 _DTYPE_FLAGS = {torch.float16: 0, torch.bfloat16: 1}
 DTYPES = tuple(_DTYPE_FLAGS)  # the activations it takes
 # Workspaces per (device, kernel), zero-filled at birth (the GEMV leaves its counters at zero; the
@@ -47,6 +50,75 @@ def _lib() -> ctypes.CDLL:
 def _check(lib: ctypes.CDLL, rc: int, what: str) -> None:
     if rc != 0:
         raise RuntimeError(f"{what}: {lib.lms_w4a16_error_string(rc).decode()} (code {rc})")
+
+
+@dataclass(frozen=True)
+class Norm:
+    """The RMSNorm before a projection, done by the GEMV as it stages x: the product takes
+    RMSNorm(x + residual) * weight (rounded as the separate ops round), and x + residual goes to
+    residual_out. Without a residual, RMSNorm(x) * weight."""
+
+    weight: torch.Tensor  # [K], x's dtype
+    eps: float
+    residual: torch.Tensor | None = None  # [M, K]
+    residual_out: torch.Tensor | None = None  # [M, K], written whole
+
+
+@dataclass(frozen=True)
+class RotaryKV:
+    """The qkv projection of a decode step, finished by the GEMV: q and k heads rotated ("rotate
+    half" layout) by each row's cos/sin, q returned, k and v stored at each row's cache slot."""
+
+    q_heads: int
+    kv_heads: int
+    head_dim: int  # even, divides TILE_COLUMNS
+    cos: torch.Tensor  # [M, head_dim // 2], x's dtype
+    sin: torch.Tensor
+    slots: torch.Tensor  # [M] int64; a negative slot writes nothing
+    k_cache: torch.Tensor  # [..., kv_heads, head_dim] contiguous rows of x's dtype
+    v_cache: torch.Tensor
+
+
+class _Fusion(ctypes.Structure):
+    """lms_w4a16_fusion (w4a16.h)."""
+
+    _fields_ = [("norm_weight", ctypes.c_void_p), ("residual", ctypes.c_void_p), ("residual_out", ctypes.c_void_p),
+                ("eps", ctypes.c_float), ("bias", ctypes.c_void_p), ("q_heads", ctypes.c_int),
+                ("kv_heads", ctypes.c_int), ("head_dim", ctypes.c_int), ("cos", ctypes.c_void_p),
+                ("sin", ctypes.c_void_p), ("slots", ctypes.c_void_p), ("k_cache", ctypes.c_void_p),
+                ("v_cache", ctypes.c_void_p)]
+
+
+def _fusion(x: torch.Tensor, m: int, n: int, k: int, norm: Norm | None, bias: torch.Tensor | None,
+            rotary_kv: RotaryKV | None) -> _Fusion | None:
+    """The C struct for a call's fusions, after checking the tensors' dtype, device and layout (the
+    library checks the shapes it is told and the alignments)."""
+    if norm is None and bias is None and rotary_kv is None:
+        return None
+
+    def ptr(t: torch.Tensor | None, what: str, numel: int | None = None, dtype: torch.dtype = x.dtype) -> int | None:
+        if t is None:
+            return None
+        if t.dtype != dtype or t.device != x.device or not t.is_contiguous() or (numel is not None and t.numel() != numel):
+            raise ValueError(f"{what} must be a contiguous {dtype} tensor of {numel} values on {x.device}")
+        return t.data_ptr()
+
+    f = _Fusion()
+    if norm is not None:
+        if (norm.residual is None) != (norm.residual_out is None):
+            raise ValueError("a norm's residual and residual_out come together")
+        f.norm_weight, f.eps = ptr(norm.weight, "the norm weight", k), norm.eps
+        f.residual, f.residual_out = ptr(norm.residual, "residual", m * k), ptr(norm.residual_out, "residual_out", m * k)
+    f.bias = ptr(bias, "bias", n)
+    if rotary_kv is not None:
+        r = rotary_kv
+        f.q_heads, f.kv_heads, f.head_dim = r.q_heads, r.kv_heads, r.head_dim
+        f.cos, f.sin = ptr(r.cos, "cos", m * (r.head_dim // 2)), ptr(r.sin, "sin", m * (r.head_dim // 2))
+        f.slots = ptr(r.slots, "slots", m, torch.int64)
+        if r.k_cache.shape[-2:] != (r.kv_heads, r.head_dim) or r.v_cache.shape != r.k_cache.shape:
+            raise ValueError(f"the caches must end in ({r.kv_heads}, {r.head_dim}) kv heads x head_dim")
+        f.k_cache, f.v_cache = ptr(r.k_cache, "k_cache"), ptr(r.v_cache, "v_cache")
+    return f
 
 
 def workspace_bytes(m: int, n: int, k: int, group_size: int, splits: int = 0, *, gemm_block_rows: int | None = None
@@ -95,29 +167,35 @@ def _output(x2: torch.Tensor, n: int, out: torch.Tensor | None) -> torch.Tensor:
 
 def w4a16_gemv(
     x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
-    *, out: torch.Tensor | None = None, splits: int = 0, silu_mul: bool = False,
+    *, out: torch.Tensor | None = None, splits: int = 0, silu_mul: bool = False, norm: Norm | None = None,
+    bias: torch.Tensor | None = None, rotary_kv: RotaryKV | None = None,
 ) -> torch.Tensor:
     """y = x @ W for x [..., K] with at most MAX_M rows (fp16 or bf16, on a CUDA device) and an
     AWQ weight (qweight int32 [K, N // 8], qzeros int32 [K // G, N // 8], scales fp16 [K // G, N],
     contiguous, on x's device). Returns [..., N] in x's dtype, queued on the current stream;
     `out` (contiguous) is written when given. splits: K slices per column tile, 0 = automatic.
     silu_mul: x is [..., 2K], gate | up, and the product takes silu(gate) * up (SwiGLU's down
-    projection, without a separate activation kernel)."""
+    projection, without a separate activation kernel). The fusions of a decode step (see Norm,
+    RotaryKV): norm before the product, + bias after it; with rotary_kv the result is q,
+    [..., q_heads * head_dim], and k and v go to the cache."""
     k, n, x2 = _checked(x, qweight, qzeros, scales, group_size, gate_up=silu_mul)
     m = x2.shape[0]
     if not 1 <= m <= MAX_M:
         raise ValueError(f"the CUDA W4A16 GEMV takes 1..{MAX_M} rows, got {m}")
-    y = _output(x2, n, out)
+    fusion = _fusion(x2, m, n, k, norm, bias, rotary_kv)
+    n_out = n if rotary_kv is None else rotary_kv.q_heads * rotary_kv.head_dim
+    y = _output(x2, n_out, out)
     lib = _lib()
     with torch.cuda.device(x.device):
         ws = _workspace(x.device, workspace_bytes(m, n, k, group_size, splits), "gemv")
         stream = torch.cuda.current_stream(x.device).cuda_stream
         rc = lib.lms_w4a16_gemv(
             x2.data_ptr(), qweight.data_ptr(), qzeros.data_ptr(), scales.data_ptr(), y.data_ptr(),
-            m, n, k, group_size, _DTYPE_FLAGS[x.dtype], int(silu_mul), ws.data_ptr(), ws.numel(), splits, stream,
+            m, n, k, group_size, _DTYPE_FLAGS[x.dtype], int(silu_mul),
+            None if fusion is None else ctypes.byref(fusion), ws.data_ptr(), ws.numel(), splits, stream,
         )
     _check(lib, rc, "lms_w4a16_gemv")
-    return y.view(*x.shape[:-1], n)
+    return y.view(*x.shape[:-1], n_out)
 
 
 def gemm_takes(k: int, group_size: int) -> bool:

@@ -20,7 +20,7 @@ from app.engine.distributed.sharding import Index, Split, dense_index, heads_spl
 from app.engine.errors import ModelLoadError
 from app.engine.kernels import Ops
 from app.engine.layers.attention import Attention
-from app.engine.layers.linear import AWQLinear, Linear, linear_class
+from app.engine.layers.linear import Linear, linear_class
 from app.engine.layers.norm import RMSNorm
 from app.engine.layers.rotary import RotaryEmbedding
 from app.engine.models.config import ModelConfig
@@ -109,10 +109,8 @@ class DecoderLM(nn.Module):
         self._linears = self._layer_linears()
 
     def bind_cache(self, kv_caches: list[KVCache]) -> None:
-        """Where the kernels run whole layers for decode steps, binds them to the cache once.
-        Packed 4-bit weights take the per-op path (the whole-layer kernels read dense weights)."""
-        quantized = any(isinstance(m, AWQLinear) and m.qweight is not None for m in self.modules())
-        if self.ops.bind_decode_layer is None or quantized:
+        """Where the kernels run whole layers for decode steps, binds them to the cache once."""
+        if self.ops.bind_decode_layer is None:
             return
         try:
             self.fused_layers = [self.ops.bind_decode_layer(layer, k, v)

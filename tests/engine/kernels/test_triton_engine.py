@@ -50,9 +50,9 @@ def test_engine_on_triton_kernels_matches_hf(variant: str, tiny_model_factory) -
     pytest.param("float16", marks=pytest.mark.skipif(DEVICE == "cpu", reason="fp16 W4A16 (the CUDA GEMV) needs a GPU")),
 ])
 def test_awq_checkpoint_on_triton_w4a16_kernels(dtype, tiny_model_factory, tmp_path) -> None:
-    """4-bit weights stay packed and run through the W4A16 kernels (not dequantised at load), op by
-    op: the whole-layer decode kernels read dense weights only. In fp16 on a GPU decode takes the
-    CUDA GEMV, the down projection with its activation fused in."""
+    """4-bit weights stay packed and run through the W4A16 kernels (not dequantised at load). In
+    fp16 on a GPU one-sequence decode steps take the 4-bit decode layers (the CUDA GEMV with the
+    norms, rotary, cache writes and activation fused in); fp32 runs op by op."""
     from app.engine.layers.linear import AWQLinear
     from tests.engine.test_awq_checkpoints import write_awq
 
@@ -63,7 +63,7 @@ def test_awq_checkpoint_on_triton_w4a16_kernels(dtype, tiny_model_factory, tmp_p
     core = EngineCore(load(config, tmp_path / "awq"), config)
     awq = [m for m in core.loaded.model.modules() if isinstance(m, AWQLinear)]
     assert len(awq) == 8 and all(m.qweight is not None and m.weight is None for m in awq)
-    assert core.loaded.model.fused_layers is None
+    assert (core.loaded.model.fused_layers is not None) == (dtype == "float16")
     prompt, deltas = list(range(3, 30)), []
     core.add_request(prompt, GenerationConfig(temperature=0, max_new_tokens=4, ignore_eos=True, output_logits=True),
                      deltas.append)
@@ -75,6 +75,36 @@ def test_awq_checkpoint_on_triton_w4a16_kernels(dtype, tiny_model_factory, tmp_p
         ref = reference(torch.tensor([prompt + generated])).logits[0][len(prompt) - 1 : len(prompt) + 3]
     bound = 1e-3 if dtype == "float32" else 2e-2  # fp16 activations round at every op
     assert (logits - ref).abs().max().item() <= bound * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="the 4-bit decode layers run the CUDA GEMV")
+@pytest.mark.parametrize("variant", ["qwen2", "llama-bias", "mistral"])  # biases, tied head; sliding window
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_awq_decode_layers_match_the_per_op_path(variant, cuda_graphs, tiny_model_factory, tmp_path,
+                                                 monkeypatch) -> None:
+    """The 4-bit decode layers (kernels/w4a16_decode.py) against the same checkpoint op by op: the
+    same logits over 12 decode steps (fp16; only the norms' summation order differs)."""
+    from app.engine.kernels import w4a16_decode
+    from tests.engine.test_awq_checkpoints import write_awq
+
+    source, hf = tiny_model_factory(variant)
+    write_awq(source, hf, tmp_path / "awq")
+    runs = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(w4a16_decode, "takes", lambda layer: False)
+        config = EngineConfig(model=tmp_path / "awq", device=DEVICE, dtype="float16", kernels="triton", block_size=16,
+                              num_cache_blocks=32, cuda_graphs=cuda_graphs)
+        core = EngineCore(load(config, tmp_path / "awq"), config)
+        assert (core.loaded.model.fused_layers is not None) == fused
+        deltas = []
+        core.add_request(list(range(3, 30)), GenerationConfig(temperature=0, max_new_tokens=12, ignore_eos=True,
+                                                              output_logits=True), deltas.append)
+        while core.has_work():
+            core.step()
+        runs.append(torch.stack(deltas[-1].logits).cpu().float())
+    ours, ref = runs
+    assert (ours - ref).abs().max().item() <= 1e-2 * max(1.0, ref.abs().max().item())
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["int8", "int4"])

@@ -413,3 +413,114 @@ def test_cuda_w4a16_in_a_cuda_graph(llama_weights, m):
         graph.replay()
     torch.cuda.synchronize()
     assert rel_error(y, ref) <= CUDA_TOLERANCE
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,k,n,group,splits", [(1, 4096, 6144, 128, 0), (3, 512, 200, 32, 1), (8, 1024, 4104, 64, 5)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_cuda_w4a16_norm_prologue_and_bias(m, k, n, group, splits, dtype, with_residual):
+    """RMSNorm(x + residual) * weight staged by the GEMV, + bias after it: as the separate ops
+    compute it; x + residual stored whole (every element, by the blocks of the first tile)."""
+    from app.engine.kernels import reference
+
+    w4a16_cuda = _cuda_kernel()
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=k + m)
+    x, residual = nonzero(m, k, dtype=dtype, seed=1), nonzero(m, k, dtype=dtype, seed=2)
+    weight, bias = nonzero(k, dtype=dtype, seed=3), nonzero(n, dtype=dtype, seed=4)
+    if with_residual:
+        normed, summed = reference.add_rms_norm(x, residual, weight, 1e-5)
+        residual_out = torch.full_like(x, float("nan"))
+        norm = w4a16_cuda.Norm(weight, 1e-5, residual, residual_out)
+    else:
+        normed, norm = reference.rms_norm(x, weight, 1e-5), w4a16_cuda.Norm(weight, 1e-5)
+    ref = w4a16_matmul_reference(normed, qweight, qzeros, scales, group) + bias
+    y = w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group, splits=splits, norm=norm, bias=bias)
+    err = rel_error(y, ref)
+    assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"
+    if with_residual:
+        assert torch.equal(residual_out, summed)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,heads,kv_heads,head_dim,k,splits", [
+    (1, 32, 8, 128, 4096, 0),  # Llama-3-8B
+    (1, 9, 3, 64, 576, 0),     # SmolLM2-135M
+    (3, 4, 2, 16, 128, 1),     # tiny, several heads a tile, one block a tile
+    (2, 2, 1, 256, 256, 3),    # one head a tile
+])
+def test_cuda_w4a16_rotary_kv_epilogue(m, heads, kv_heads, head_dim, k, splits, dtype):
+    """The qkv projection of a decode step finished by the GEMV: q and k rotated, q returned, k and
+    v at each row's cache slot; a negative slot (CUDA-graph padding) writes nothing. (bf16 rounds
+    three times on the way: the output, + bias, the rotation.)"""
+    from app.engine.kernels import reference
+
+    w4a16_cuda = _cuda_kernel()
+    n, group = (heads + 2 * kv_heads) * head_dim, 32
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=n)
+    x, bias = nonzero(m, k, dtype=dtype, seed=5), nonzero(n, dtype=dtype, seed=6)
+    angles = torch.rand(m, head_dim // 2, generator=torch.Generator().manual_seed(7)) * 6.28
+    cos, sin = angles.cos().to(dtype).to(DEVICE), angles.sin().to(dtype).to(DEVICE)
+    blocks, block_size = 4, 16
+    k_cache = torch.full((blocks, block_size, kv_heads, head_dim), 7.0, dtype=dtype, device=DEVICE)
+    v_cache = k_cache.clone()
+    slots = torch.tensor([5, 40, 63][:m - 1] + [-1 if m > 1 else 17], dtype=torch.int64, device=DEVICE)
+
+    qkv = w4a16_matmul_reference(x, qweight, qzeros, scales, group) + bias
+    q, key, value = qkv.view(m, heads + 2 * kv_heads, head_dim).split([heads, kv_heads, kv_heads], dim=1)
+    q_ref, k_ref = reference.apply_rotary_qk(q.float(), key.float(), cos.float(), sin.float())
+    rotary = w4a16_cuda.RotaryKV(heads, kv_heads, head_dim, cos, sin, slots, k_cache, v_cache)
+    y = w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group, splits=splits, bias=bias, rotary_kv=rotary)
+    assert y.shape == (m, heads * head_dim)
+    bound = CUDA_TOLERANCE if dtype == torch.float16 else TOLERANCE
+    err = rel_error(y, q_ref.to(dtype).view(m, -1))
+    assert err <= bound, f"q: relative error {err:.2e}"
+    written = slots >= 0
+    for cache, ref in ((k_cache, k_ref.to(dtype)), (v_cache, value)):
+        rows = cache.view(-1, kv_heads, head_dim)
+        err = rel_error(rows[slots[written]], ref[written])
+        assert err <= bound, f"cache: relative error {err:.2e}"
+        untouched = torch.ones(rows.shape[0], dtype=torch.bool, device=DEVICE)
+        untouched[slots[written]] = False
+        assert (rows[untouched] == 7.0).all()
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_w4a16_fusions_refuse_what_they_do_not_take():
+    w4a16_cuda = _cuda_kernel()
+    _, _, _, qweight, qzeros, scales = random_awq(256, 320, 32, seed=1)
+    x = nonzero(1, 256, dtype=torch.float16, seed=1)
+    cache = torch.zeros(4, 1, 40, dtype=torch.float16, device=DEVICE)
+    cos = torch.zeros(1, 20, dtype=torch.float16, device=DEVICE)
+    slots = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    rotary = w4a16_cuda.RotaryKV(6, 1, 40, cos, cos, slots, cache, cache)  # 40 does not divide 256
+    with pytest.raises(RuntimeError, match="bad fusion"):
+        w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 32, rotary_kv=rotary)
+    norm = w4a16_cuda.Norm(torch.ones(256, dtype=torch.float16, device=DEVICE), 1e-5)
+    with pytest.raises(RuntimeError, match="bad fusion"):  # a norm and silu-mul together
+        w4a16_cuda.w4a16_gemv(torch.cat([x, x], 1), qweight, qzeros, scales, 32, silu_mul=True, norm=norm)
+    with pytest.raises(ValueError, match="norm weight"):
+        w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 32, norm=w4a16_cuda.Norm(norm.weight.float(), 1e-5))
+    unaligned = torch.cat([x, x], 1).view(-1)[1:257].view(1, 256)  # 2 bytes past a 16-byte boundary
+    with pytest.raises(RuntimeError, match="16-byte aligned"):
+        w4a16_cuda.w4a16_gemv(unaligned, qweight, qzeros, scales, 32, norm=norm)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3, 8])
+@pytest.mark.parametrize("magnitude", [1e3, 1e5])
+def test_cuda_w4a16_gemv_takes_large_activations(m, magnitude):
+    """Activations far past what a chunk's fp16 sums of x * (q - z) hold (and, at 1e5, past fp16
+    itself): x is staged scaled down by a power of two and the result scaled back."""
+    w4a16_cuda = _cuda_kernel()
+    k, n, group = 1024, 512, 128
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=m)
+    x = (nonzero(m, k, dtype=torch.float32, seed=m) * magnitude).to(torch.bfloat16)
+    ref = w4a16_matmul_reference(x, qweight, qzeros, scales, group)
+    err = rel_error(w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group), ref)
+    assert err <= CUDA_TOLERANCE, f"relative error {err:.2e}"

@@ -1,0 +1,86 @@
+"""Decoder layers with 4-bit AWQ weights for one-sequence decode steps, in six launches instead of ten.
+
+At batch 1 the 4-bit weights of a layer stream in ~55 us on an H100, and every extra launch costs
+a few microseconds more; the CUDA GEMV (csrc/w4a16) does the small ops around it
+(w4a16_cuda.Norm, w4a16_cuda.RotaryKV):
+
+  1. qkv:       residual add + RMSNorm while staging x; bias, rotary, KV-cache write when done
+  2. attention: the split-K paged decode kernel and its merge (two launches)
+  3. o_proj:    plain (+ bias)
+  4. gate_up:   residual add + RMSNorm while staging x (+ bias)
+  5. down:      SiLU(gate) * up while staging x (+ bias)
+
+Rounding follows the per-op path (the sum, the normalised input, each output rounded to the model
+dtype where the separate ops round). The dense counterpart is kernels/triton/fused_decode.py;
+both take the same DecodeStep.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from app.engine.kernels import w4a16_cuda
+from app.engine.kernels.triton.decode_attention import paged_decode_attention
+from app.engine.kernels.triton.fused_decode import DecodeStep
+
+
+def takes(layer) -> bool:
+    """Whether the layer's linears hold packed 4-bit AWQ weights (this module's kind of layer)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    return all(getattr(lin, "qweight", None) is not None
+               for lin in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj))
+
+
+class DecodeLayer:
+    """One DecoderLayer's 4-bit weights and cache, checked once, for :func:`run`. ValueError where
+    the fused GEMV cannot take the layer (the per-op path serves it)."""
+
+    def __init__(self, layer, k_cache: torch.Tensor, v_cache: torch.Tensor):
+        attn, mlp = layer.self_attn, layer.mlp
+        if not takes(layer):
+            raise ValueError("the 4-bit decode layer needs packed AWQ weights in every linear")
+        dtype = layer.input_layernorm.weight.dtype
+        if dtype not in w4a16_cuda.DTYPES or k_cache.dtype != dtype or not k_cache.is_cuda:
+            raise ValueError(f"the 4-bit decode layer runs fp16/bf16 on a GPU with a cache of that dtype, not {dtype}")
+        if not w4a16_cuda.available():
+            raise ValueError(f"the 4-bit decode layer needs the CUDA W4A16 library: {w4a16_cuda.unavailable_reason()}")
+        if attn.q_norm is not None:
+            raise ValueError("the 4-bit decode layer has no q/k norm")
+        d = attn.head_dim
+        if d % 2 or w4a16_cuda.TILE_COLUMNS % d:
+            raise ValueError(f"the 4-bit decode layer needs an even head size dividing {w4a16_cuda.TILE_COLUMNS}")
+        if k_cache.shape[2] != attn.num_kv_heads or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+            raise ValueError("the KV cache does not fit the 4-bit decode layer")
+        self.attn, self.mlp = attn, mlp
+        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        self.k_cache, self.v_cache = k_cache, v_cache
+
+
+def _gemv(linear, x: torch.Tensor, **fusions) -> torch.Tensor:
+    return w4a16_cuda.w4a16_gemv(x, linear.qweight, linear.qzeros, linear.scales, linear.group_size, **fusions)
+
+
+def _normed(norm, residual: torch.Tensor | None, like: torch.Tensor) -> tuple[w4a16_cuda.Norm, torch.Tensor]:
+    """The GEMV's norm prologue and the residual after it (x itself in the first layer)."""
+    if residual is None:
+        return w4a16_cuda.Norm(norm.weight, norm.eps), like
+    out = torch.empty_like(like)
+    return w4a16_cuda.Norm(norm.weight, norm.eps, residual, out), out
+
+
+def run(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor, residual: torch.Tensor | None):
+    """DecoderLayer.forward for a one-sequence decode step: (mlp output, residual). Under tensor
+    parallelism the layer holds this rank's heads and MLP slice, and the row-parallel outputs are
+    summed over the ranks (the linears' reduce) before the next norm reads them."""
+    attn, mlp = layer.attn, layer.mlp
+    x = x.contiguous()
+    norm, residual = _normed(layer.input_norm, residual, x)
+    rotary = w4a16_cuda.RotaryKV(attn.num_heads, attn.num_kv_heads, attn.head_dim, step.cos, step.sin, step.slots,
+                                 layer.k_cache, layer.v_cache)
+    q = _gemv(attn.qkv_proj, x, norm=norm, bias=attn.qkv_proj.bias, rotary_kv=rotary)
+    out = paged_decode_attention(q.view(1, attn.num_heads, attn.head_dim), layer.k_cache, layer.v_cache,
+                                 step.block_tables, step.context_lens, attn.scale, attn.sliding_window)
+    hidden = attn.o_proj(out.view(1, -1))
+    norm, residual = _normed(layer.post_norm, residual, hidden)
+    gate_up = _gemv(mlp.gate_up_proj, hidden, norm=norm, bias=mlp.gate_up_proj.bias)
+    return mlp.down_proj.forward_silu_mul(gate_up), residual
