@@ -17,6 +17,7 @@ from app.engine.config import EngineConfig, GenerationConfig
 from app.engine.cuda_graphs import max_graph_batch
 from app.engine.detokenizer import IncrementalDetokenizer
 from app.engine.errors import ContextOverflowError, RequestError
+from app.engine.kernels import WARM_UP_ROWS
 from app.engine.loader.model_loader import LoadedModel
 from app.engine.model_runner import ModelRunner, StepOutput
 from app.engine.outputs import Delta, RequestStats, TokenLogprob
@@ -62,19 +63,30 @@ class EngineCore:
 
     def _warm_up(self) -> None:
         """Runs each kind of step once (prefill; mixed steps over short and longer contexts;
-        decodes of several sequences, then of one) so the JIT kernels compile now, not seconds
-        into someone's chat. The prompts repeat the last token id, which no real prompt starts with."""
+        decodes of several sequences, then of one; a prompt long enough for the kernels that
+        take many rows, such as the expansion of 4-bit weights) so the JIT kernels compile now,
+        not seconds into someone's chat. The prompts repeat one of the last token ids, which no
+        real prompt starts with."""
         limit = self.loaded.max_model_len
-        token = self.loaded.config.vocab_size - 1
+        vocab = self.loaded.config.vocab_size
 
         def run(prompt_len: int, new_tokens: int) -> None:
             gen = GenerationConfig(temperature=0.0, max_new_tokens=new_tokens, ignore_eos=True)
-            self.add_request([token] * max(1, min(prompt_len, limit - new_tokens - 1)), gen, lambda d: None)
+            self.add_request([vocab - 1] * max(1, min(prompt_len, limit - new_tokens - 1)), gen, lambda d: None)
             self.step()
 
         run(5, 8)  # prefill alone
         run(100, 2)  # a decode over 6 keys beside a prefill
         run(5, 2)  # decodes over 7 and 101 keys beside a prefill
+        while self.has_work():
+            self.step()
+        # One step of WARM_UP_ROWS rows where the limits allow, whatever the chunk size: prompts of
+        # one chunk each, each of its own token (no prefix-cache hit shortens one).
+        rows = min(WARM_UP_ROWS, self.config.max_num_batched_tokens)
+        chunk = max(1, min(self.config.prefill_chunk_size, rows, limit - 2))
+        for i in range(min(-(-rows // chunk), self.config.max_num_seqs)):
+            self.add_request([max(0, vocab - 2 - i)] * chunk,
+                             GenerationConfig(temperature=0.0, max_new_tokens=1, ignore_eos=True), lambda d: None)
         while self.has_work():
             self.step()
         self.generated_tokens = 0

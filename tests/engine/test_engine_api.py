@@ -102,3 +102,20 @@ def test_pipeline_prompts_and_messages(folder) -> None:
                     ignore_eos=True)
         assert len(one.token_ids) == 5
         assert many[0].token_ids == one.token_ids and len(many) == 2
+
+
+@pytest.mark.parametrize("chunk", [64, 512])
+def test_the_warm_up_runs_a_step_as_long_as_the_kernels_switch_at(tiny_model_factory, chunk) -> None:
+    """The warm-up at load (on a GPU; called by hand here) runs one step of WARM_UP_ROWS rows, past
+    every row count at which the kernel choice changes (the expansion of 4-bit weights, a Triton
+    kernel, first runs there), whatever the chunk size; and leaves the engine idle."""
+    from app.engine.kernels import WARM_UP_ROWS
+    from tests.tiny_models import make_core
+
+    folder, _ = tiny_model_factory("llama")
+    core = make_core(folder, prefill_chunk_size=chunk, max_num_batched_tokens=512, num_cache_blocks=64)
+    rows, forward = [], core.runner._forward
+    core.runner._forward = lambda inputs, *args: rows.append(len(inputs.ids)) or forward(inputs, *args)
+    core._warm_up()
+    assert max(rows) >= WARM_UP_ROWS
+    assert not core.has_work() and core.generated_tokens == 0 and core.blocks.num_free_blocks == core.blocks.num_blocks

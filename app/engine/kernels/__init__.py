@@ -154,6 +154,10 @@ def _w4a16_silu_mul_gpu(gate_up: torch.Tensor, qweight: torch.Tensor, qzeros: to
 # 252 at 256 (crossing, interpolated, near 176).
 DEQUANTIZE_ROWS = 128
 CUDA_GEMM_ROWS = 176
+# A prompt this long reaches every row range above: the engine's warm-up at load prefills one, so
+# that no kernel (the expansion of 4-bit weights above all) compiles in the middle of a chat.
+WARM_UP_ROWS = 256
+assert WARM_UP_ROWS > max(DEQUANTIZE_ROWS, CUDA_GEMM_ROWS)
 
 
 def with_cache_format(ops: Ops, fmt, model_dtype: torch.dtype) -> Ops:

@@ -107,6 +107,24 @@ def test_awq_decode_layers_match_the_per_op_path(variant, cuda_graphs, tiny_mode
     assert (ours - ref).abs().max().item() <= 1e-2 * max(1.0, ref.abs().max().item())
 
 
+@pytest.mark.skipif(DEVICE == "cpu", reason="the warm-up at load runs on a GPU")
+def test_the_warm_up_reaches_the_expansion_of_4_bit_weights(tiny_model_factory, tmp_path, monkeypatch) -> None:
+    """A 4-bit model's first long prompt must not compile the weight expansion (a Triton kernel)
+    seconds into a chat: the warm-up at load already takes that path."""
+    from app.engine.kernels.triton import w4a16
+    from tests.engine.test_awq_checkpoints import write_awq
+
+    expanded = []
+    dequantize = w4a16.dequantize
+    monkeypatch.setattr(w4a16, "dequantize", lambda *args, **kw: expanded.append(args[0].shape) or dequantize(*args, **kw))
+    source, hf = tiny_model_factory("qwen2")
+    write_awq(source, hf, tmp_path / "awq")
+    config = EngineConfig(model=tmp_path / "awq", device=DEVICE, dtype="float16", kernels="triton", block_size=16,
+                          num_cache_blocks=64)
+    EngineCore(load(config, tmp_path / "awq"), config)
+    assert expanded, "no prompt of the warm-up took the expansion of 4-bit weights"
+
+
 @pytest.mark.parametrize("kv_cache_dtype", ["int8", "int4"])
 def test_a_quantized_cache_on_triton_kernels_matches_the_reference(kv_cache_dtype, tiny_model_factory) -> None:
     """The same int8/int4 cache read by the Triton attention kernels and by the torch reference:
