@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from app.engine.loader import model_loader
 from app.engine.models.config import ModelConfig
 from app.engine.outputs import Delta, RequestStats
 from app.engine.tokenizer import Message
+
+log = logging.getLogger(__name__)
 
 
 class RequestHandle:
@@ -187,11 +190,20 @@ class Engine:
 
     def _accept(self, cmd: _Submit) -> None:
         handle = cmd.handle
+        listening = cmd.on_delta is not None
 
         def emit(delta: Delta) -> None:
+            nonlocal listening
             handle._put(delta)
-            if cmd.on_delta is not None:
+            if not listening:
+                return
+            try:
                 cmd.on_delta(delta)
+            except Exception:  # the listener's failure ends its request, never the engine thread
+                listening = False
+                log.warning("request %s: its on_delta callback failed; cancelling it", handle.request_id,
+                            exc_info=True)
+                self._commands.put(("cancel", handle.request_id))
 
         try:
             if self._core is None:

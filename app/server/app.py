@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from app.engine import Engine
 from app.engine.outputs import Delta, TokenLogprob
@@ -109,9 +110,23 @@ def create_app(source: Engine | Backend, config: ServerConfig | None = None,
                 raise errors.APIError.from_engine(final.error, final.error_type)
             return respond(final, text, logprobs)
 
+        final: Delta | None = None
+        released = False
+
+        def release() -> None:
+            """Once, however the stream ends: after its last event, when the client left mid-stream
+            (its KV blocks go back now), or when it left before the first event was sent (the
+            generator never started, so only the response's background task gets here)."""
+            nonlocal in_flight, released
+            if released:
+                return
+            released = True
+            in_flight -= 1
+            pending.cancel()
+            log(request, endpoint, started, _outcome(final), final)
+
         async def events() -> AsyncIterator[str]:
-            nonlocal in_flight
-            final = None
+            nonlocal final
             try:
                 async for chunk, delta in stream_chunks(pending, first):
                     if delta is not None and delta.finished:
@@ -119,11 +134,9 @@ def create_app(source: Engine | Backend, config: ServerConfig | None = None,
                     yield f"data: {json.dumps(chunk)}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
-                in_flight -= 1
-                pending.cancel()  # the client left mid-stream: its KV blocks go back now
-                log(request, endpoint, started, _outcome(final), final)
+                release()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(release),
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
 
 import pytest
@@ -50,6 +51,22 @@ def test_cancel_mid_stream_frees_the_cache(engine) -> None:
             handle.cancel()
     assert handle.final.finish_reason == "cancelled"
     assert handle.final.stats.completion_tokens < 200
+    stats = engine.stats()
+    assert stats["free_cache_tokens"] == stats["cache_tokens"]
+
+
+def test_a_failing_listener_ends_its_request_not_the_engine(engine) -> None:
+    """An on_delta callback that raises (a server's event loop already closed, say) cancels its own
+    request; the engine thread lives on and serves the next one."""
+    def gone(delta) -> None:
+        raise RuntimeError("Event loop is closed")
+
+    handle, done = engine.submit("Once", gen=greedy(200), on_delta=gone), []
+    waiter = threading.Thread(target=lambda: done.append(handle.result()), daemon=True)
+    waiter.start()
+    waiter.join(30)  # a dead engine thread would never send the final delta
+    assert done and done[0].finish_reason == "cancelled"
+    assert engine.submit("Once", gen=greedy(3)).result().stats.completion_tokens == 3
     stats = engine.stats()
     assert stats["free_cache_tokens"] == stats["cache_tokens"]
 

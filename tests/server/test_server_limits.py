@@ -81,3 +81,44 @@ def test_requests_past_the_limit_get_429(engine, model_name) -> None:
     finally:
         small.stop()
 
+
+
+def test_a_client_gone_before_its_first_event_is_released(engine, model_name) -> None:
+    """A client that asks for a stream and leaves before the first event reaches it: the response
+    body never starts, so nothing inside it runs; the request must still be cancelled and leave the
+    in-flight count, or a few such clients would leave the server answering 429 for good. Driven
+    at the ASGI level, as uvicorn calls the app (spec 2.3), where that moment can be held open: the
+    transport is slow to send the response head, and the disconnect is already waiting."""
+    import json
+
+    import anyio
+
+    from app.server.app import create_app
+
+    app = create_app(engine, ServerConfig(max_requests=1))
+
+    async def call(body: dict) -> list[dict]:
+        sent, pending = [], [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+
+        async def receive() -> dict:
+            return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                await anyio.sleep(0.5)  # meanwhile the server notices the disconnect
+            sent.append(message)
+
+        path = b"/v1/chat/completions"
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": path.decode(), "raw_path": path, "query_string": b"",
+                 "root_path": "", "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 23333)}
+        await app(scope, receive, send)
+        return sent
+
+    asked = {"model": model_name, "messages": QUESTION, "max_tokens": 400, "stream": True, "ignore_eos": True}
+    sent = anyio.run(call, asked)
+    assert not any(m["type"] == "http.response.body" and m.get("body") for m in sent)  # no event went out
+    wait_idle(engine, 10)  # cancelled, not generating 400 tokens for nobody
+    again = anyio.run(call, {**asked, "stream": False, "max_tokens": 2})
+    assert again[0]["status"] != 429  # the first request no longer counts as in flight
