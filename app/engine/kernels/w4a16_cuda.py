@@ -100,7 +100,8 @@ def _fusion(x: torch.Tensor, m: int, n: int, k: int, norm: Norm | None, bias: to
         if t is None:
             return None
         if t.dtype != dtype or t.device != x.device or not t.is_contiguous() or (numel is not None and t.numel() != numel):
-            raise ValueError(f"{what} must be a contiguous {dtype} tensor of {numel} values on {x.device}")
+            size = "" if numel is None else f" of {numel} values"
+            raise ValueError(f"{what} must be a contiguous {dtype} tensor{size} on {x.device}")
         return t.data_ptr()
 
     f = _Fusion()
