@@ -1,6 +1,7 @@
 """Where a batch-1 decode step's time goes on the GPU: graph replay alone vs the whole engine
 step (scheduling, staging, sampling, detokenization), with the fused decode layers and without
-(the per-op kernels; batch 1 only). Usage: python benchmarks/gpu_step_profile.py SHAPE [BATCH] [PROMPT_LEN]"""
+(the per-op kernels; batch 1 only). Usage:
+python benchmarks/gpu_step_profile.py SHAPE [BATCH] [PROMPT_LEN] [KV_CACHE_DTYPE (auto, int8, int4, ...)]"""
 
 from __future__ import annotations
 
@@ -19,23 +20,23 @@ from app.engine.loader.model_loader import load
 from app.engine.models.decoder import DecoderLM
 
 
-def main(shape: str, batch: int, prompt_len: int, steps: int = 300) -> None:
-    profile(shape, batch, prompt_len, steps, fused=True)
+def main(shape: str, batch: int, prompt_len: int, kv_cache_dtype: str = "auto", steps: int = 300) -> None:
+    profile(shape, batch, prompt_len, steps, fused=True, kv_cache_dtype=kv_cache_dtype)
     if batch > 1:
         return
     bind = DecoderLM.bind_cache
     DecoderLM.bind_cache = lambda self, kv_caches: None  # no whole-layer kernels: the per-op path
     try:
-        profile(shape, batch, prompt_len, steps, fused=False)
+        profile(shape, batch, prompt_len, steps, fused=False, kv_cache_dtype=kv_cache_dtype)
     finally:
         DecoderLM.bind_cache = bind
 
 
-def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) -> None:
+def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool, kv_cache_dtype: str = "auto") -> None:
     folder = write_shape_folder(shape, Path(tempfile.gettempdir()) / f"lmstation-shape-{shape}")
     config = EngineConfig(model=folder, device="cuda", dtype="bfloat16", load_format="random", max_num_seqs=batch + 1,
                           max_num_batched_tokens=max(2048, prompt_len), prefill_chunk_size=prompt_len,
-                          max_model_len=prompt_len + 1024, enable_prefix_caching=False)
+                          max_model_len=prompt_len + 1024, enable_prefix_caching=False, kv_cache_dtype=kv_cache_dtype)
     core = EngineCore(load(config, folder), config)
     for i in range(batch):
         core.add_request([100 + (i + j) % 1000 for j in range(prompt_len)],
@@ -61,7 +62,7 @@ def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool) ->
     for _ in range(steps):
         logits.argmax(dim=-1).tolist()
     sample_ms = (time.perf_counter() - start) / steps * 1e3
-    print(f"{shape} batch {batch} ({'fused layers' if fused else 'per-op'}): engine step {step_ms:.3f} ms "
+    print(f"{shape} batch {batch}, {kv_cache_dtype} KV cache ({'fused layers' if fused else 'per-op'}): engine step {step_ms:.3f} ms "
           f"({batch * 1e3 / step_ms:.0f} tok/s); graph replay alone {replay_ms:.3f} ms; argmax+tolist {sample_ms:.3f} ms; host overhead ~{step_ms - replay_ms:.3f} ms")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(50):
@@ -117,4 +118,4 @@ def print_kernels_by_launch_shape(prof, replays: int) -> None:
 if __name__ == "__main__":
     args = sys.argv[1:]
     main(args[0] if args else "smollm2-135m", int(args[1]) if len(args) > 1 else 1,
-         int(args[2]) if len(args) > 2 else 128)
+         int(args[2]) if len(args) > 2 else 128, args[3] if len(args) > 3 else "auto")
