@@ -118,10 +118,12 @@ def paged_attention(
         else:
             query_pos = torch.arange(ctx - qlen, ctx, device=q.device)
             mask, causal = _window_mask(query_pos, torch.arange(ctx, device=q.device), sliding_window), False
+        # [1, heads, tokens, dim]: with the batch dimension, CPU torch runs its flash-attention
+        # kernel; 3-D inputs fall back to the math path (~1.4x slower on the starter model).
         out[start : start + qlen] = F.scaled_dot_product_attention(
-            qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1),
+            qs.transpose(0, 1)[None], ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
             attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True,
-        ).transpose(0, 1)
+        )[0].transpose(0, 1)
     return out
 
 
