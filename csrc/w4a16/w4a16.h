@@ -13,8 +13,10 @@
  *   qzeros   [K / G, N / 8] int32, packed the same way
  *   scales   [K / G, N]  fp16, 16-byte aligned
  *   y        [M, N]      x's dtype, contiguous
- * W[k, n] = (q[k, n] - z[k / G, n]) * s[k / G, n]; x and W in fp16 (bf16 x is converted), products
- * summed in fp16 over 8-16 rows of K (one quantisation group), then in fp32.
+ * W[k, n] = (q[k, n] - z[k / G, n]) * s[k / G, n]; x in fp16 (bf16 x is converted; the GEMV first
+ * scales it down by a power of two where it is large). The GEMV sums products x * (q - z) in fp16
+ * over 8-16 rows of K (inside one quantisation group), then scales them into fp32 sums (from 5 rows
+ * of x on it scales each weight first); the GEMM multiplies fp16 weights on tensor cores.
  * Requirements: N % 8 == 0 (N <= 4194304), G % 16 == 0, K % G == 0.
  *
  * Workspace: the kernel may split K over several blocks; their fp32 partials and one counter per
