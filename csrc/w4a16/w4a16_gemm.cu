@@ -276,23 +276,13 @@ GemmPlan make_gemm_plan(int64_t m, int64_t n, int64_t k, int requested_splits, i
 
 template <typename T, int MT>
 cudaError_t launch_gemm_mt(const GemmParams& p, const GemmPlan& plan, bool pdl, cudaStream_t stream) {
-  cudaLaunchAttribute attribute = {};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(plan.n_tiles, plan.m_tiles, plan.splits);
-  config.blockDim = dim3(kThreads);
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = pdl ? 1 : 0;
-  cudaError_t err = cudaLaunchKernelEx(&config, w4a16_gemm_kernel<T, MT>, p);
+  const cudaError_t err = launch_kernel(w4a16_gemm_kernel<T, MT>, dim3(plan.n_tiles, plan.m_tiles, plan.splits),
+                                        dim3(kThreads), 0, stream, pdl, p);
   if (err != cudaSuccess || plan.splits == 1) return err;
   const int64_t count = static_cast<int64_t>(p.m) * p.n;  // a multiple of 8 (N is)
   const int threads = 256;
-  config.gridDim = dim3(static_cast<unsigned>(cdiv(count / 4, threads)));
-  config.blockDim = dim3(threads);
-  return cudaLaunchKernelEx(&config, sum_slices_kernel<T>, static_cast<const float*>(p.partials),
-                            static_cast<T*>(p.y), count, plan.splits);
+  return launch_kernel(sum_slices_kernel<T>, dim3(static_cast<unsigned>(cdiv(count / 4, threads))), dim3(threads), 0,
+                       stream, pdl, static_cast<const float*>(p.partials), static_cast<T*>(p.y), count, plan.splits);
 }
 
 template <typename T>

@@ -469,17 +469,8 @@ int check_fusion(const lms_w4a16_fusion& f, int64_t n, int64_t k, const void* x,
 
 template <typename T, int M, int R, int S, int B>
 cudaError_t launch_m(const Params& p, const Plan& plan, bool pdl, cudaStream_t stream) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(plan.tiles, plan.splits);
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = plan.shared_bytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute = {};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&config, w4a16_gemv_kernel<T, M, R, S, B>, p);
+  return launch_kernel(w4a16_gemv_kernel<T, M, R, S, B>, dim3(plan.tiles, plan.splits), dim3(kThreads),
+                       plan.shared_bytes, stream, pdl, p);
 }
 
 template <typename T>
