@@ -177,8 +177,11 @@ def _compile_variants(kernel, records: list[dict], arch: int) -> list[str]:
             kernel.run(*args, grid=(1,), warmup=True, **options)
         except Exception as exc:  # noqa: BLE001 (every failure is reported)
             constexprs = {k: v[1] for k, v in record["args"].items() if v[0] == "value"}
+            root = exc
+            while root.__cause__ is not None:  # a nested @triton.jit call's error names the real line
+                root = root.__cause__
             failures.append(f"sm_{arch} {record['module']}.{record['name']} {constexprs}: "
-                            f"{type(exc).__name__}: {str(exc).strip()[:2000]}")
+                            f"{type(root).__name__}: {str(root).strip()[:2000]}")
     return failures
 
 

@@ -1,10 +1,15 @@
 """Quantized KV cache rows (int8 / int4, asymmetric, per token and head), the torch reference.
 
 A cache row holds one token's key (or value) for one head. Quantized, it is ``head_dim`` bytes
-(int8) or ``head_dim / 2`` (int4, two per byte: element 2i in the low nibble, 2i + 1 in the high
-one), followed by the row's scale and minimum as two fp16 values (4 bytes). Keeping them inside
-the row leaves the cache one tensor per layer and side, as for float caches, so every consumer
-still receives (k_cache, v_cache); a uint8 cache means a quantized one.
+(int8) or ``head_dim / 2`` (int4), followed by the row's scale and minimum as two fp16 values (4
+bytes). Keeping them inside the row leaves the cache one tensor per layer and side, as for float
+caches, so every consumer still receives (k_cache, v_cache); a uint8 cache means a quantized one.
+
+The integers are packed in planes (``Packing``): the row is read as W little-endian units of U
+bits (U = 32 where that leaves W >= 16 units), and field f (bits f*b .. f*b + b - 1) of unit u
+holds element f*W + u. So shifting and masking a tile of units yields elements f*W .. f*W + W - 1
+of every row: a contiguous slice that attention kernels multiply with the same slice of the query,
+with no shuffling back into element order.
 
 What is quantized is the row turned by an orthonormal Hadamard matrix R (block-diagonal over the
 power-of-two parts of the head size; R = R^T): y = x R, y ≈ q * scale + min, x = y R. The turn
@@ -65,6 +70,25 @@ class CacheFormat:
         return f"int{self.bits}" if self.quantized else str(self.dtype).removeprefix("torch.")
 
 
+@dataclass(frozen=True)
+class Packing:
+    """How a row's integers lie in units: ``width`` units (W) of ``unit_bits`` (U), ``planes``
+    (U / bits) fields each; field f of unit u holds element f * W + u."""
+
+    unit_bits: int
+    width: int
+    planes: int
+
+    @classmethod
+    def of(cls, head_dim: int, bits: int) -> "Packing":
+        """Units as wide as leave W >= 32 (else >= 16): the kernels' dots take planes of at
+        least 16 elements, and run faster on fewer, wider ones (docs/benchmarks.md)."""
+        total = head_dim * bits
+        fits = [u for u in (32, 16, 8) if total % u == 0]
+        unit = next((u for u in fits if total // u >= 32), None) or next((u for u in fits if total // u >= 16), 8)
+        return cls(unit, total // unit, unit // bits)
+
+
 def bits_of(cache: torch.Tensor, head_dim: int) -> int:
     """A quantized cache's bits, told by its row width."""
     return 8 if cache.shape[-1] == head_dim + PARAM_BYTES else 4
@@ -95,8 +119,11 @@ def quantize_rows(x: torch.Tensor, bits: int) -> torch.Tensor:
     low = low.clamp(-65504, 65504).half()
     scale = ((high - low.float()) / levels).clamp(min=1e-6, max=65504).half()
     q = torch.round((x - low.float()) / scale.float()).clamp(0, levels).to(torch.uint8)
-    if bits == 4:
+    pack = Packing.of(x.shape[-1], bits)
+    q = q.unflatten(-1, (pack.planes, pack.width)).transpose(-1, -2)  # [..., unit, field]
+    if bits == 4:  # fields 2j, 2j + 1 share byte j of a unit: low nibble, high nibble
         q = q[..., 0::2] | (q[..., 1::2] << 4)
+    q = q.flatten(-2)
     params = torch.cat([scale, low], dim=-1).view(torch.uint8)  # 2 fp16 -> 4 bytes
     return torch.cat([q, params], dim=-1)
 
@@ -105,7 +132,10 @@ def dequantize_rows(rows: torch.Tensor, head_dim: int, dtype: torch.dtype, turne
     """uint8 rows [..., row width] -> [..., head_dim] of ``dtype``: x, or x R where ``turned``."""
     bits = bits_of(rows, head_dim)
     data, params = rows[..., :-PARAM_BYTES], rows[..., -PARAM_BYTES:].contiguous().view(torch.float16).float()
+    pack = Packing.of(head_dim, bits)
+    data = data.unflatten(-1, (pack.width, -1))  # [..., unit, byte]
     if bits == 4:
         data = torch.stack([data & 0xF, data >> 4], dim=-1).flatten(-2)
+    data = data.transpose(-1, -2).flatten(-2)  # element f * W + u = field f of unit u
     y = data.float() * params[..., :1] + params[..., 1:]
     return (y if turned else y @ rotation(head_dim, rows.device)).to(dtype)

@@ -9,7 +9,7 @@ import torch
 
 from app.engine.config import GenerationConfig
 from app.engine.kv_cache import bytes_per_block
-from app.engine.kv_quant import CacheFormat, dequantize_rows, quantize_rows, rotation
+from app.engine.kv_quant import CacheFormat, Packing, dequantize_rows, quantize_rows, rotation
 from app.engine.loader.model_loader import read_config
 from tests.tiny_models import make_core
 
@@ -30,24 +30,50 @@ def test_the_turn_is_orthonormal_hadamard() -> None:
     assert torch.allclose(r @ r.T, torch.eye(96), atol=1e-6) and r[:64, 64:].abs().sum() == 0
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_rows_follow_the_layout(bits) -> None:
-    """Each row: the integers of y = x R (int4: element 2i in the low nibble), then fp16 scale and
-    minimum; y ≈ q * scale + min within half a step of its range, and x = y R."""
-    x = torch.randn(7, 3, 64, generator=torch.Generator().manual_seed(bits)) * 3 + 1
+def read_by_the_spec(rows: torch.Tensor, dim: int, bits: int, unit_bits: int) -> torch.Tensor:
+    """The integers of uint8 rows as the layout describes them: W little-endian units of U bits,
+    field f of unit u (bits f*b ..) holding element f * W + u."""
+    width = dim * bits // unit_bits
+    out = torch.zeros(*rows.shape[:-1], dim, dtype=torch.long)
+    for u in range(width):
+        unit = sum(rows[..., u * unit_bits // 8 + i].long() << (8 * i) for i in range(unit_bits // 8))
+        for f in range(unit_bits // bits):
+            out[..., f * width + u] = (unit >> (f * bits)) & ((1 << bits) - 1)
+    return out
+
+
+@pytest.mark.parametrize("bits,dim,unit_bits", [(8, 128, 32), (8, 64, 16), (8, 16, 8), (4, 256, 32), (4, 128, 16),
+                                                (4, 64, 8), (4, 96, 8)])
+def test_rows_follow_the_layout(bits, dim, unit_bits) -> None:
+    """Each row: the integers of y = x R packed in planes, then fp16 scale and minimum; y ≈ q *
+    scale + min within half a step of its range, and x = y R."""
+    assert Packing.of(dim, bits).unit_bits == unit_bits
+    x = torch.randn(7, 3, dim, generator=torch.Generator().manual_seed(bits)) * 3 + 1
     rows = quantize_rows(x, bits)
-    width = 64 * bits // 8
+    width = dim * bits // 8
     assert rows.dtype == torch.uint8 and rows.shape == (7, 3, width + 4)
     scale = rows[..., width : width + 2].contiguous().view(torch.float16).float()
     low = rows[..., width + 2 :].contiguous().view(torch.float16).float()
-    data = rows[..., :width].long()
-    q = data if bits == 8 else torch.stack([data % 16, data // 16], dim=-1).flatten(-2)  # by the spec
-    spec = q.float() * scale + low
-    assert torch.allclose(dequantize_rows(rows, 64, torch.float32, turned=True), spec)
-    assert torch.allclose(dequantize_rows(rows, 64, torch.float32), spec @ sylvester(64), atol=1e-5)
-    y = x @ sylvester(64)
+    spec = read_by_the_spec(rows, dim, bits, unit_bits).float() * scale + low
+    assert torch.allclose(dequantize_rows(rows, dim, torch.float32, turned=True), spec)
+    assert torch.allclose(dequantize_rows(rows, dim, torch.float32), spec @ rotation(dim, torch.device("cpu")),
+                          atol=1e-5)
+    y = x @ rotation(dim, torch.device("cpu"))
     step = (y.amax(-1, keepdim=True) - y.amin(-1, keepdim=True)) / ((1 << bits) - 1)
     assert ((spec - y).abs() <= step * 0.5 + 1e-2 * step + 1e-3).all()
+
+
+def test_the_gpu_kernels_refuse_planes_narrower_than_16() -> None:
+    """The Triton kernels' dots take planes of 16 elements at least: int4 rows of head size 16
+    would have 8. The torch reference takes them (the tiny test models' head size is 16)."""
+    from app.engine.kernels import REFERENCE_OPS, _triton_ops, with_cache_format
+
+    int4, int8 = CacheFormat.of("int4", torch.bfloat16), CacheFormat.of("int8", torch.bfloat16)
+    with pytest.raises(ValueError, match="int4 KV cache for head sizes of 32 or more; this model's is 16"):
+        with_cache_format(_triton_ops(), int4, torch.bfloat16, 16)
+    assert "int4 KV cache" in with_cache_format(_triton_ops(), int4, torch.bfloat16, 32).name
+    assert "int8 KV cache" in with_cache_format(_triton_ops(), int8, torch.bfloat16, 16).name
+    assert "int4 KV cache" in with_cache_format(REFERENCE_OPS, int4, torch.bfloat16, 16).name
 
 
 @pytest.mark.parametrize("variant", ["llama", "qwen2", "qwen3"])

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from app.engine import sampling
+from app.engine import kv_quant, sampling
 from app.engine.kernels import reference
 
 
@@ -160,13 +160,18 @@ WARM_UP_ROWS = 256
 assert WARM_UP_ROWS > max(DEQUANTIZE_ROWS, CUDA_GEMM_ROWS)
 
 
-def with_cache_format(ops: Ops, fmt, model_dtype: torch.dtype) -> Ops:
+def with_cache_format(ops: Ops, fmt, model_dtype: torch.dtype, head_dim: int) -> Ops:
     """The ops for a KV cache stored other than in the model's dtype (kv_quant.CacheFormat: int8,
     int4, or another float). Both implementations write and read such caches (the Triton kernels
     quantize rows as they store them and dequantize them as they load them); the whole-layer decode
-    kernels, which write and read the model's dtype only, stay off (CUDA graphs stay on)."""
+    kernels, which write and read the model's dtype only, stay off (CUDA graphs stay on). The
+    Triton attention kernels take the rows' planes (kv_quant.Packing) of 16 elements or more."""
     if fmt.dtype == model_dtype:
         return ops
+    if (fmt.quantized and ops.paged_attention is not REFERENCE_OPS.paged_attention
+            and kv_quant.Packing.of(head_dim, fmt.bits).width < 16):
+        raise ValueError(f"the GPU kernels take an {fmt.name} KV cache for head sizes of {128 // fmt.bits} "
+                         f"or more; this model's is {head_dim}: choose int8 or a float cache")
     return replace(ops, bind_decode_layer=None, decode_step=None, name=f"{ops.name}; {fmt.name} KV cache")
 
 

@@ -144,7 +144,7 @@ def load_shard(
     ``progress`` hears the share of the weights read."""
     dtype = resolve_dtype(engine_cfg.dtype, cfg.torch_dtype, device)
     fmt = cache_format(engine_cfg, dtype)
-    ops = with_cache_format(ops_for(device, engine_cfg.kernels, shard.world), fmt, dtype)
+    ops = with_cache_format(ops_for(device, engine_cfg.kernels, shard.world), fmt, dtype, cfg.head_dim)
     context = _context(cfg, engine_cfg)
     model = build_model(cfg, ops, dtype, device, context, shard)
     if engine_cfg.load_format == "random":

@@ -49,7 +49,18 @@ def test_the_write_kernel_quantizes_as_the_reference(bits, dtype, kv_heads, dim)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("window", [None, 24], ids=["full", "window24"])
 def test_mixed_batch_over_a_quantized_cache(bits, dtype, window) -> None:
-    heads, kv_heads, dim, block_size = 8, 2, 64, 16
+    mixed_batch(bits, dtype, window, 64)
+
+
+@pytest.mark.parametrize("bits,dim", [(8, 16), (4, 32), (4, 256)])
+def test_every_packing_of_the_planes(bits, dim) -> None:
+    """One plane of bytes (int8, head size 16), two of nibbles in bytes (int4, 32) and eight in
+    32-bit units (int4, 256); head size 64 (four planes) is the test above."""
+    mixed_batch(bits, torch.bfloat16, None, dim)
+
+
+def mixed_batch(bits: int, dtype: torch.dtype, window: int | None, dim: int) -> None:
+    heads, kv_heads, block_size = 8, 2, 16
     decode_lens, chunks = [17, 1, 50], [(70, 6), (33, 33)]
     k_float, v_float, table = make_cache(decode_lens + [c for c, _ in chunks], kv_heads, dim, block_size, dtype, 70)
     k_cache, v_cache = quantized(k_float, bits), quantized(v_float, bits)

@@ -23,7 +23,7 @@ from app.engine import kv_quant
 from app.engine.kernels.triton._common import (
     cdiv, dot_in_fp32, gdc_launch_dependents, gdc_wait, next_pow2, pdl_launch, sm_count,
 )
-from app.engine.kernels.triton.kv_rows import load_rows
+from app.engine.kernels.triton.kv_rows import load_params, load_rows, load_units, plane, plane_fp16
 
 LOG2E = 1.4426950408889634
 MIN_PARTITION = 64  # tokens; shorter partitions cost more in merging than they gain in parallelism
@@ -38,6 +38,21 @@ def _partition_of(span, wanted, min_partition, max_partition, BLOCK_N: tl.conste
     return tl.minimum(tl.maximum(size, min_partition), max_partition)
 
 
+@triton.jit
+def _bounds(context_lens_ptr, b, p, window, wanted, min_partition, max_partition,
+            SLIDING: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Keys [lo, hi) of row b's partition p (empty past the row's last partition)."""
+    length = tl.load(context_lens_ptr + b).to(tl.int32)
+    first = 0
+    if SLIDING:
+        first = tl.maximum(length - window, 0)
+    # Partitions start at the first visible key: with a window, the grid needs slots for the
+    # window only, however long the context.
+    size = _partition_of(length - first, wanted, min_partition, max_partition, BLOCK_N)
+    lo = first + p * size
+    return lo, tl.minimum(lo + size, length)
+
+
 @triton.jit(do_not_specialize=["window", "num_slots", "wanted", "stride_bt"])
 def _decode_partition_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
@@ -49,7 +64,7 @@ def _decode_partition_kernel(
     stride_bt, stride_ob, stride_oh,
     G: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
-    BITS: tl.constexpr, PDL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     if PDL:  # launched early (programmatic dependent launch): let the next kernel launch, wait for q
         gdc_launch_dependents()
@@ -57,15 +72,7 @@ def _decode_partition_kernel(
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     p = tl.program_id(2)
-    length = tl.load(context_lens_ptr + b).to(tl.int32)
-    first = 0
-    if SLIDING:
-        first = tl.maximum(length - window, 0)
-    # Partitions start at the first visible key: with a window, the grid needs slots for the
-    # window only, however long the context.
-    size = _partition_of(length - first, wanted, min_partition, max_partition, BLOCK_N)
-    lo = first + p * size
-    hi = tl.minimum(lo + size, length)
+    lo, hi = _bounds(context_lens_ptr, b, p, window, wanted, min_partition, max_partition, SLIDING, BLOCK_N)
     if SPLIT:
         if lo >= hi:  # nothing of this row here; the merge knows and skips it
             return
@@ -93,9 +100,9 @@ def _decode_partition_kernel(
             block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
         else:
             block = tl.load(table + pos // BLOCK_SIZE, mask=visible, other=0).to(tl.int64)
-        k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, visible, HEAD_DIM, BITS, True)
-        v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, visible, HEAD_DIM, BITS, True)
-        k = k.to(q.dtype)  # (a quantized cache dequantizes to fp32; q is fp32 under DOT_FP32)
+        k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, visible, HEAD_DIM, 0, 0, True)
+        v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, visible, HEAD_DIM, 0, 0, True)
+        k = k.to(q.dtype)  # (q is fp32 under DOT_FP32)
         v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
         s = tl.where(visible[None, :], s, float("-inf"))
@@ -114,6 +121,169 @@ def _decode_partition_kernel(
         l_i = tl.where(l_i > 0, l_i, 1.0)  # an empty context (never in practice) gives zeros
         o = out_ptr + b * stride_ob + head[:, None] * stride_oh + d[None, :]
         tl.store(o, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+
+
+@triton.jit
+def _plane_operand(units, f: tl.constexpr, BITS: tl.constexpr, FP16_OPERANDS: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Plane f as a dot operand: fp16 holding 1024 + n (no conversion instruction), or n."""
+    if FP16_OPERANDS:
+        x = plane_fp16(units, f, BITS)
+    else:
+        x = plane(units, f, BITS).to(tl.float32)
+    if DOT_FP32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _query_slice(q_rows, g_ok, f: tl.constexpr, WIDTH: tl.constexpr, q_scale,
+                 FP16_OPERANDS: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Query columns f * W .. f * W + W - 1, the elements plane f holds, as the dot's operand."""
+    x = tl.load(q_rows + f * WIDTH + tl.arange(0, WIDTH)[None, :], mask=g_ok[:, None], other=0.0).to(tl.float32)
+    if FP16_OPERANDS:
+        x = (x * q_scale).to(tl.float16)
+    if DOT_FP32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _weigh_plane(acc, alpha, weights, units, f: tl.constexpr, BITS: tl.constexpr,
+                 FP16_OPERANDS: tl.constexpr, DOT_FP32: tl.constexpr):
+    v = _plane_operand(units, f, BITS, FP16_OPERANDS, DOT_FP32)
+    return acc * alpha[:, None] + tl.dot(weights, v, input_precision="ieee")
+
+
+@triton.jit
+def _store_plane(out_rows, acc, shift, l_i, g_ok, f: tl.constexpr, WIDTH: tl.constexpr):
+    """Output columns f * W .. of the heads at out_rows: the plane's weighted sum plus the term
+    that every column shares."""
+    o = (acc + shift[:, None]) / l_i[:, None]
+    col = f * WIDTH + tl.arange(0, WIDTH)
+    tl.store(out_rows + col[None, :], o.to(out_rows.dtype.element_ty), mask=g_ok[:, None])
+
+
+@triton.jit(do_not_specialize=["window", "num_slots", "wanted", "stride_bt"])
+def _decode_planes_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
+    out_ptr, part_out_ptr, part_lse_ptr,
+    qk_scale, window, num_slots, wanted, min_partition, max_partition,
+    stride_qb, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_ob, stride_oh,
+    G: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
+    FP16_OPERANDS: tl.constexpr, BITS: tl.constexpr, UNIT_BITS: tl.constexpr, PDL: tl.constexpr,
+):
+    """_decode_partition_kernel over int8/int4 rows, plane by plane (kv_rows), with the rows'
+    scales and minimums applied around the dots rather than to every element: a score is
+    scale * (q·n) + min * Σq over the integers n, and the values' scales weigh the probabilities
+    before their dot while their minimums add one term to every output column. With fp16
+    operands the integers enter as 1024 + n, and 1024 x the other operand's sum is taken back."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    p = tl.program_id(2)
+    lo, hi = _bounds(context_lens_ptr, b, p, window, wanted, min_partition, max_partition, SLIDING, BLOCK_N)
+    if SPLIT:
+        if lo >= hi:
+            return
+    PLANES: tl.constexpr = UNIT_BITS // BITS
+    WIDTH: tl.constexpr = HEAD_DIM // PLANES
+
+    g = tl.arange(0, G_PAD)
+    head = kvh * G + g
+    g_ok = g < G
+    q_rows = q_ptr + b * stride_qb + head[:, None] * stride_qh
+    q = tl.load(q_rows + tl.arange(0, HEAD_DIM)[None, :], mask=g_ok[:, None], other=0.0).to(tl.float32)
+    q_scale = 1.0
+    offset = 0.0
+    if FP16_OPERANDS:  # q scaled by a power of two to a top of 2^14: fp16 keeps its precision, never overflows
+        top = tl.max(tl.max(tl.abs(q), axis=1), axis=0)
+        q_scale = tl.where(top > 0, tl.exp2(14.0 - tl.ceil(tl.log2(tl.maximum(top, 1e-30)))), 1.0)
+        q = (q * q_scale).to(tl.float16).to(tl.float32)
+        offset = 1024.0
+    q_sum = tl.sum(q, axis=1)  # of the operands as the dots see them
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    shift = tl.zeros([G_PAD], tl.float32)  # sum over keys of p * (min - offset * scale): every column's
+    acc0 = tl.zeros([G_PAD, WIDTH], tl.float32)
+    acc1 = tl.zeros([G_PAD, WIDTH], tl.float32)
+    acc2 = tl.zeros([G_PAD, WIDTH], tl.float32)
+    acc3 = tl.zeros([G_PAD, WIDTH], tl.float32)
+    acc4 = tl.zeros([G_PAD, WIDTH], tl.float32)
+    acc5 = tl.zeros([G_PAD, WIDTH], tl.float32)
+    acc6 = tl.zeros([G_PAD, WIDTH], tl.float32)
+    acc7 = tl.zeros([G_PAD, WIDTH], tl.float32)
+    table = block_tables_ptr + b * stride_bt
+    k_base = k_cache_ptr + kvh * stride_kh
+    v_base = v_cache_ptr + kvh * stride_vh
+    for start in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
+        pos = start + tl.arange(0, BLOCK_N)
+        visible = (pos >= lo) & (pos < hi)
+        if BLOCK_N <= BLOCK_SIZE:
+            block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
+        else:
+            block = tl.load(table + pos // BLOCK_SIZE, mask=visible, other=0).to(tl.int64)
+        k_off = block * stride_kb + (pos % BLOCK_SIZE) * stride_ks
+        k_units = load_units(k_base, k_off, visible, WIDTH, UNIT_BITS)
+        k_scale, k_low = load_params(k_base, k_off, visible, HEAD_DIM * BITS // 8)
+        s = tl.zeros([G_PAD, BLOCK_N], tl.float32)
+        for f in tl.static_range(PLANES):
+            s = tl.dot(_query_slice(q_rows, g_ok, f, WIDTH, q_scale, FP16_OPERANDS, DOT_FP32),
+                       tl.trans(_plane_operand(k_units, f, BITS, FP16_OPERANDS, DOT_FP32)),
+                       acc=s, input_precision="ieee")
+        s = (k_scale[None, :] * (s - offset * q_sum[:, None]) + k_low[None, :] * q_sum[:, None]) * (qk_scale / q_scale)
+        s = tl.where(visible[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        prob = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(prob, axis=1)
+
+        v_off = block * stride_vb + (pos % BLOCK_SIZE) * stride_vs
+        v_units = load_units(v_base, v_off, visible, WIDTH, UNIT_BITS)
+        v_scale, v_low = load_params(v_base, v_off, visible, HEAD_DIM * BITS // 8)
+        weights = prob * v_scale[None, :]
+        if FP16_OPERANDS:
+            weights = weights.to(tl.float16)
+        shift = shift * alpha + tl.sum(prob * v_low[None, :] - offset * weights.to(tl.float32), axis=1)
+        if DOT_FP32:
+            weights = weights.to(tl.float32)
+        acc0 = _weigh_plane(acc0, alpha, weights, v_units, 0, BITS, FP16_OPERANDS, DOT_FP32)
+        if PLANES >= 2:
+            acc1 = _weigh_plane(acc1, alpha, weights, v_units, 1, BITS, FP16_OPERANDS, DOT_FP32)
+        if PLANES >= 4:
+            acc2 = _weigh_plane(acc2, alpha, weights, v_units, 2, BITS, FP16_OPERANDS, DOT_FP32)
+            acc3 = _weigh_plane(acc3, alpha, weights, v_units, 3, BITS, FP16_OPERANDS, DOT_FP32)
+        if PLANES == 8:
+            acc4 = _weigh_plane(acc4, alpha, weights, v_units, 4, BITS, FP16_OPERANDS, DOT_FP32)
+            acc5 = _weigh_plane(acc5, alpha, weights, v_units, 5, BITS, FP16_OPERANDS, DOT_FP32)
+            acc6 = _weigh_plane(acc6, alpha, weights, v_units, 6, BITS, FP16_OPERANDS, DOT_FP32)
+            acc7 = _weigh_plane(acc7, alpha, weights, v_units, 7, BITS, FP16_OPERANDS, DOT_FP32)
+        m_i = m_new
+
+    if SPLIT:
+        row = (b * tl.num_programs(1) * G + head) * num_slots + p
+        out_rows = part_out_ptr + row[:, None] * HEAD_DIM
+        tl.store(part_lse_ptr + row, m_i + tl.log2(l_i), mask=g_ok)
+    else:
+        l_i = tl.where(l_i > 0, l_i, 1.0)
+        out_rows = out_ptr + b * stride_ob + head[:, None] * stride_oh
+    _store_plane(out_rows, acc0, shift, l_i, g_ok, 0, WIDTH)
+    if PLANES >= 2:
+        _store_plane(out_rows, acc1, shift, l_i, g_ok, 1, WIDTH)
+    if PLANES >= 4:
+        _store_plane(out_rows, acc2, shift, l_i, g_ok, 2, WIDTH)
+        _store_plane(out_rows, acc3, shift, l_i, g_ok, 3, WIDTH)
+    if PLANES == 8:
+        _store_plane(out_rows, acc4, shift, l_i, g_ok, 4, WIDTH)
+        _store_plane(out_rows, acc5, shift, l_i, g_ok, 5, WIDTH)
+        _store_plane(out_rows, acc6, shift, l_i, g_ok, 6, WIDTH)
+        _store_plane(out_rows, acc7, shift, l_i, g_ok, 7, WIDTH)
 
 
 @triton.jit(do_not_specialize=["window", "num_slots", "wanted"])
@@ -157,9 +327,12 @@ def _decode_merge_kernel(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, result.to(out_ptr.dtype.element_ty))
 
 
-def _launch_config(dim: int) -> tuple[int, int, int]:
+def _launch_config(dim: int, bits: int = 0) -> tuple[int, int, int]:
     """(key tile, num_warps, num_stages) for a head dim; measured on an H100 (bf16, batch 1 and 64,
-    contexts 4k-32k): the spread between sane choices is under 10%."""
+    contexts 4k-32k): the spread between sane choices is under 10%. Quantized rows (head size
+    128, batch 64, 4k): 64 keys, 4 warps, 3 stages were best; 8 warps took twice as long."""
+    if bits:
+        return 64, 4, 3
     if dim <= 64:
         return 128, 4, 3
     if dim <= 128:
@@ -228,7 +401,7 @@ def paged_decode_attention(
         max_context_len = block_tables.shape[1] * block_size
     window = sliding_window if sliding_window is not None and sliding_window < max_context_len else None
     span = max_context_len if window is None else window
-    tile, num_warps, num_stages = _launch_config(dim)
+    tile, num_warps, num_stages = _launch_config(dim, bits)
     block_n = tile if partition is None else min(partition & -partition, tile)
     wanted, low, high, slots = split_plan(batch, kv_heads, span, q.device, partition, block_n)
     split = slots > 1
@@ -237,7 +410,12 @@ def paged_decode_attention(
         part_lse = torch.empty((batch, heads, slots), dtype=torch.float32, device=q.device)
     else:
         part_out = part_lse = out  # unused
-    _decode_partition_kernel[(batch, kv_heads, slots)](
+    kernel, quantized = _decode_partition_kernel, {}
+    if bits:
+        kernel = _decode_planes_kernel
+        quantized = {"BITS": bits, "UNIT_BITS": kv_quant.Packing.of(dim, bits).unit_bits,
+                     "FP16_OPERANDS": q.dtype != torch.float32}
+    kernel[(batch, kv_heads, slots)](
         q, k_cache, v_cache, block_tables, context_lens, out, part_out, part_lse,
         scale * LOG2E, window or 0, slots, wanted, low, high,
         q.stride(0), q.stride(1),
@@ -245,9 +423,8 @@ def paged_decode_attention(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         G=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=dim, BLOCK_SIZE=block_size,
-        BLOCK_N=block_n, SLIDING=window is not None, SPLIT=split,
-        DOT_FP32=dot_in_fp32(q.dtype), BITS=bits, num_warps=num_warps, num_stages=num_stages,
-        **pdl_launch(q.device),
+        BLOCK_N=block_n, SLIDING=window is not None, SPLIT=split, DOT_FP32=dot_in_fp32(q.dtype),
+        num_warps=num_warps, num_stages=num_stages, **quantized, **pdl_launch(q.device),
     )
     if split:
         _decode_merge_kernel[(batch, heads)](

@@ -18,35 +18,46 @@ from app.engine.kernels.triton._common import gdc_launch_dependents, gdc_wait, n
 
 
 @triton.jit
+def _levels(x, low, scale, levels):
+    """The integers of x [heads, n] given each head's fp16-rounded minimum and scale [heads]."""
+    y = tl.math.div_rn(x - low[:, None], tl.broadcast_to(scale[:, None], x.shape))
+    q = tl.floor(y + 0.5)
+    q = tl.where((q - y == 0.5) & (q % 2 != 0), q - 1.0, q)  # ties to even, as torch.round
+    return tl.minimum(tl.maximum(q, 0.0), levels * 1.0).to(tl.uint8)
+
+
+@triton.jit
 def _quantize_rows(x_ptr, stride_xh, row_ptr, stride_rh, h, heads, dim,
-                   BLOCK_D: tl.constexpr, BITS: tl.constexpr):
-    """Heads h of one token: turned fp32 rows at x_ptr -> quantized rows at row_ptr."""
+                   BLOCK_D: tl.constexpr, BITS: tl.constexpr, WIDTH: tl.constexpr, UNIT_BYTES: tl.constexpr):
+    """Heads h of one token: turned fp32 rows at x_ptr -> quantized rows at row_ptr, packed as
+    kv_quant.Packing (WIDTH units of UNIT_BYTES; field f of unit u holds element f * WIDTH + u)."""
     d = tl.arange(0, BLOCK_D)
-    mask = (h < heads)[:, None] & (d < dim)[None, :]
-    x = tl.load(x_ptr + h[:, None] * stride_xh + d[None, :], mask=mask, other=0.0)
+    h_ok = h < heads
+    x_rows = x_ptr + h[:, None] * stride_xh
+    mask = h_ok[:, None] & (d < dim)[None, :]
+    x = tl.load(x_rows + d[None, :], mask=mask, other=0.0)
     levels = (1 << BITS) - 1
     low = tl.minimum(tl.maximum(tl.min(tl.where(mask, x, float("inf")), axis=1), -65504.0), 65504.0)
     low = low.to(tl.float16).to(tl.float32)
     high = tl.max(tl.where(mask, x, float("-inf")), axis=1)
     scale = tl.math.div_rn(high - low, tl.full(low.shape, levels, tl.float32))
     scale = tl.minimum(tl.maximum(scale, 1e-6), 65504.0).to(tl.float16).to(tl.float32)
-    y = tl.math.div_rn(x - low[:, None], tl.broadcast_to(scale[:, None], x.shape))
-    q = tl.floor(y + 0.5)
-    q = tl.where((q - y == 0.5) & (q % 2 != 0), q - 1.0, q)  # ties to even, as torch.round
-    q = tl.minimum(tl.maximum(q, 0.0), levels * 1.0).to(tl.uint8)
     rows = row_ptr + h[:, None] * stride_rh
-    if BITS == 8:
-        tl.store(rows + d[None, :], q, mask=mask)
+    if BITS == 8:  # element d: byte (d % W) * UNIT_BYTES + d // W
+        tl.store(rows + ((d % WIDTH) * UNIT_BYTES + d // WIDTH)[None, :], _levels(x, low, scale, levels), mask=mask)
         data_bytes = dim
-    else:  # element 2i in the low nibble of byte i, 2i + 1 in the high one
-        even, odd = tl.split(tl.reshape(q, (q.shape[0], BLOCK_D // 2, 2)))
-        pair = tl.arange(0, BLOCK_D // 2)
-        pair_mask = (h < heads)[:, None] & (pair < dim // 2)[None, :]
-        tl.store(rows + pair[None, :], even | (odd << 4), mask=pair_mask)
+    else:  # byte j of unit u: fields 2j (low nibble) and 2j + 1, elements 2jW + u and that + W
+        c = tl.arange(0, BLOCK_D // 2)
+        j, u = c // WIDTH, c % WIDTH
+        first = 2 * j * WIDTH + u
+        pair_mask = h_ok[:, None] & (c < dim // 2)[None, :]
+        lo = _levels(tl.load(x_rows + first[None, :], mask=pair_mask, other=0.0), low, scale, levels)
+        hi = _levels(tl.load(x_rows + (first + WIDTH)[None, :], mask=pair_mask, other=0.0), low, scale, levels)
+        tl.store(rows + (u * UNIT_BYTES + j)[None, :], lo | (hi << 4), mask=pair_mask)
         data_bytes = dim // 2
     params = (row_ptr + h * stride_rh + data_bytes).to(tl.pointer_type(tl.float16))
-    tl.store(params, scale.to(tl.float16), mask=h < heads)
-    tl.store(params + 1, low.to(tl.float16), mask=h < heads)
+    tl.store(params, scale.to(tl.float16), mask=h_ok)
+    tl.store(params + 1, low.to(tl.float16), mask=h_ok)
 
 
 @triton.jit
@@ -65,7 +76,7 @@ def _write_kv_kernel(
     stride_kt, stride_kh, stride_vt, stride_vh,
     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
     BLOCK_SIZE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BITS: tl.constexpr,
-    PDL: tl.constexpr,
+    WIDTH: tl.constexpr, UNIT_BYTES: tl.constexpr, PDL: tl.constexpr,
 ):
     """Program (token, block of heads). BITS 0: a float cache; 8 or 4: quantized rows."""
     if PDL:  # programmatic dependent launch: the next kernel may launch; k and v are the last one's
@@ -82,8 +93,10 @@ def _write_kv_kernel(
             _store_rows(k_ptr + t * stride_kt, stride_kh, k_rows, stride_kch, h, heads, dim, BLOCK_D)
             _store_rows(v_ptr + t * stride_vt, stride_vh, v_rows, stride_vch, h, heads, dim, BLOCK_D)
         else:
-            _quantize_rows(k_ptr + t * stride_kt, stride_kh, k_rows, stride_kch, h, heads, dim, BLOCK_D, BITS)
-            _quantize_rows(v_ptr + t * stride_vt, stride_vh, v_rows, stride_vch, h, heads, dim, BLOCK_D, BITS)
+            _quantize_rows(k_ptr + t * stride_kt, stride_kh, k_rows, stride_kch, h, heads, dim, BLOCK_D, BITS,
+                           WIDTH, UNIT_BYTES)
+            _quantize_rows(v_ptr + t * stride_vt, stride_vh, v_rows, stride_vch, h, heads, dim, BLOCK_D, BITS,
+                           WIDTH, UNIT_BYTES)
 
 
 def write_kv(
@@ -95,9 +108,11 @@ def write_kv(
     tokens, heads, dim = k.shape
     if not tokens:
         return
-    bits = 0
+    bits, width, unit_bytes = 0, 1, 1
     if k_cache.dtype == torch.uint8:
         bits = kv_quant.bits_of(k_cache, dim)
+        pack = kv_quant.Packing.of(dim, bits)
+        width, unit_bytes = pack.width, pack.unit_bits // 8
         turn = kv_quant.rotation(dim, k.device)
         k, v = k.float() @ turn, v.float() @ turn  # as kv_quant.quantize_rows: the same bits
     if k.stride(-1) != 1:
@@ -112,6 +127,7 @@ def write_kv(
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, BITS=bits,
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_H=block_h, BLOCK_D=block_d, BITS=bits, WIDTH=width,
+        UNIT_BYTES=unit_bytes,
         num_warps=4 if block_h * block_d >= 1024 else 1, **pdl_launch(k.device),
     )

@@ -1,18 +1,74 @@
 """Reading KV cache rows inside the attention kernels: as stored (a float cache), or int8 / int4
-rows dequantized on the fly (layout in app/engine/kv_quant.py: the integers, then the row's fp16
-scale and minimum). Quantized rows come back still turned by the Hadamard matrix R; the kernels'
-callers turn the query before and the output after (q·k = (qR)·(kR))."""
+rows (layout in app/engine/kv_quant.py: the integers packed in planes, then the row's fp16 scale
+and minimum). Quantized rows are still turned by the Hadamard matrix R; the kernels' callers turn
+the query before and the output after (q·k = (qR)·(kR)).
+
+The integers are read as units (32-bit words where the packing allows: a row is only 4-byte
+aligned), and each plane, a shift and a mask away, is a contiguous slice of the row's elements.
+"""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
+# fp16 with exponent 10 and the integer in its mantissa: the value 1024 + n, exact for n < 1024.
+# So an int8/int4 field becomes a tensor-core operand with two integer ops, no conversion.
+FP16_1024 = tl.constexpr(0x6400)
+
 
 @triton.jit
-def load_rows(base_ptr, row_off, mask, HEAD_DIM: tl.constexpr, BITS: tl.constexpr, MASKED: tl.constexpr):
+def load_units(base_ptr, row_off, mask, WIDTH: tl.constexpr, UNIT_BITS: tl.constexpr):
+    """[N, WIDTH] int32: the rows' integer units, zeros where mask is false."""
+    u = tl.arange(0, WIDTH)
+    if UNIT_BITS == 32:
+        ptr = (base_ptr + row_off[:, None]).to(tl.pointer_type(tl.int32)) + u[None, :]
+    elif UNIT_BITS == 16:
+        ptr = (base_ptr + row_off[:, None]).to(tl.pointer_type(tl.int16)) + u[None, :]
+    else:
+        ptr = base_ptr + row_off[:, None] + u[None, :]
+    return tl.load(ptr, mask=mask[:, None], other=0).to(tl.int32)
+
+
+@triton.jit
+def plane(units, f: tl.constexpr, BITS: tl.constexpr):
+    """Field f of every unit, as int32: elements f * W .. f * W + W - 1 of each row."""
+    return (units >> (f * BITS)) & ((1 << BITS) - 1)
+
+
+@triton.jit
+def plane_fp16(units, f: tl.constexpr, BITS: tl.constexpr):
+    """Field f as fp16 holding 1024 + n (callers take 1024 x the other operand's sum back)."""
+    return (plane(units, f, BITS) | FP16_1024).to(tl.int16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def load_params(base_ptr, row_off, mask, DATA_BYTES: tl.constexpr):
+    """(scale, minimum) [N] fp32 of each row: one 32-bit word after its integers (0 where masked)."""
+    word = tl.load((base_ptr + row_off + DATA_BYTES).to(tl.pointer_type(tl.int32)), mask=mask, other=0)
+    scale = (word & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    low = ((word >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return scale, low
+
+
+@triton.jit
+def _side_by_side(a, b):
+    """[N, W] and [N, W] -> [N, 2W]: a's columns, then b's."""
+    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (a.shape[0], 2 * a.shape[1]))
+
+
+@triton.jit
+def _dequantized_plane(units, f: tl.constexpr, BITS: tl.constexpr, scale, low):
+    return plane(units, f, BITS).to(tl.float32) * scale[:, None] + low[:, None]
+
+
+@triton.jit
+def load_rows(base_ptr, row_off, mask, HEAD_DIM: tl.constexpr, BITS: tl.constexpr, UNIT_BITS: tl.constexpr,
+              MASKED: tl.constexpr):
     """[N, HEAD_DIM] rows starting at base_ptr + row_off (element offsets); BITS 0: the cache's
-    own dtype, 8 or 4: dequantized, fp32. Rows where mask is false read as zeros (MASKED)."""
+    own dtype, 8 or 4: dequantized, fp32, in element order (the planes put side by side; for
+    kernels that need whole rows, as the prefill's), UNIT_BITS: kv_quant.Packing's. Rows where
+    mask is false read as zeros (MASKED)."""
     d = tl.arange(0, HEAD_DIM)
     # One return at the end: Triton compiles the code after a constexpr branch's return as well.
     if BITS == 0:
@@ -21,25 +77,21 @@ def load_rows(base_ptr, row_off, mask, HEAD_DIM: tl.constexpr, BITS: tl.constexp
         else:
             rows = tl.load(base_ptr + row_off[:, None] + d[None, :])
     else:
-        # The integers as 32-bit words: a row is 4-byte aligned (its 4 + HEAD_DIM * BITS / 8 bytes are
-        # a multiple of 4) but not 16-byte, so byte loads would be all Triton can prove; words are 4x
-        # fewer loads. Word i holds elements PER_WORD * i .. in its bytes (int8) or nibbles (int4),
-        # lowest first; the planes of each byte or nibble are interleaved back into that order.
-        word = tl.arange(0, HEAD_DIM * BITS // 32)
-        words_ptr = (base_ptr + row_off[:, None]).to(tl.pointer_type(tl.int32))
-        w = tl.load(words_ptr + word[None, :], mask=mask[:, None], other=0)
-        if BITS == 8:
-            b0, b1, b2, b3 = w & 0xFF, (w >> 8) & 0xFF, (w >> 16) & 0xFF, (w >> 24) & 0xFF
-            q = tl.interleave(tl.interleave(b0, b2), tl.interleave(b1, b3)).to(tl.float32)
-        else:
-            n0, n1, n2, n3 = w & 0xF, (w >> 4) & 0xF, (w >> 8) & 0xF, (w >> 12) & 0xF
-            n4, n5, n6, n7 = (w >> 16) & 0xF, (w >> 20) & 0xF, (w >> 24) & 0xF, (w >> 28) & 0xF
-            evens = tl.interleave(tl.interleave(n0, n4), tl.interleave(n2, n6))
-            odds = tl.interleave(tl.interleave(n1, n5), tl.interleave(n3, n7))
-            q = tl.interleave(evens, odds).to(tl.float32)
-        params = row_off + HEAD_DIM * BITS // 8
-        at = (base_ptr + params).to(tl.pointer_type(tl.float16))  # rows keep the fp16 pair 2-byte aligned
-        scale = tl.load(at, mask=mask, other=0.0).to(tl.float32)
-        low = tl.load(at + 1, mask=mask, other=0.0).to(tl.float32)
-        rows = q * scale[:, None] + low[:, None]
+        PLANES: tl.constexpr = UNIT_BITS // BITS
+        WIDTH: tl.constexpr = HEAD_DIM // PLANES
+        units = load_units(base_ptr, row_off, mask, WIDTH, UNIT_BITS)
+        scale, low = load_params(base_ptr, row_off, mask, HEAD_DIM * BITS // 8)
+        rows = _dequantized_plane(units, 0, BITS, scale, low)
+        if PLANES >= 2:
+            rows = _side_by_side(rows, _dequantized_plane(units, 1, BITS, scale, low))
+        if PLANES >= 4:
+            rows = _side_by_side(rows, _side_by_side(_dequantized_plane(units, 2, BITS, scale, low),
+                                                     _dequantized_plane(units, 3, BITS, scale, low)))
+        if PLANES == 8:
+            rows = _side_by_side(
+                rows,
+                _side_by_side(_side_by_side(_dequantized_plane(units, 4, BITS, scale, low),
+                                            _dequantized_plane(units, 5, BITS, scale, low)),
+                              _side_by_side(_dequantized_plane(units, 6, BITS, scale, low),
+                                            _dequantized_plane(units, 7, BITS, scale, low))))
     return rows

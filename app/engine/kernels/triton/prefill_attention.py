@@ -30,6 +30,7 @@ def _attend_tile(
     own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, SLIDING: tl.constexpr, DOT_FP32: tl.constexpr, BITS: tl.constexpr,
+    UNIT_BITS: tl.constexpr,
 ):
     """One key tile [start, start + BLOCK_N) into the running softmax of every row. A quantized
     cache's rows at positions from own_first on (this chunk's own tokens) are taken from the exact
@@ -41,8 +42,10 @@ def _attend_tile(
     else:
         block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
     # Unmasked off the diagonal: the whole tile lies below every row's, inside the context.
-    k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, in_range, HEAD_DIM, BITS, CAUSAL)
-    v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, in_range, HEAD_DIM, BITS, CAUSAL)
+    k_off = block * stride_kb + (pos % BLOCK_SIZE) * stride_ks
+    v_off = block * stride_vb + (pos % BLOCK_SIZE) * stride_vs
+    k = load_rows(k_base, k_off, in_range, HEAD_DIM, BITS, UNIT_BITS, CAUSAL)
+    v = load_rows(v_base, v_off, in_range, HEAD_DIM, BITS, UNIT_BITS, CAUSAL)
     if BITS > 0:
         own = in_range & (pos >= own_first)
         d = tl.arange(0, HEAD_DIM)
@@ -83,7 +86,7 @@ def _prefill_kernel(
     stride_knt, stride_knh, stride_vnt, stride_vnh,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, DOT_FP32: tl.constexpr,
-    BITS: tl.constexpr,
+    BITS: tl.constexpr, UNIT_BITS: tl.constexpr,
 ):
     row_block = tl.num_programs(0) - 1 - tl.program_id(0)
     seq = tl.program_id(1).to(tl.int64)
@@ -129,14 +132,14 @@ def _prefill_kernel(
             q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
             table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
             own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
-            HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, SLIDING, DOT_FP32, BITS,
+            HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, SLIDING, DOT_FP32, BITS, UNIT_BITS,
         )
     for start in range(mid, hi, BLOCK_N):
         m_i, l_i, acc = _attend_tile(
             q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
             table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
             own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
-            HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, SLIDING, DOT_FP32, BITS,
+            HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, SLIDING, DOT_FP32, BITS, UNIT_BITS,
         )
 
     l_i = tl.where(l_i > 0, l_i, 1.0)
@@ -224,6 +227,7 @@ def paged_prefill_attention(
         k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
         SLIDING=sliding_window is not None, DOT_FP32=dot_in_fp32(q.dtype), BITS=bits,
+        UNIT_BITS=kv_quant.Packing.of(dim, bits).unit_bits if bits else 0,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
