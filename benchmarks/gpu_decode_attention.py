@@ -64,7 +64,8 @@ def main() -> None:
         if unit:
             name = f"{name}, {unit}-bit units"
             kv_quant.Packing.of = classmethod(lambda cls, d, b, u=unit: cls(u, d * b // u, u // b))
-        kc, vc = (k, v) if not bits else (kv_quant.quantize_rows(k, bits), kv_quant.quantize_rows(v, bits))
+        kc, vc = (k, v) if not bits else (kv_quant.blocks_of_rows(kv_quant.quantize_rows(k, bits)),
+                                          kv_quant.blocks_of_rows(kv_quant.quantize_rows(v, bits)))
         out = torch.empty_like(q)
 
         def call(kc=kc, vc=vc, out=out):

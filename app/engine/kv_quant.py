@@ -1,12 +1,16 @@
 """Quantized KV cache rows (int8 / int4, asymmetric, per token and head), the torch reference.
 
 A cache row holds one token's key (or value) for one head. Quantized, it is ``head_dim`` bytes
-(int8) or ``head_dim / 2`` (int4), followed by the row's scale and minimum as two fp16 values (4
-bytes). Keeping them inside the row leaves the cache one tensor per layer and side, as for float
-caches, so every consumer still receives (k_cache, v_cache); a uint8 cache means a quantized one.
+(int8) or ``head_dim / 2`` (int4) of integers, and the row's scale and minimum as two fp16 values
+(4 bytes). The cache stays one tensor per layer and side, [blocks, block_size, kv_heads, row
+width] as for float caches, so every consumer still receives (k_cache, v_cache); a uint8 cache
+means a quantized one. Inside a block, though, the bytes are not row after row: first the
+integers of every (slot, head) row in that order, then their (scale, minimum) pairs in the same
+order (``block_parts``). So each row's integers start 16-byte aligned (a 4-byte pair after each
+would leave 132-byte rows, 4-byte aligned), and kernels load them 16 bytes at a time.
 
 The integers are packed in planes (``Packing``): the row is read as W little-endian units of U
-bits (U = 32 where that leaves W >= 16 units), and field f (bits f*b .. f*b + b - 1) of unit u
+bits (as wide as leave W >= 32 units), and field f (bits f*b .. f*b + b - 1) of unit u
 holds element f*W + u. So shifting and masking a tile of units yields elements f*W .. f*W + W - 1
 of every row: a contiguous slice that attention kernels multiply with the same slice of the query,
 with no shuffling back into element order.
@@ -81,8 +85,10 @@ class Packing:
 
     @classmethod
     def of(cls, head_dim: int, bits: int) -> "Packing":
-        """Units as wide as leave W >= 32 (else >= 16): the kernels' dots take planes of at
-        least 16 elements, and run faster on fewer, wider ones (docs/benchmarks.md)."""
+        """Units as wide as leave W >= 32 (else >= 16): the kernels' dots take planes of 16
+        elements or more, and planes of 32 were the fastest on an H100 (int4 rows of 128 in
+        16-bit units: 251 us a decode call; in 8-bit units, planes of 64: 286; in 32-bit units,
+        planes of 16: 654; docs/benchmarks.md)."""
         total = head_dim * bits
         fits = [u for u in (32, 16, 8) if total % u == 0]
         unit = next((u for u in fits if total // u >= 32), None) or next((u for u in fits if total // u >= 16), 8)
@@ -107,6 +113,37 @@ def rotation(head_dim: int, device: torch.device) -> torch.Tensor:
         out[at : at + size, at : at + size] = block / size**0.5
         at += size
     return out.to(device)
+
+
+def block_parts(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views of quantized cache blocks [..., block_size, kv_heads, row width] (each block
+    contiguous): their integers [..., block_size, kv_heads, data bytes] and their (scale,
+    minimum) pairs [..., block_size, kv_heads, 4]."""
+    block_size, kv_heads, width = blocks.shape[-3:]
+    flat = blocks.flatten(-3)
+    split = block_size * kv_heads * (width - PARAM_BYTES)
+    return (flat[..., :split].unflatten(-1, (block_size, kv_heads, width - PARAM_BYTES)),
+            flat[..., split:].unflatten(-1, (block_size, kv_heads, PARAM_BYTES)))
+
+
+def rows_of_blocks(blocks: torch.Tensor) -> torch.Tensor:
+    """Quantized cache blocks -> their rows [..., block_size, kv_heads, row width], each row's
+    integers then its scale and minimum (quantize_rows' layout)."""
+    return torch.cat(block_parts(blocks), dim=-1)
+
+
+def blocks_of_rows(rows: torch.Tensor) -> torch.Tensor:
+    """rows [..., block_size, kv_heads, row width] as quantize_rows gives them -> cache blocks."""
+    return torch.cat([rows[..., :-PARAM_BYTES].flatten(-3), rows[..., -PARAM_BYTES:].flatten(-3)], -1).view(rows.shape)
+
+
+def store_rows(cache: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor) -> None:
+    """Writes rows [T, kv_heads, row width] at slots (block * block_size + offset) of a quantized
+    cache [blocks, block_size, kv_heads, row width]."""
+    ints, params = block_parts(cache)
+    block, offset = slots // cache.shape[1], slots % cache.shape[1]
+    ints[block, offset] = rows[..., :-PARAM_BYTES]
+    params[block, offset] = rows[..., -PARAM_BYTES:]
 
 
 def quantize_rows(x: torch.Tensor, bits: int) -> torch.Tensor:

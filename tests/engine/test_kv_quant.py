@@ -9,7 +9,9 @@ import torch
 
 from app.engine.config import GenerationConfig
 from app.engine.kv_cache import bytes_per_block
-from app.engine.kv_quant import CacheFormat, Packing, dequantize_rows, quantize_rows, rotation
+from app.engine.kv_quant import (
+    CacheFormat, Packing, blocks_of_rows, dequantize_rows, quantize_rows, rotation, rows_of_blocks, store_rows,
+)
 from app.engine.loader.model_loader import read_config
 from tests.tiny_models import make_core
 
@@ -61,6 +63,27 @@ def test_rows_follow_the_layout(bits, dim, unit_bits) -> None:
     y = x @ rotation(dim, torch.device("cpu"))
     step = (y.amax(-1, keepdim=True) - y.amin(-1, keepdim=True)) / ((1 << bits) - 1)
     assert ((spec - y).abs() <= step * 0.5 + 1e-2 * step + 1e-3).all()
+
+
+def test_a_block_holds_its_integers_then_its_pairs() -> None:
+    """In a quantized cache block: the integers of (slot 0, head 0), (0, 1), ... each 16-byte
+    aligned, then the (scale, minimum) pairs in the same order; store_rows writes there and
+    rows_of_blocks reads the rows back."""
+    blocks, block_size, heads, dim = 3, 4, 3, 64
+    rows = quantize_rows(torch.randn(5, heads, dim, generator=torch.Generator().manual_seed(5)), 8)
+    cache = torch.zeros(blocks, block_size, heads, dim + 4, dtype=torch.uint8)
+    slots = torch.tensor([0, 5, 6, 11, 2])
+    store_rows(cache, slots, rows)
+    flat = cache.view(blocks, -1)
+    for row, slot in zip(rows, slots.tolist()):
+        block, offset = divmod(slot, block_size)
+        for h in range(heads):
+            at = (offset * heads + h) * dim
+            assert at % 16 == 0 and torch.equal(flat[block, at : at + dim], row[h, :dim])
+            pair = block_size * heads * dim + (offset * heads + h) * 4
+            assert torch.equal(flat[block, pair : pair + 4], row[h, dim:])
+        assert torch.equal(rows_of_blocks(cache)[block, offset], row)
+    assert torch.equal(rows_of_blocks(blocks_of_rows(rows_of_blocks(cache))), rows_of_blocks(cache))
 
 
 def test_the_gpu_kernels_refuse_planes_narrower_than_16() -> None:

@@ -53,21 +53,18 @@ def write_kv(
     to the cache's float dtype, or quantized into rows for an int8/int4 (uint8) cache."""
     num_kv_heads = k.shape[-2]
     for x, cache in ((k, k_cache), (v, v_cache)):
-        rows = _to_cache(x, cache)
-        cache.view(-1, num_kv_heads, cache.shape[-1]).index_copy_(0, slots, rows)
+        if cache.dtype == torch.uint8:
+            kv_quant.store_rows(cache, slots, kv_quant.quantize_rows(x, kv_quant.bits_of(cache, x.shape[-1])))
+        else:
+            cache.view(-1, num_kv_heads, cache.shape[-1]).index_copy_(0, slots, x.to(cache.dtype))
 
 
-def _to_cache(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
-    if cache.dtype == torch.uint8:
-        return kv_quant.quantize_rows(x, kv_quant.bits_of(cache, x.shape[-1]))
-    return x.to(cache.dtype)
-
-
-def _from_cache(rows: torch.Tensor, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """Cache rows as the model's keys or values: dequantized, or cast to the model's dtype."""
-    if rows.dtype == torch.uint8:
-        return kv_quant.dequantize_rows(rows, head_dim, dtype)
-    return rows.to(dtype)
+def _from_cache(blocks: torch.Tensor, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """Cache blocks [..., block_size, kv_heads, row width] as the model's keys or values
+    [..., block_size, kv_heads, head_dim]: dequantized, or cast to the model's dtype."""
+    if blocks.dtype == torch.uint8:
+        return kv_quant.dequantize_rows(kv_quant.rows_of_blocks(blocks), head_dim, dtype)
+    return blocks.to(dtype)
 
 
 def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int, like: torch.Tensor) -> torch.Tensor:
@@ -75,7 +72,7 @@ def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int,
     dtype and head size."""
     block_size = cache.shape[1]
     num_blocks = -(-length // block_size)
-    return _from_cache(cache[block_table[:num_blocks]].flatten(0, 1)[:length], like.shape[-1], like.dtype)
+    return _from_cache(cache[block_table[:num_blocks]], like.shape[-1], like.dtype).flatten(0, 1)[:length]
 
 
 def _window_mask(query_pos: torch.Tensor, key_pos: torch.Tensor, window: int | None) -> torch.Tensor:

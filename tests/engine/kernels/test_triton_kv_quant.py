@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from tests.engine.kernels.test_triton_kernels import (  # noqa: F401 (sets TRITON_INTERPRET first)
-    DEVICE, check, make_cache, mixed_meta, new_tokens, nonzero, reference, tk,
+    DEVICE, check, gpu, make_cache, mixed_meta, new_tokens, nonzero, reference, tk,
 )
-from app.engine.kv_quant import quantize_rows  # noqa: E402
+from app.engine.kv_quant import blocks_of_rows, quantize_rows  # noqa: E402
 
 
 def quantized(cache: torch.Tensor, bits: int) -> torch.Tensor:
-    return quantize_rows(cache, bits)
+    """A float cache [blocks, block_size, kv_heads, dim] as a quantized one."""
+    return blocks_of_rows(quantize_rows(cache, bits))
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -59,9 +60,19 @@ def test_every_packing_of_the_planes(bits, dim) -> None:
     mixed_batch(bits, torch.bfloat16, None, dim)
 
 
-def mixed_batch(bits: int, dtype: torch.dtype, window: int | None, dim: int) -> None:
-    heads, kv_heads, block_size = 8, 2, 16
-    decode_lens, chunks = [17, 1, 50], [(70, 6), (33, 33)]
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_real_shape_on_the_gpu(bits) -> None:
+    """Llama-3-8B's attention (32 heads over 8, head size 128, blocks of 64) over 4k contexts:
+    decodes over 4096, 1 and 3000 keys, prefill chunks of 512 after 1488 and of 1000 after 3096."""
+    mixed_batch(bits, torch.bfloat16, None, 128, heads=32, kv_heads=8, block_size=64,
+                decode_lens=[4096, 1, 3000], chunks=[(2000, 512), (4096, 1000)])
+
+
+def mixed_batch(bits: int, dtype: torch.dtype, window: int | None, dim: int, heads: int = 8, kv_heads: int = 2,
+                block_size: int = 16, decode_lens: tuple = (17, 1, 50), chunks: tuple = ((70, 6), (33, 33))) -> None:
+    decode_lens, chunks = list(decode_lens), list(chunks)
     k_float, v_float, table = make_cache(decode_lens + [c for c, _ in chunks], kv_heads, dim, block_size, dtype, 70)
     k_cache, v_cache = quantized(k_float, bits), quantized(v_float, bits)
     assert k_cache.dtype == torch.uint8 and k_cache.shape[-1] == dim * bits // 8 + 4
@@ -72,6 +83,7 @@ def mixed_batch(bits: int, dtype: torch.dtype, window: int | None, dim: int) -> 
     out = tk.paged_attention(q, k, v, k_cache, v_cache, meta, dim**-0.5, window)
     check(out, ref, dtype)
     # and what the quantization itself costs, against the float cache: bounded, and int4 more than int8
+    # (random rows: int4's step is 1/15 of a row's range; 0.16 at the real shape)
     exact = reference.paged_attention(q, k, v, k_float, v_float, meta, dim**-0.5, window)
     drift = ((out.float() - exact.float()).norm() / exact.float().norm()).item()
-    assert 0 < drift < (0.02 if bits == 8 else 0.15)
+    assert 0 < drift < (0.02 if bits == 8 else 0.2)

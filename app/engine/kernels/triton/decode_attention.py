@@ -100,8 +100,8 @@ def _decode_partition_kernel(
             block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
         else:
             block = tl.load(table + pos // BLOCK_SIZE, mask=visible, other=0).to(tl.int64)
-        k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, visible, HEAD_DIM, 0, 0, True)
-        v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, visible, HEAD_DIM, 0, 0, True)
+        k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, visible, HEAD_DIM, True)
+        v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, visible, HEAD_DIM, True)
         k = k.to(q.dtype)  # (q is fp32 under DOT_FP32)
         v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
@@ -169,8 +169,7 @@ def _decode_planes_kernel(
     out_ptr, part_out_ptr, part_lse_ptr,
     qk_scale, window, num_slots, wanted, min_partition, max_partition,
     stride_qb, stride_qh,
-    stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
+    stride_cb, stride_is, params_at, stride_ps,
     stride_bt, stride_ob, stride_oh,
     G: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -180,7 +179,9 @@ def _decode_planes_kernel(
     scales and minimums applied around the dots rather than to every element: a score is
     scale * (q·n) + min * Σq over the integers n, and the values' scales weigh the probabilities
     before their dot while their minimums add one term to every output column. With fp16
-    operands the integers enter as 1024 + n, and 1024 x the other operand's sum is taken back."""
+    operands the integers enter as 1024 + n, and 1024 x the other operand's sum is taken back.
+    Both caches' blocks (kv_quant.block_parts), stride_cb bytes apart: a slot's integers
+    stride_is bytes apart from params_at on, its pairs stride_ps apart."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
@@ -220,8 +221,9 @@ def _decode_planes_kernel(
     acc6 = tl.zeros([G_PAD, WIDTH], tl.float32)
     acc7 = tl.zeros([G_PAD, WIDTH], tl.float32)
     table = block_tables_ptr + b * stride_bt
-    k_base = k_cache_ptr + kvh * stride_kh
-    v_base = v_cache_ptr + kvh * stride_vh
+    DATA: tl.constexpr = HEAD_DIM * BITS // 8  # a row's integers, bytes
+    k_ints, v_ints = k_cache_ptr + kvh * DATA, v_cache_ptr + kvh * DATA
+    k_params, v_params = k_cache_ptr + params_at + kvh * 4, v_cache_ptr + params_at + kvh * 4
     for start in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
         pos = start + tl.arange(0, BLOCK_N)
         visible = (pos >= lo) & (pos < hi)
@@ -229,9 +231,10 @@ def _decode_planes_kernel(
             block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
         else:
             block = tl.load(table + pos // BLOCK_SIZE, mask=visible, other=0).to(tl.int64)
-        k_off = block * stride_kb + (pos % BLOCK_SIZE) * stride_ks
-        k_units = load_units(k_base, k_off, visible, WIDTH, UNIT_BITS)
-        k_scale, k_low = load_params(k_base, k_off, visible, HEAD_DIM * BITS // 8)
+        int_off = block * stride_cb + (pos % BLOCK_SIZE) * stride_is
+        param_off = block * stride_cb + (pos % BLOCK_SIZE) * stride_ps
+        k_units = load_units(k_ints, int_off, visible, WIDTH, UNIT_BITS)
+        k_scale, k_low = load_params(k_params, param_off, visible)
         s = tl.zeros([G_PAD, BLOCK_N], tl.float32)
         for f in tl.static_range(PLANES):
             s = tl.dot(_query_slice(q_rows, g_ok, f, WIDTH, q_scale, FP16_OPERANDS, DOT_FP32),
@@ -244,9 +247,8 @@ def _decode_planes_kernel(
         prob = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(prob, axis=1)
 
-        v_off = block * stride_vb + (pos % BLOCK_SIZE) * stride_vs
-        v_units = load_units(v_base, v_off, visible, WIDTH, UNIT_BITS)
-        v_scale, v_low = load_params(v_base, v_off, visible, HEAD_DIM * BITS // 8)
+        v_units = load_units(v_ints, int_off, visible, WIDTH, UNIT_BITS)
+        v_scale, v_low = load_params(v_params, param_off, visible)
         weights = prob * v_scale[None, :]
         if FP16_OPERANDS:
             weights = weights.to(tl.float16)
@@ -330,9 +332,10 @@ def _decode_merge_kernel(
 def _launch_config(dim: int, bits: int = 0) -> tuple[int, int, int]:
     """(key tile, num_warps, num_stages) for a head dim; measured on an H100 (bf16, batch 1 and 64,
     contexts 4k-32k): the spread between sane choices is under 10%. Quantized rows (head size
-    128, batch 64, 4k): 64 keys, 4 warps, 3 stages were best; 8 warps took twice as long."""
+    128, batch 64, 4k contexts; benchmarks/gpu_decode_attention.py --sweep): 64 keys on 2 warps
+    took int8 263 us and int4 210, against 292 and 251 on 4 warps; 8 warps took twice as long."""
     if bits:
-        return 64, 4, 3
+        return 64, 2, 3
     if dim <= 64:
         return 128, 4, 3
     if dim <= 128:
@@ -410,17 +413,21 @@ def paged_decode_attention(
         part_lse = torch.empty((batch, heads, slots), dtype=torch.float32, device=q.device)
     else:
         part_out = part_lse = out  # unused
-    kernel, quantized = _decode_partition_kernel, {}
     if bits:
-        kernel = _decode_planes_kernel
+        assert k_cache.stride() == v_cache.stride() and k_cache.is_contiguous(), "quantized caches: alike, contiguous"
+        data = dim * bits // 8
+        kernel, cache_strides = _decode_planes_kernel, (
+            k_cache.stride(0), kv_heads * data, block_size * kv_heads * data, kv_heads * kv_quant.PARAM_BYTES)
         quantized = {"BITS": bits, "UNIT_BITS": kv_quant.Packing.of(dim, bits).unit_bits,
                      "FP16_OPERANDS": q.dtype != torch.float32}
+    else:
+        kernel, cache_strides, quantized = _decode_partition_kernel, (
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2)), {}
     kernel[(batch, kv_heads, slots)](
         q, k_cache, v_cache, block_tables, context_lens, out, part_out, part_lse,
         scale * LOG2E, window or 0, slots, wanted, low, high,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q.stride(0), q.stride(1), *cache_strides,
         block_tables.stride(0), out.stride(0), out.stride(1),
         G=group, G_PAD=max(16, next_pow2(group)), HEAD_DIM=dim, BLOCK_SIZE=block_size,
         BLOCK_N=block_n, SLIDING=window is not None, SPLIT=split, DOT_FP32=dot_in_fp32(q.dtype),

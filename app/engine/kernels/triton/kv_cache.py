@@ -27,10 +27,11 @@ def _levels(x, low, scale, levels):
 
 
 @triton.jit
-def _quantize_rows(x_ptr, stride_xh, row_ptr, stride_rh, h, heads, dim,
+def _quantize_rows(x_ptr, stride_xh, ints_ptr, params_ptr, h, heads, dim,
                    BLOCK_D: tl.constexpr, BITS: tl.constexpr, WIDTH: tl.constexpr, UNIT_BYTES: tl.constexpr):
-    """Heads h of one token: turned fp32 rows at x_ptr -> quantized rows at row_ptr, packed as
-    kv_quant.Packing (WIDTH units of UNIT_BYTES; field f of unit u holds element f * WIDTH + u)."""
+    """Heads h of one token: turned fp32 rows at x_ptr -> their integers at ints_ptr (a row of
+    dim * BITS / 8 bytes a head), packed as kv_quant.Packing (WIDTH units of UNIT_BYTES; field f
+    of unit u holds element f * WIDTH + u), and their fp16 (scale, minimum) at params_ptr."""
     d = tl.arange(0, BLOCK_D)
     h_ok = h < heads
     x_rows = x_ptr + h[:, None] * stride_xh
@@ -42,10 +43,9 @@ def _quantize_rows(x_ptr, stride_xh, row_ptr, stride_rh, h, heads, dim,
     high = tl.max(tl.where(mask, x, float("-inf")), axis=1)
     scale = tl.math.div_rn(high - low, tl.full(low.shape, levels, tl.float32))
     scale = tl.minimum(tl.maximum(scale, 1e-6), 65504.0).to(tl.float16).to(tl.float32)
-    rows = row_ptr + h[:, None] * stride_rh
+    rows = ints_ptr + h[:, None] * (dim * BITS // 8)
     if BITS == 8:  # element d: byte (d % W) * UNIT_BYTES + d // W
         tl.store(rows + ((d % WIDTH) * UNIT_BYTES + d // WIDTH)[None, :], _levels(x, low, scale, levels), mask=mask)
-        data_bytes = dim
     else:  # byte j of unit u: fields 2j (low nibble) and 2j + 1, elements 2jW + u and that + W
         c = tl.arange(0, BLOCK_D // 2)
         j, u = c // WIDTH, c % WIDTH
@@ -54,8 +54,7 @@ def _quantize_rows(x_ptr, stride_xh, row_ptr, stride_rh, h, heads, dim,
         lo = _levels(tl.load(x_rows + first[None, :], mask=pair_mask, other=0.0), low, scale, levels)
         hi = _levels(tl.load(x_rows + (first + WIDTH)[None, :], mask=pair_mask, other=0.0), low, scale, levels)
         tl.store(rows + (u * UNIT_BYTES + j)[None, :], lo | (hi << 4), mask=pair_mask)
-        data_bytes = dim // 2
-    params = (row_ptr + h * stride_rh + data_bytes).to(tl.pointer_type(tl.float16))
+    params = params_ptr.to(tl.pointer_type(tl.float16)) + 2 * h
     tl.store(params, scale.to(tl.float16), mask=h_ok)
     tl.store(params + 1, low.to(tl.float16), mask=h_ok)
 
@@ -87,15 +86,20 @@ def _write_kv_kernel(
     if slot >= 0:  # a negative slot is padding (CUDA-graph batches): nothing to write
         block, offset = slot // BLOCK_SIZE, slot % BLOCK_SIZE
         h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-        k_rows = k_cache_ptr + block * stride_kcb + offset * stride_kcs
-        v_rows = v_cache_ptr + block * stride_vcb + offset * stride_vcs
         if BITS == 0:
+            k_rows = k_cache_ptr + block * stride_kcb + offset * stride_kcs
+            v_rows = v_cache_ptr + block * stride_vcb + offset * stride_vcs
             _store_rows(k_ptr + t * stride_kt, stride_kh, k_rows, stride_kch, h, heads, dim, BLOCK_D)
             _store_rows(v_ptr + t * stride_vt, stride_vh, v_rows, stride_vch, h, heads, dim, BLOCK_D)
-        else:
-            _quantize_rows(k_ptr + t * stride_kt, stride_kh, k_rows, stride_kch, h, heads, dim, BLOCK_D, BITS,
+        else:  # a block: every (slot, head)'s integers, then every (slot, head)'s pair (kv_quant)
+            data = heads * (dim * BITS // 8)  # a slot's integers
+            k_block = k_cache_ptr + block * stride_kcb
+            v_block = v_cache_ptr + block * stride_vcb
+            _quantize_rows(k_ptr + t * stride_kt, stride_kh, k_block + offset * data,
+                           k_block + BLOCK_SIZE * data + offset * heads * 4, h, heads, dim, BLOCK_D, BITS,
                            WIDTH, UNIT_BYTES)
-            _quantize_rows(v_ptr + t * stride_vt, stride_vh, v_rows, stride_vch, h, heads, dim, BLOCK_D, BITS,
+            _quantize_rows(v_ptr + t * stride_vt, stride_vh, v_block + offset * data,
+                           v_block + BLOCK_SIZE * data + offset * heads * 4, h, heads, dim, BLOCK_D, BITS,
                            WIDTH, UNIT_BYTES)
 
 
@@ -103,7 +107,7 @@ def write_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
     """k/v: [T, kv_heads, dim] (any token/head strides); caches: [num_blocks, block_size, kv_heads,
-    dim], or uint8 [..., row width] holding int8/int4 rows; slots: [T] int, slot = block *
+    dim], or uint8 [..., row width] holding int8/int4 rows (kv_quant.block_parts); slots: [T] int, slot = block *
     block_size + offset; a negative slot is padding and is skipped."""
     tokens, heads, dim = k.shape
     if not tokens:
@@ -111,6 +115,7 @@ def write_kv(
     bits, width, unit_bytes = 0, 1, 1
     if k_cache.dtype == torch.uint8:
         bits = kv_quant.bits_of(k_cache, dim)
+        assert k_cache.is_contiguous() and v_cache.is_contiguous(), "a quantized cache's blocks: contiguous"
         pack = kv_quant.Packing.of(dim, bits)
         width, unit_bytes = pack.width, pack.unit_bits // 8
         turn = kv_quant.rotation(dim, k.device)

@@ -1,10 +1,10 @@
 """Reading KV cache rows inside the attention kernels: as stored (a float cache), or int8 / int4
-rows (layout in app/engine/kv_quant.py: the integers packed in planes, then the row's fp16 scale
-and minimum). Quantized rows are still turned by the Hadamard matrix R; the kernels' callers turn
-the query before and the output after (q·k = (qR)·(kR)).
+rows (layout in app/engine/kv_quant.py: a block's integers packed in planes, 16-byte aligned
+rows, then its rows' fp16 scales and minimums). Quantized rows are still turned by the Hadamard
+matrix R; the kernels' callers turn the query before and the output after (q·k = (qR)·(kR)).
 
-The integers are read as units (32-bit words where the packing allows: a row is only 4-byte
-aligned), and each plane, a shift and a mask away, is a contiguous slice of the row's elements.
+The integers are read as units (32-bit words where the packing allows), and each plane, a shift
+and a mask away, is a contiguous slice of the row's elements.
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ def plane_fp16(units, f: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def load_params(base_ptr, row_off, mask, DATA_BYTES: tl.constexpr):
-    """(scale, minimum) [N] fp32 of each row: one 32-bit word after its integers (0 where masked)."""
-    word = tl.load((base_ptr + row_off + DATA_BYTES).to(tl.pointer_type(tl.int32)), mask=mask, other=0)
+def load_params(params_ptr, row_off, mask):
+    """(scale, minimum) [N] fp32 of each row: the 32-bit word at params_ptr + row_off (bytes; 0
+    where masked)."""
+    word = tl.load((params_ptr + row_off).to(tl.pointer_type(tl.int32)), mask=mask, other=0)
     scale = (word & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     low = ((word >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
     return scale, low
@@ -63,35 +64,37 @@ def _dequantized_plane(units, f: tl.constexpr, BITS: tl.constexpr, scale, low):
 
 
 @triton.jit
-def load_rows(base_ptr, row_off, mask, HEAD_DIM: tl.constexpr, BITS: tl.constexpr, UNIT_BITS: tl.constexpr,
-              MASKED: tl.constexpr):
-    """[N, HEAD_DIM] rows starting at base_ptr + row_off (element offsets); BITS 0: the cache's
-    own dtype, 8 or 4: dequantized, fp32, in element order (the planes put side by side; for
-    kernels that need whole rows, as the prefill's), UNIT_BITS: kv_quant.Packing's. Rows where
-    mask is false read as zeros (MASKED)."""
+def load_rows(base_ptr, row_off, mask, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr):
+    """[N, HEAD_DIM] float rows starting at base_ptr + row_off (element offsets), in the cache's
+    dtype; rows where mask is false read as zeros (MASKED)."""
     d = tl.arange(0, HEAD_DIM)
-    # One return at the end: Triton compiles the code after a constexpr branch's return as well.
-    if BITS == 0:
-        if MASKED:
-            rows = tl.load(base_ptr + row_off[:, None] + d[None, :], mask=mask[:, None], other=0.0)
-        else:
-            rows = tl.load(base_ptr + row_off[:, None] + d[None, :])
+    if MASKED:
+        rows = tl.load(base_ptr + row_off[:, None] + d[None, :], mask=mask[:, None], other=0.0)
     else:
-        PLANES: tl.constexpr = UNIT_BITS // BITS
-        WIDTH: tl.constexpr = HEAD_DIM // PLANES
-        units = load_units(base_ptr, row_off, mask, WIDTH, UNIT_BITS)
-        scale, low = load_params(base_ptr, row_off, mask, HEAD_DIM * BITS // 8)
-        rows = _dequantized_plane(units, 0, BITS, scale, low)
-        if PLANES >= 2:
-            rows = _side_by_side(rows, _dequantized_plane(units, 1, BITS, scale, low))
-        if PLANES >= 4:
-            rows = _side_by_side(rows, _side_by_side(_dequantized_plane(units, 2, BITS, scale, low),
-                                                     _dequantized_plane(units, 3, BITS, scale, low)))
-        if PLANES == 8:
-            rows = _side_by_side(
-                rows,
-                _side_by_side(_side_by_side(_dequantized_plane(units, 4, BITS, scale, low),
-                                            _dequantized_plane(units, 5, BITS, scale, low)),
-                              _side_by_side(_dequantized_plane(units, 6, BITS, scale, low),
-                                            _dequantized_plane(units, 7, BITS, scale, low))))
+        rows = tl.load(base_ptr + row_off[:, None] + d[None, :])
+    return rows
+
+
+@triton.jit
+def load_quantized_rows(ints_ptr, int_off, params_ptr, param_off, mask, HEAD_DIM: tl.constexpr,
+                        BITS: tl.constexpr, UNIT_BITS: tl.constexpr):
+    """[N, HEAD_DIM] int8/int4 rows dequantized, fp32, in element order: the planes put side by
+    side, for kernels that need whole rows (the prefill's). UNIT_BITS: kv_quant.Packing's; the
+    integers at ints_ptr + int_off, the pairs at params_ptr + param_off (bytes); masked rows 0."""
+    PLANES: tl.constexpr = UNIT_BITS // BITS
+    units = load_units(ints_ptr, int_off, mask, HEAD_DIM // PLANES, UNIT_BITS)
+    scale, low = load_params(params_ptr, param_off, mask)
+    rows = _dequantized_plane(units, 0, BITS, scale, low)
+    if PLANES >= 2:
+        rows = _side_by_side(rows, _dequantized_plane(units, 1, BITS, scale, low))
+    if PLANES >= 4:
+        rows = _side_by_side(rows, _side_by_side(_dequantized_plane(units, 2, BITS, scale, low),
+                                                 _dequantized_plane(units, 3, BITS, scale, low)))
+    if PLANES == 8:
+        rows = _side_by_side(
+            rows,
+            _side_by_side(_side_by_side(_dequantized_plane(units, 4, BITS, scale, low),
+                                        _dequantized_plane(units, 5, BITS, scale, low)),
+                          _side_by_side(_dequantized_plane(units, 6, BITS, scale, low),
+                                        _dequantized_plane(units, 7, BITS, scale, low))))
     return rows

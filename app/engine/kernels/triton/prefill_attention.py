@@ -18,7 +18,7 @@ import triton.language as tl
 
 from app.engine import kv_quant
 from app.engine.kernels.triton._common import cdiv, dot_in_fp32, interpreting
-from app.engine.kernels.triton.kv_rows import load_rows
+from app.engine.kernels.triton.kv_rows import load_quantized_rows, load_rows
 
 LOG2E = 1.4426950408889634
 
@@ -26,7 +26,7 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _attend_tile(
     q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
-    table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
+    table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs, k_params, v_params, stride_ps,
     own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, SLIDING: tl.constexpr, DOT_FP32: tl.constexpr, BITS: tl.constexpr,
@@ -34,7 +34,9 @@ def _attend_tile(
 ):
     """One key tile [start, start + BLOCK_N) into the running softmax of every row. A quantized
     cache's rows at positions from own_first on (this chunk's own tokens) are taken from the exact
-    keys and values the step computed (k_new / v_new rows from the chunk's first) instead."""
+    keys and values the step computed (k_new / v_new rows from the chunk's first) instead; its
+    integers are at k_base / v_base (slots stride_ks apart), its pairs at k_params / v_params
+    (stride_ps apart)."""
     pos = start + tl.arange(0, BLOCK_N)
     in_range = pos < hi
     if BLOCK_N <= BLOCK_SIZE:
@@ -44,9 +46,13 @@ def _attend_tile(
     # Unmasked off the diagonal: the whole tile lies below every row's, inside the context.
     k_off = block * stride_kb + (pos % BLOCK_SIZE) * stride_ks
     v_off = block * stride_vb + (pos % BLOCK_SIZE) * stride_vs
-    k = load_rows(k_base, k_off, in_range, HEAD_DIM, BITS, UNIT_BITS, CAUSAL)
-    v = load_rows(v_base, v_off, in_range, HEAD_DIM, BITS, UNIT_BITS, CAUSAL)
-    if BITS > 0:
+    if BITS == 0:
+        k = load_rows(k_base, k_off, in_range, HEAD_DIM, CAUSAL)
+        v = load_rows(v_base, v_off, in_range, HEAD_DIM, CAUSAL)
+    else:
+        param_off = block * stride_kb + (pos % BLOCK_SIZE) * stride_ps
+        k = load_quantized_rows(k_base, k_off, k_params, param_off, in_range, HEAD_DIM, BITS, UNIT_BITS)
+        v = load_quantized_rows(v_base, v_off, v_params, param_off, in_range, HEAD_DIM, BITS, UNIT_BITS)
         own = in_range & (pos >= own_first)
         d = tl.arange(0, HEAD_DIM)
         row = (pos - own_first).to(tl.int64)
@@ -81,7 +87,7 @@ def _prefill_kernel(
     qk_scale, window,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
+    stride_vb, stride_vs, stride_vh, params_at, stride_ps,
     stride_bt, stride_ot, stride_oh,
     stride_knt, stride_knh, stride_vnt, stride_vnh,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
@@ -123,6 +129,8 @@ def _prefill_kernel(
     table = block_tables_ptr + seq * stride_bt
     k_base = k_cache_ptr + kvh * stride_kh
     v_base = v_cache_ptr + kvh * stride_vh
+    k_params = k_cache_ptr + params_at + kvh * 4  # (quantized caches: kv_quant.block_parts)
+    v_params = v_cache_ptr + params_at + kvh * 4
     own_first = ctx - q_len  # this chunk's tokens: their exact keys and values (quantized caches)
     k_new_base = k_new_ptr + q_start.to(tl.int64) * stride_knt + kvh * stride_knh
     v_new_base = v_new_ptr + q_start.to(tl.int64) * stride_vnt + kvh * stride_vnh
@@ -130,14 +138,14 @@ def _prefill_kernel(
     for start in range(lo, mid, BLOCK_N):
         m_i, l_i, acc = _attend_tile(
             q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
-            table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
+            table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs, k_params, v_params, stride_ps,
             own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
             HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, SLIDING, DOT_FP32, BITS, UNIT_BITS,
         )
     for start in range(mid, hi, BLOCK_N):
         m_i, l_i, acc = _attend_tile(
             q, m_i, l_i, acc, start, qpos, hi, window, qk_scale,
-            table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs,
+            table, k_base, v_base, stride_kb, stride_ks, stride_vb, stride_vs, k_params, v_params, stride_ps,
             own_first, k_new_base, v_new_base, stride_knt, stride_vnt,
             HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, SLIDING, DOT_FP32, BITS, UNIT_BITS,
         )
@@ -217,12 +225,17 @@ def paged_prefill_attention(
     bm, bn = block_m or bm, block_n or bn
     k_new = q if k_new is None else k_new  # (float caches: unread)
     v_new = q if v_new is None else v_new
+    if bits:  # a block's integers, [slot, head] rows of `data` bytes, then its pairs (kv_quant.block_parts)
+        assert k_cache.stride() == v_cache.stride() and k_cache.is_contiguous(), "quantized caches: alike, contiguous"
+        data = dim * bits // 8
+        k_strides = v_strides = (k_cache.stride(0), kv_heads * data, data)
+        params = (block_size * kv_heads * data, kv_heads * kv_quant.PARAM_BYTES)
+    else:
+        k_strides, v_strides, params = k_cache.stride()[:3], v_cache.stride()[:3], (0, 0)
     _prefill_kernel[(cdiv(max_query_len * group, bm), seqs, kv_heads)](
         q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, k_new, v_new,
         scale * LOG2E, sliding_window or 0,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q.stride(0), q.stride(1), *k_strides, *v_strides, *params,
         block_tables.stride(0), out.stride(0), out.stride(1),
         k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1),
         G=group, HEAD_DIM=dim, BLOCK_SIZE=block_size, BLOCK_M=bm, BLOCK_N=bn,
