@@ -180,8 +180,8 @@ def _decode_planes_kernel(
     scale * (q·n) + min * Σq over the integers n, and the values' scales weigh the probabilities
     before their dot while their minimums add one term to every output column. With fp16
     operands the integers enter as 1024 + n, and 1024 x the other operand's sum is taken back.
-    Both caches' blocks (kv_quant.block_parts), stride_cb bytes apart: a slot's integers
-    stride_is bytes apart from params_at on, its pairs stride_ps apart."""
+    Both caches' blocks (kv_quant.block_parts) lie stride_cb bytes apart; in a block, the slots'
+    integers stride_is bytes apart from its start, their pairs stride_ps apart from params_at."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()
