@@ -23,7 +23,7 @@ from app.engine import kv_quant
 from app.engine.kernels.triton._common import (
     cdiv, dot_in_fp32, gdc_launch_dependents, gdc_wait, next_pow2, pdl_launch, sm_count,
 )
-from app.engine.kernels.triton.kv_rows import load_params, load_rows, load_units, plane, plane_fp16
+from app.engine.kernels.triton.kv_rows import load_params, load_rows, load_units, plane, plane_fp16, tile_blocks
 
 LOG2E = 1.4426950408889634
 MIN_PARTITION = 64  # tokens; shorter partitions cost more in merging than they gain in parallelism
@@ -96,10 +96,7 @@ def _decode_partition_kernel(
     for start in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
         pos = start + tl.arange(0, BLOCK_N)
         visible = (pos >= lo) & (pos < hi)
-        if BLOCK_N <= BLOCK_SIZE:
-            block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
-        else:
-            block = tl.load(table + pos // BLOCK_SIZE, mask=visible, other=0).to(tl.int64)
+        block = tile_blocks(table, start, pos, visible, BLOCK_SIZE, BLOCK_N)
         k = load_rows(k_base, block * stride_kb + (pos % BLOCK_SIZE) * stride_ks, visible, HEAD_DIM, True)
         v = load_rows(v_base, block * stride_vb + (pos % BLOCK_SIZE) * stride_vs, visible, HEAD_DIM, True)
         k = k.to(q.dtype)  # (q is fp32 under DOT_FP32)
@@ -227,10 +224,7 @@ def _decode_planes_kernel(
     for start in range((lo // BLOCK_N) * BLOCK_N, hi, BLOCK_N):
         pos = start + tl.arange(0, BLOCK_N)
         visible = (pos >= lo) & (pos < hi)
-        if BLOCK_N <= BLOCK_SIZE:
-            block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
-        else:
-            block = tl.load(table + pos // BLOCK_SIZE, mask=visible, other=0).to(tl.int64)
+        block = tile_blocks(table, start, pos, visible, BLOCK_SIZE, BLOCK_N)
         int_off = block * stride_cb + (pos % BLOCK_SIZE) * stride_is
         param_off = block * stride_cb + (pos % BLOCK_SIZE) * stride_ps
         k_units = load_units(k_ints, int_off, visible, WIDTH, UNIT_BITS)

@@ -18,6 +18,17 @@ FP16_1024 = tl.constexpr(0x6400)
 
 
 @triton.jit
+def tile_blocks(table, start, pos, mask, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The cache block of each key position of a tile starting at `start` (BLOCK_N-aligned):
+    one table entry when the tile lies in one block, else one per position (0 where masked)."""
+    if BLOCK_N <= BLOCK_SIZE:
+        block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
+    else:
+        block = tl.load(table + pos // BLOCK_SIZE, mask=mask, other=0).to(tl.int64)
+    return block
+
+
+@triton.jit
 def load_units(base_ptr, row_off, mask, WIDTH: tl.constexpr, UNIT_BITS: tl.constexpr):
     """[N, WIDTH] int32: the rows' integer units, zeros where mask is false."""
     u = tl.arange(0, WIDTH)

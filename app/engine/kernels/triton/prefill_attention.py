@@ -18,7 +18,7 @@ import triton.language as tl
 
 from app.engine import kv_quant
 from app.engine.kernels.triton._common import cdiv, dot_in_fp32, interpreting
-from app.engine.kernels.triton.kv_rows import load_quantized_rows, load_rows
+from app.engine.kernels.triton.kv_rows import load_quantized_rows, load_rows, tile_blocks
 
 LOG2E = 1.4426950408889634
 
@@ -39,10 +39,7 @@ def _attend_tile(
     (stride_ps apart)."""
     pos = start + tl.arange(0, BLOCK_N)
     in_range = pos < hi
-    if BLOCK_N <= BLOCK_SIZE:
-        block = tl.load(table + start // BLOCK_SIZE).to(tl.int64)
-    else:
-        block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
+    block = tile_blocks(table, start, pos, in_range, BLOCK_SIZE, BLOCK_N)
     # Unmasked off the diagonal: the whole tile lies below every row's, inside the context.
     k_off = block * stride_kb + (pos % BLOCK_SIZE) * stride_ks
     v_off = block * stride_vb + (pos % BLOCK_SIZE) * stride_vs
