@@ -10,7 +10,7 @@ order (``block_parts``). So each row's integers start 16-byte aligned (a 4-byte 
 would leave 132-byte rows, 4-byte aligned), and kernels load them 16 bytes at a time.
 
 The integers are packed in planes (``Packing``): the row is read as W little-endian units of U
-bits (as wide as leave W >= 32 units), and field f (bits f*b .. f*b + b - 1) of unit u
+bits (the widest that leave W >= 32 units), and field f (bits f*b .. f*b + b - 1) of unit u
 holds element f*W + u. So shifting and masking a tile of units yields elements f*W .. f*W + W - 1
 of every row: a contiguous slice that attention kernels multiply with the same slice of the query,
 with no shuffling back into element order.
@@ -85,7 +85,7 @@ class Packing:
 
     @classmethod
     def of(cls, head_dim: int, bits: int) -> "Packing":
-        """Units as wide as leave W >= 32 (else >= 16): the kernels' dots take planes of 16
+        """The widest units that leave W >= 32 (else >= 16): the kernels' dots take planes of 16
         elements or more, and planes of 32 were the fastest on an H100 (int4 rows of 128 in
         16-bit units: 251 us a decode call; in 8-bit units, planes of 64: 286; in 32-bit units,
         planes of 16: 654; docs/benchmarks.md)."""
@@ -140,6 +140,7 @@ def blocks_of_rows(rows: torch.Tensor) -> torch.Tensor:
 def store_rows(cache: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor) -> None:
     """Writes rows [T, kv_heads, row width] at slots (block * block_size + offset) of a quantized
     cache [blocks, block_size, kv_heads, row width]."""
+    assert cache.is_contiguous(), "block_parts must be views of the cache itself"
     ints, params = block_parts(cache)
     block, offset = slots // cache.shape[1], slots % cache.shape[1]
     ints[block, offset] = rows[..., :-PARAM_BYTES]
