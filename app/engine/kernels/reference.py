@@ -59,11 +59,12 @@ def write_kv(
             cache.view(-1, num_kv_heads, cache.shape[-1]).index_copy_(0, slots, x.to(cache.dtype))
 
 
-def _from_cache(blocks: torch.Tensor, head_dim: int, dtype: torch.dtype) -> torch.Tensor:
+def _from_cache(blocks: torch.Tensor, head_dim: int, dtype: torch.dtype, turned: bool = False) -> torch.Tensor:
     """Cache blocks [..., block_size, kv_heads, row width] as the model's keys or values
-    [..., block_size, kv_heads, head_dim]: dequantized, or cast to the model's dtype."""
+    [..., block_size, kv_heads, head_dim]: dequantized (still turned by R where ``turned``), or
+    cast to the model's dtype."""
     if blocks.dtype == torch.uint8:
-        return kv_quant.dequantize_rows(kv_quant.rows_of_blocks(blocks), head_dim, dtype)
+        return kv_quant.dequantize_rows(kv_quant.rows_of_blocks(blocks), head_dim, dtype, turned)
     return blocks.to(dtype)
 
 
@@ -135,14 +136,20 @@ def _decode_attention(
     sliding_window: int | None,
 ) -> torch.Tensor:
     """One query per sequence over its padded context. Plain batched matmuls: for a single
-    query row they beat the CPU flash-attention kernel several times over."""
+    query row they beat the CPU flash-attention kernel several times over. Over a quantized
+    cache the keys and values stay turned by R (kv_quant): the query is turned instead, and the
+    output turned back, two small products a step instead of two per cached row."""
     nd, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    turn = kv_quant.rotation(head_dim, q.device) if k_cache.dtype == torch.uint8 else None
+    if turn is not None:
+        q = (q.float() @ turn).to(q.dtype)
     lens = meta.decode_context_lens  # tensor [nd]
     num_blocks = -(-max(meta.context_lens[:nd]) // block_size)
     table = meta.block_tables[:nd, :num_blocks]
-    keys = _from_cache(k_cache[table], head_dim, q.dtype).flatten(1, 2).transpose(1, 2)  # [nd, kv_heads, S, dim]
-    values = _from_cache(v_cache[table], head_dim, q.dtype).flatten(1, 2).transpose(1, 2)
+    turned = turn is not None
+    keys = _from_cache(k_cache[table], head_dim, q.dtype, turned).flatten(1, 2).transpose(1, 2)  # [nd, kvh, S, dim]
+    values = _from_cache(v_cache[table], head_dim, q.dtype, turned).flatten(1, 2).transpose(1, 2)
     grouped = q.view(nd, num_kv_heads, num_heads // num_kv_heads, head_dim)
     scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scale  # [nd, kv_heads, group, S]
     key_pos = torch.arange(keys.shape[2], device=q.device)
@@ -151,4 +158,5 @@ def _decode_attention(
         hidden |= key_pos[None, :] < (lens[:, None] - sliding_window)
     scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
-    return torch.matmul(probs, values).view(nd, num_heads, head_dim)
+    out = torch.matmul(probs, values).view(nd, num_heads, head_dim)
+    return out if turn is None else (out.float() @ turn).to(q.dtype)
