@@ -39,9 +39,16 @@ def _partition_of(span, wanted, min_partition, max_partition, BLOCK_N: tl.conste
 
 
 @triton.jit
-def _bounds(context_lens_ptr, b, p, window, wanted, min_partition, max_partition,
-            SLIDING: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Keys [lo, hi) of row b's partition p (empty past the row's last partition)."""
+def _program(context_lens_ptr, window, wanted, min_partition, max_partition,
+             SLIDING: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+    """A partition program's (row, kv head, partition slot) and keys [lo, hi). Launched early
+    (programmatic dependent launch), it first lets the next kernel launch and waits for q."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    p = tl.program_id(2)
     length = tl.load(context_lens_ptr + b).to(tl.int32)
     first = 0
     if SLIDING:
@@ -50,7 +57,7 @@ def _bounds(context_lens_ptr, b, p, window, wanted, min_partition, max_partition
     # window only, however long the context.
     size = _partition_of(length - first, wanted, min_partition, max_partition, BLOCK_N)
     lo = first + p * size
-    return lo, tl.minimum(lo + size, length)
+    return b, kvh, p, lo, tl.minimum(lo + size, length)
 
 
 @triton.jit(do_not_specialize=["window", "num_slots", "wanted", "stride_bt"])
@@ -66,13 +73,8 @@ def _decode_partition_kernel(
     BLOCK_N: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr, DOT_FP32: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): let the next kernel launch, wait for q
-        gdc_launch_dependents()
-        gdc_wait()
-    b = tl.program_id(0).to(tl.int64)
-    kvh = tl.program_id(1)
-    p = tl.program_id(2)
-    lo, hi = _bounds(context_lens_ptr, b, p, window, wanted, min_partition, max_partition, SLIDING, BLOCK_N)
+    b, kvh, p, lo, hi = _program(context_lens_ptr, window, wanted, min_partition, max_partition,
+                                 SLIDING, BLOCK_N, PDL)
     if SPLIT:
         if lo >= hi:  # nothing of this row here; the merge knows and skips it
             return
@@ -179,15 +181,10 @@ def _decode_planes_kernel(
     operands the integers enter as 1024 + n, and 1024 x the other operand's sum is taken back.
     Both caches' blocks (kv_quant.block_parts) lie stride_cb bytes apart; in a block, the slots'
     integers stride_is bytes apart from its start, their pairs stride_ps apart from params_at."""
-    if PDL:
-        gdc_launch_dependents()
-        gdc_wait()
-    b = tl.program_id(0).to(tl.int64)
-    kvh = tl.program_id(1)
-    p = tl.program_id(2)
-    lo, hi = _bounds(context_lens_ptr, b, p, window, wanted, min_partition, max_partition, SLIDING, BLOCK_N)
+    b, kvh, p, lo, hi = _program(context_lens_ptr, window, wanted, min_partition, max_partition,
+                                 SLIDING, BLOCK_N, PDL)
     if SPLIT:
-        if lo >= hi:
+        if lo >= hi:  # nothing of this row here; the merge knows and skips it
             return
     PLANES: tl.constexpr = UNIT_BITS // BITS
     WIDTH: tl.constexpr = HEAD_DIM // PLANES
