@@ -10,7 +10,7 @@
 //   256 output columns) over a slice of K. The grid is (column tiles, K slices): when the tiles
 //   alone cannot fill the GPU (N = 4096 gives 16), K is cut into as many slices as make the grid
 //   a whole number of waves of resident blocks (a partial last wave would be a tail, during which
-//   most SMs idle): one wave, or more where one would give a tile fewer than 4 slices (long
+//   most SMs idle): one wave, or more where one would give a tile fewer than 3 slices (long
 //   blocks). The last block of a tile to finish sums the slices' fp32 partials (in slice order:
 //   deterministic) and writes y.
 // - Coalescing. Each warp reads one row of the tile per load (32 consecutive words, one per
@@ -29,10 +29,13 @@
 //   weight and the compiler's AND + OR pairs for each LOP3, without changing the time at batch 1
 //   (not issue-bound: Nsight Compute shows the warps waiting on loads and barriers, ~50% of the
 //   DRAM bandwidth on gate_up).
-// - x is staged once per block in shared memory as fp16 pairs (x, x) ([row][m], so a thread reads
-//   all M values of a row together), computed there from gate | up for a SwiGLU down projection
-//   (which saves the launch of a separate silu-mul kernel and its round trip through memory),
-//   scaled down by a power of two when its largest value could overflow a chunk's fp16 sums.
+// - x is staged once in shared memory as fp16 pairs (x, x) ([row][m], so a thread reads all M
+//   values of a row together), each warp staging the rows of its own chunks (no block barrier
+//   between the previous kernel's end and the first products; the loads go out in batches),
+//   computed there from gate | up for a SwiGLU down projection (which saves the launch of a
+//   separate silu-mul kernel and its round trip through memory), scaled down by a power of two
+//   when its largest value could overflow a chunk's fp16 sums. Staging the block's slice with
+//   all threads, one load after another, cost ~5% of a batch-1 decode step (H100, Llama-3-8B).
 //   Sums stay in registers and are reduced once at the end, across warps through shared memory.
 // - Programmatic dependent launch (Hopper and later): a kernel lets the next one start at once,
 //   and waits for the previous one only after its first weights are on their way; only x and the
@@ -138,24 +141,46 @@ __device__ __forceinline__ void inverse_rms(const Params& p, float (*partial)[LM
   __syncthreads();
 }
 
+// The operands of one value of the product's x: x; gate and up; or x, residual and norm weight.
+template <typename T>
+struct XOperands {
+  T a, b, w;
+};
+
+template <typename T>
+__device__ __forceinline__ XOperands<T> load_x(const Params& p, int m, int row) {
+  const T* x = static_cast<const T*>(p.x);
+  XOperands<T> in{};
+  if (p.silu_mul) {
+    const T* gate = x + static_cast<size_t>(m) * 2 * p.k + row;
+    in.a = gate[0];
+    in.b = gate[p.k];
+    return in;
+  }
+  const size_t at = static_cast<size_t>(m) * p.k + row;
+  in.a = x[at];
+  if (p.fusion.norm_weight) {
+    in.w = static_cast<const T*>(p.fusion.norm_weight)[row];
+    if (p.fusion.residual) in.b = static_cast<const T*>(p.fusion.residual)[at];
+  }
+  return in;
+}
+
 // Row m, input `row` of the product's x, as the unfused ops would hand it over: x itself,
 // silu(gate) * up, or the RMSNorm of x + residual (block (0, s) storing x + residual).
 template <typename T>
-__device__ __forceinline__ float staged_input(const Params& p, int m, int row, const float* inv) {
-  const T* x = static_cast<const T*>(p.x);
+__device__ __forceinline__ float x_value(const Params& p, const XOperands<T>& in, int m, int row, const float* inv) {
   if (p.silu_mul) {
-    const T* gate = x + static_cast<size_t>(m) * 2 * p.k + row;
-    const float g = to_float(*gate);
-    return g / (1.0f + __expf(-g)) * to_float(gate[p.k]);
+    const float g = to_float(in.a);
+    return g / (1.0f + __expf(-g)) * to_float(in.b);
   }
-  const size_t at = static_cast<size_t>(m) * p.k + row;
-  float v = to_float(x[at]);
+  float v = to_float(in.a);
   if (!p.fusion.norm_weight) return v;
   if (p.fusion.residual) {
-    v = round_to<T>(v + to_float(static_cast<const T*>(p.fusion.residual)[at]));
-    if (blockIdx.x == 0) static_cast<T*>(p.fusion.residual_out)[at] = from_float<T>(v);
+    v = round_to<T>(v + to_float(in.b));
+    if (blockIdx.x == 0) static_cast<T*>(p.fusion.residual_out)[static_cast<size_t>(m) * p.k + row] = from_float<T>(v);
   }
-  return round_to<T>(round_to<T>(v * inv[m]) * to_float(static_cast<const T*>(p.fusion.norm_weight)[row]));
+  return round_to<T>(round_to<T>(v * inv[m]) * to_float(in.w));
 }
 
 // The tile's outputs from their fp32 sums (thread t: column t of the tile), with the epilogue:
@@ -270,43 +295,53 @@ __device__ __forceinline__ void compute_chunk(const Chunk<R>& ch, const __half2*
   }
 }
 
-// Stages the block's slice of x into xs as fp16 pairs (x, x) * 2^-e, and returns 2^e: the
-// smallest power of two (at least 1) that brings every |x| under 4096 / R, so a chunk's fp16 sum
-// of R products x * (q - z), |q - z| <= 15, stays under 65504. The result is multiplied back in
-// fp32. (Activations that large are rare: usually e = 0 and x is staged as it is.)
+// Stages the x of a warp's chunks (first, first + kWarps, ... before c_end) into its xs as fp16
+// pairs (x, x) * 2^-e ([chunk of the warp][row][m]) and returns 2^e: the smallest power of two (at
+// least 1) that brings every |x| under 4096 / R, so a chunk's fp16 sum of R products x * (q - z),
+// |q - z| <= 15, stays under 65504. The result is multiplied back in fp32. (Activations that large
+// are rare: usually e = 0 and x is staged as it is.) Warp by warp, with no block barrier, and the
+// loads in batches of kBatch a lane: a chain of round trips to L2 here holds up the weights.
 template <typename T, int M, int R>
-__device__ __forceinline__ float stage_x(const Params& p, __half2* xs, int row_begin, int rows, const float* inv,
-                                         float* block_max) {
+__device__ __forceinline__ float stage_x(const Params& p, __half2* xs, int first, int c_end, const float* inv) {
+  constexpr int kBatch = 4;
+  constexpr int kChunkValues = R * M;
+  const int lane = threadIdx.x % 32;
+  const int values = first < c_end ? (c_end - first + kWarps - 1) / kWarps * kChunkValues : 0;
   float* staged = reinterpret_cast<float*>(xs);  // fp32 first, in place: a float is a half2's size
   float largest = 0.0f;
-  for (int i = threadIdx.x; i < rows * M; i += kThreads) {
-    const int m = i / rows, r = i - m * rows;  // consecutive threads read consecutive x elements
-    const float v = staged_input<T>(p, m, row_begin + r, inv);
-    staged[r * M + m] = v;
-    largest = fmaxf(largest, fabsf(v));
+  for (int base = lane; base < values; base += 32 * kBatch) {
+    XOperands<T> in[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = base + 32 * u;  // chunk c, then row m of x, then row r of the chunk: lanes read along x
+      const int c = i / kChunkValues, m = (i % kChunkValues) / R, r = i % R;
+      if (i < values) in[u] = load_x<T>(p, m, (first + c * kWarps) * R + r);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = base + 32 * u;
+      const int c = i / kChunkValues, m = (i % kChunkValues) / R, r = i % R;
+      if (i >= values) continue;
+      const float v = x_value<T>(p, in[u], m, (first + c * kWarps) * R + r, inv);
+      staged[c * kChunkValues + r * M + m] = v;
+      largest = fmaxf(largest, fabsf(v));
+    }
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) largest = fmaxf(largest, __shfl_xor_sync(0xFFFFFFFFu, largest, offset));
-  if (threadIdx.x % 32 == 0) block_max[threadIdx.x / 32] = largest;
-  __syncthreads();
-  largest = 0.0f;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) largest = fmaxf(largest, block_max[w]);
   constexpr float kLimit = 4096.0f / R;
   int e = 0;
   if (largest > kLimit) frexpf(largest / kLimit, &e);  // largest / kLimit <= 2^e
   const float down = ldexpf(1.0f, -e);
-  for (int i = threadIdx.x; i < rows * M; i += kThreads) {
-    const int m = i / rows, r = i - m * rows;
-    xs[r * M + m] = __float2half2_rn(staged[r * M + m] * down);
-  }
-  __syncthreads();
+  __syncwarp();
+  for (int i = lane; i < values; i += 32) xs[i] = __float2half2_rn(staged[i] * down);
+  __syncwarp();
   return ldexpf(1.0f, e);
 }
 
 template <typename T, int M, int R, int S, int B>
 __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p) {
-  extern __shared__ __half2 xs[];  // this block's slice of x: [row][m], each value twice (x, x)
+  extern __shared__ __half2 xs[];  // the x of each warp's chunks (see stage_x), each value twice (x, x)
   __shared__ float red[kWarps][kTileCols];
   __shared__ float inv_rms[LMS_W4A16_MAX_M];
   __shared__ bool last_block;
@@ -318,7 +353,7 @@ __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p)
   const bool active = word < p.words;
   const int c_begin = static_cast<int>(static_cast<int64_t>(split) * p.chunks / p.splits);
   const int c_end = static_cast<int>(static_cast<int64_t>(split + 1) * p.chunks / p.splits);
-  const int row_begin = c_begin * R, rows = (c_end - c_begin) * R;
+  const int warp_chunks = (c_end - c_begin + kWarps - 1) / kWarps;  // at most, a warp
 
   // The first S chunks' weights are on their way while the previous kernel finishes and x is
   // staged. Warp w takes chunks w, w + kWarps, ... of the block's slice.
@@ -334,7 +369,8 @@ __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p)
     float(*partial)[LMS_W4A16_MAX_M] = reinterpret_cast<float(*)[LMS_W4A16_MAX_M]>(&red[0][0]);
     inverse_rms<T, M>(p, partial, inv_rms);
   }
-  const float x_scale = stage_x<T, M, R>(p, xs, row_begin, rows, inv_rms, &red[0][0]);
+  __half2* warp_xs = xs + warp * warp_chunks * R * M;
+  const float x_scale = stage_x<T, M, R>(p, warp_xs, first, c_end, inv_rms);
 
   float acc[M][8];
 #pragma unroll
@@ -347,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p)
       for (int s = 0; s < S; ++s) {  // unrolled: the ring stays in registers
         const int chunk = base + s * kWarps;
         if (chunk < c_end) {
-          compute_chunk<M, R>(ring[s], xs + (chunk * R - row_begin) * M, acc);
+          compute_chunk<M, R>(ring[s], warp_xs + (chunk - first) / kWarps * R * M, acc);
           if (chunk + S * kWarps < c_end) load_chunk<R>(p, chunk + S * kWarps, word, ring[s]);
         }
       }
@@ -360,12 +396,12 @@ __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p)
 #pragma unroll
   for (int m = 0; m < M; ++m) {
 #pragma unroll
-    for (int c = 0; c < 8; ++c) red[warp][lane * 8 + c] = acc[m][c];
+    for (int c = 0; c < 8; ++c) red[warp][lane * 8 + c] = acc[m][c] * x_scale;  // x was staged scaled by 1 / x_scale
     __syncthreads();
     float v = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) v += red[w][tid];
-    total[m] = v * x_scale;  // x was staged scaled by 1 / x_scale
+    total[m] = v;
     __syncthreads();
   }
 
@@ -432,13 +468,14 @@ Plan make_plan(int64_t m, int64_t n, int64_t k, int requested_splits, const Devi
   int64_t splits = requested_splits;
   if (splits <= 0) {  // whole waves (see the top), each warp taking at least one chunk
     const int64_t resident = static_cast<int64_t>(tuning.blocks) * device.sms;
-    const int64_t waves = cdiv(4 * plan.tiles, resident);
+    const int64_t waves = cdiv(3 * plan.tiles, resident);
     splits = clamp(waves * resident / plan.tiles, 1, plan.chunks / kWarps);
   }
-  // Each block's slice of x must fit its shared memory.
+  // Each block's slice of x must fit its shared memory (a warp's share rounded up).
   const int64_t max_chunks_per_block = kMaxSharedX / (rows_per_chunk * m * static_cast<int64_t>(sizeof(__half2)));
-  plan.splits = static_cast<int>(clamp(splits, cdiv(plan.chunks, max_chunks_per_block), plan.chunks));
-  plan.shared_bytes = static_cast<size_t>(cdiv(plan.chunks, plan.splits) * rows_per_chunk * m) * sizeof(__half2);
+  plan.splits = static_cast<int>(clamp(splits, cdiv(plan.chunks, max_chunks_per_block - kWarps), plan.chunks));
+  plan.shared_bytes =
+      static_cast<size_t>(kWarps * cdiv(cdiv(plan.chunks, plan.splits), kWarps) * rows_per_chunk * m) * sizeof(__half2);
   if (plan.splits > 1)  // counters first, at a fixed size: another shape's partials never land on them
     plan.workspace_bytes = kCounterBytes + static_cast<size_t>(plan.splits) * m * n * sizeof(float);
   return plan;
