@@ -70,7 +70,8 @@ struct Tuning {
 };
 // Measured in the engine at batch 1 (H100, Llama-3-8B shape, 2026-11-27): {16, 2, 3} 365 tok/s,
 // {32, 2, 2} 369, {16, 4, 2} 357, {16, 3, 2} 379 and {8, 3, 3} 377 against {16, 2, 3}'s 407 on an
-// H200: deeper rings at lower occupancy buy nothing.
+// H200: deeper rings at lower occupancy buy nothing. With x staged warp by warp: {16, 2, 3} 392.5,
+// {8, 2, 4} 388.8, {16, 1, 4} 394 (H100, same call; within the spread of repeated runs).
 constexpr Tuning kOneRowTuning = {16, 2, 3};  // M = 1: fewer registers, three blocks an SM
 constexpr Tuning kSmallTuning = {16, 2, 2};   // M = 2..4
 constexpr Tuning kLargeTuning = {8, 2, 2};    // M = 5..8: more accumulators, fewer rows
