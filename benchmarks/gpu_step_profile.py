@@ -98,21 +98,27 @@ def profile(shape: str, batch: int, prompt_len: int, steps: int, fused: bool, kv
 
 
 def print_kernels_by_launch_shape(prof, replays: int) -> None:
-    """Kernel time per step grouped by kernel and grid, which tells apart the linears of one kernel
-    (under programmatic dependent launch a kernel's span includes its wait on the one before: run
-    with LMSTATION_PDL=0 for durations that add up)."""
+    """Kernel time per step grouped by kernel and grid, which tells apart the linears of one kernel.
+    Two columns: a kernel's span (under programmatic dependent launch it includes its wait on the
+    one before: run with LMSTATION_PDL=0 for spans that add up), and what it adds to the step, the
+    time from the previous kernel's end to its own (these add up to the GPU time either way)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as trace:
         prof.export_chrome_trace(trace.name)
         events = json.loads(Path(trace.name).read_text())["traceEvents"]
-    groups: dict[tuple[str, str], list[float]] = {}
-    for event in events:
-        if event.get("cat") == "kernel":
-            key = (event["name"][:60], str(event.get("args", {}).get("grid")))
-            groups.setdefault(key, []).append(event["dur"])
-    print(f"{'kernel':60s} {'grid':>16s} {'calls/step':>10s} {'us/call':>8s} {'us/step':>8s}")
-    for (name, grid), durations in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
-        print(f"{name:60s} {grid:>16s} {len(durations) / replays:10.1f} {sum(durations) / len(durations):8.2f} "
-              f"{sum(durations) / replays:8.1f}")
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    groups: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    last_end = None
+    for event in kernels:
+        end = event["ts"] + event["dur"]
+        added = event["dur"] if last_end is None else max(0.0, end - last_end)
+        last_end = end if last_end is None else max(last_end, end)
+        key = (event["name"][:60], str(event.get("args", {}).get("grid")))
+        groups.setdefault(key, []).append((event["dur"], added))
+    print(f"{'kernel':60s} {'grid':>16s} {'calls/step':>10s} {'us/call':>8s} {'added/call':>10s} {'added/step':>10s}")
+    for (name, grid), times in sorted(groups.items(), key=lambda kv: -sum(a for _, a in kv[1])):
+        calls = len(times)
+        print(f"{name:60s} {grid:>16s} {calls / replays:10.1f} {sum(d for d, _ in times) / calls:8.2f} "
+              f"{sum(a for _, a in times) / calls:10.2f} {sum(a for _, a in times) / replays:10.1f}")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@
  * of x on it scales each weight first); the GEMM multiplies fp16 weights on tensor cores.
  * Requirements: N % 8 == 0 (N <= 4194304), G % 16 == 0, K % G == 0.
  *
- * Workspace: the kernel may split K over several blocks; their fp32 partials and one counter per
- * column tile live in a caller-provided device buffer of lms_w4a16_workspace_bytes() bytes, which
- * must be zero-filled once before its first use (the kernel leaves the counters at zero again; they
- * sit at the same place for every shape, so one buffer, as large as the largest need, serves all).
+ * Workspace: the kernel may split K over several blocks; their fp32 partials live in a
+ * caller-provided device buffer of lms_w4a16_workspace_bytes() bytes, which must be zero-filled once
+ * before its first use (a zero slot means "not arrived yet"; the kernel leaves every slot it used at
+ * zero again, so one buffer, as large as the largest need, serves all shapes).
  * Launches that share a workspace must be ordered (one stream); CUDA graphs may capture them.
  *
  * On compute capability 9.0 and later the kernel is launched with programmatic dependent launch:

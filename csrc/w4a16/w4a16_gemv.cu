@@ -11,8 +11,12 @@
 //   alone cannot fill the GPU (N = 4096 gives 16), K is cut into as many slices as make the grid
 //   a whole number of waves of resident blocks (a partial last wave would be a tail, during which
 //   most SMs idle): one wave, or more where one would give a tile fewer than 3 slices (long
-//   blocks). The last block of a tile to finish sums the slices' fp32 partials (in slice order:
-//   deterministic) and writes y.
+//   blocks). The block of a tile's last slice sums the slices' fp32 partials (in slice order:
+//   deterministic) and writes y. The others store their partials and leave: a partial's own bits
+//   say that it has arrived (the workspace is zero between launches; a partial of +0 is stored as
+//   -0), so there is no fence or counter between the last products and y. Fences and a counter
+//   cost ~2 us a GEMV at batch 1 (H100), two L2 round trips in every block before it could leave.
+//   The summing block waits only on blocks of lower index, which the GPU dispatches first.
 // - Coalescing. Each warp reads one row of the tile per load (32 consecutive words, one per
 //   lane: one cache line); the block's 8 warps take chunks of R consecutive rows of K in turn.
 //   A thread holds a ring of S chunks in registers, all requested before it waits on the previous
@@ -59,7 +63,7 @@ constexpr int kWarps = kThreads / 32;      // also the thread rows that take chu
 constexpr int kTileWords = 32;             // int32 words of a row in a column tile: one per lane
 constexpr int kTileCols = kTileWords * 8;  // output columns of a tile; == kThreads (one each at the end)
 constexpr int kMaxSharedX = 32 * 1024;     // bytes of x staged per block (with red[], under the 48 KB default)
-constexpr int kCounterBytes = 64 * 1024;   // the workspace's counter area, the same for every shape
+constexpr int64_t kMaxColumns = int64_t{1} << 22;
 static_assert(kTileCols == kThreads, "the final phase gives each thread one column of the tile");
 
 // How an instance streams the weight: rows of K per chunk (a thread's load, 4 bytes a row; a
@@ -83,8 +87,7 @@ struct Params {
   const uint32_t* qzeros;
   const uint4* scales;     // 8 halves (one word's columns) per uint4
   void* y;
-  float* partials;         // [splits][M][n], with splits > 1
-  unsigned int* counters;  // [column tiles], zero between launches
+  float* partials;  // [splits - 1][M][n], with splits > 1: zero between launches (see publish)
   int n, k, group, words, chunks, splits;
   bool silu_mul;  // x is [M, 2K], gate | up: the product takes silu(gate) * up
   lms_w4a16_fusion fusion;  // all zero without one
@@ -235,6 +238,50 @@ __device__ __forceinline__ void write_outputs(const Params& p, int tile, const f
   }
 }
 
+// The split-K hand-over's slots: a partial's bits are its own arrival flag (zero: not yet).
+// Strong (relaxed, device-scope) accesses, so a waiting reader sees a store once it lands in L2.
+__device__ __forceinline__ void publish(float* at, float v) {
+  const uint32_t bits = __float_as_uint(v);
+  asm volatile("st.relaxed.gpu.global.b32 [%0], %1;" ::"l"(at), "r"(bits == 0 ? 0x80000000u : bits) : "memory");
+}
+__device__ __forceinline__ uint32_t peek(const float* at) {
+  uint32_t bits;
+  asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(bits) : "l"(at) : "memory");
+  return bits;
+}
+__device__ __forceinline__ void clear(float* at) {
+  asm volatile("st.relaxed.gpu.global.b32 [%0], %1;" ::"l"(at), "r"(0u) : "memory");
+}
+
+// The last slice's block: sums[m] = the partials of slices 0 .. splits - 2 (waiting for each to
+// arrive, clearing each slot for the next launch) + its own, in slice order, for column col.
+// Up to 16 loads in flight per thread (32 spill registers at M = 1); slots [s][m] in that order.
+template <int M>
+__device__ __forceinline__ void sum_partials(const Params& p, int col, float (&sums)[M]) {
+  constexpr int kBatch = 16 / M * M;  // a multiple of M, so a load's row m is known at compile time
+  float before[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) before[m] = 0.0f;
+  const int count = (p.splits - 1) * M;
+  float* slots = p.partials + col;
+  for (int base = 0; base < count; base += kBatch) {
+    uint32_t bits[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i)
+      if (base + i < count) bits[i] = peek(slots + static_cast<size_t>(base + i) * p.n);
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      if (base + i >= count) continue;
+      float* slot = slots + static_cast<size_t>(base + i) * p.n;
+      while (bits[i] == 0) bits[i] = peek(slot);
+      before[i % M] += __uint_as_float(bits[i]);
+      clear(slot);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) sums[m] = before[m] + sums[m];
+}
+
 // What a thread needs for one chunk: its word of each of the R rows, the zero-point word and the
 // 8 scales of the chunk's group.
 template <int R>
@@ -301,30 +348,39 @@ __device__ __forceinline__ void compute_chunk(const Chunk<R>& ch, const __half2*
 // pairs (x, x) * 2^-e ([chunk of the warp][row][m]) and returns 2^e: the smallest power of two (at
 // least 1) that brings every |x| under 4096 / R, so a chunk's fp16 sum of R products x * (q - z),
 // |q - z| <= 15, stays under 65504. The result is multiplied back in fp32. (Activations that large
-// are rare: usually e = 0 and x is staged as it is.) Warp by warp, with no block barrier, and the
-// loads in batches of kBatch a lane: a chain of round trips to L2 here holds up the weights.
+// are rare: usually e = 0 and x is staged as it is.) Warp by warp, with no block barrier but the
+// RMSNorm's, and the loads in batches of kBatch a lane: a chain of round trips to L2 here holds up
+// the weights. With a norm, the first batch is requested before the sums of squares are, so both
+// wait on L2 together. Called by all threads of the block.
 template <typename T, int M, int R>
-__device__ __forceinline__ float stage_x(const Params& p, __half2* xs, int first, int c_end, const float* inv) {
+__device__ __forceinline__ float stage_x(const Params& p, __half2* xs, int first, int c_end,
+                                         float (*scratch)[LMS_W4A16_MAX_M], float* inv) {
   constexpr int kBatch = 4;
   constexpr int kChunkValues = R * M;
   const int lane = threadIdx.x % 32;
   const int values = first < c_end ? (c_end - first + kWarps - 1) / kWarps * kChunkValues : 0;
   float* staged = reinterpret_cast<float*>(xs);  // fp32 first, in place: a float is a half2's size
   float largest = 0.0f;
-  for (int base = lane; base < values; base += 32 * kBatch) {
-    XOperands<T> in[kBatch];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int i = base + 32 * u;  // chunk c, then row m of x, then row r of the chunk: lanes read along x
-      const int c = i / kChunkValues, m = (i % kChunkValues) / R, r = i % R;
-      if (i < values) in[u] = load_x<T>(p, m, (first + c * kWarps) * R + r);
-    }
+  XOperands<T> in[kBatch];
+  // Value i of the warp: chunk c, then row m of x, then row r of the chunk (lanes read along x).
+  const auto row_of = [&](int i) { return (first + i / kChunkValues * kWarps) * R + i % R; };
+  const auto load_batch = [&](int base) {
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       const int i = base + 32 * u;
-      const int c = i / kChunkValues, m = (i % kChunkValues) / R, r = i % R;
+      if (i < values) in[u] = load_x<T>(p, (i % kChunkValues) / R, row_of(i));
+    }
+  };
+  load_batch(lane);
+  if (p.fusion.norm_weight) inverse_rms<T, M>(p, scratch, inv);
+  for (int base = lane; base < values; base += 32 * kBatch) {
+    if (base != lane) load_batch(base);
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int i = base + 32 * u;
       if (i >= values) continue;
-      const float v = x_value<T>(p, in[u], m, (first + c * kWarps) * R + r, inv);
+      const int c = i / kChunkValues, m = (i % kChunkValues) / R, r = i % R;
+      const float v = x_value<T>(p, in[u], m, row_of(i), inv);
       staged[c * kChunkValues + r * M + m] = v;
       largest = fmaxf(largest, fabsf(v));
     }
@@ -346,7 +402,6 @@ __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p)
   extern __shared__ __half2 xs[];  // the x of each warp's chunks (see stage_x), each value twice (x, x)
   __shared__ float red[kWarps][kTileCols];
   __shared__ float inv_rms[LMS_W4A16_MAX_M];
-  __shared__ bool last_block;
   static_assert(M <= kWarps, "write_outputs keeps M rows of the tile in red[]");
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -367,12 +422,9 @@ __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p)
     if (active && first + s * kWarps < c_end) load_chunk<R>(p, first + s * kWarps, word, ring[s]);
   wait_for_previous_kernel();
 
-  if (p.fusion.norm_weight) {
-    float(*partial)[LMS_W4A16_MAX_M] = reinterpret_cast<float(*)[LMS_W4A16_MAX_M]>(&red[0][0]);
-    inverse_rms<T, M>(p, partial, inv_rms);
-  }
   __half2* warp_xs = xs + warp * warp_chunks * R * M;
-  const float x_scale = stage_x<T, M, R>(p, warp_xs, first, c_end, inv_rms);
+  float(*norm_scratch)[LMS_W4A16_MAX_M] = reinterpret_cast<float(*)[LMS_W4A16_MAX_M]>(&red[0][0]);
+  const float x_scale = stage_x<T, M, R>(p, warp_xs, first, c_end, norm_scratch, inv_rms);
 
   float acc[M][8];
 #pragma unroll
@@ -414,33 +466,14 @@ __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p)
     return;
   }
 
-  // Split K: publish this slice's partial; the tile's last block to arrive sums them all.
-  if (col_ok)
+  // Split K: publish this slice's partial, or, in the tile's last slice, sum them all.
+  if (split < p.splits - 1) {
+    if (col_ok)
 #pragma unroll
-    for (int m = 0; m < M; ++m) p.partials[(static_cast<size_t>(split) * M + m) * p.n + col] = total[m];
-  __threadfence();  // the partial is visible device-wide before the counter says so
-  __syncthreads();
-  if (tid == 0) last_block = atomicAdd(&p.counters[tile], 1u) == static_cast<unsigned>(p.splits - 1);
-  __syncthreads();
-  if (!last_block) return;
-  __threadfence();
-  if (tid == 0) p.counters[tile] = 0;  // ready for the next launch
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    total[m] = 0.0f;
-    if (!col_ok) continue;
-    const float* part = p.partials + static_cast<size_t>(m) * p.n + col;
-    const size_t stride = static_cast<size_t>(M) * p.n;
-    int s = 0;
-    for (; s + 8 <= p.splits; s += 8) {  // 8 loads in flight, then summed in slice order
-      float v[8];
-#pragma unroll
-      for (int i = 0; i < 8; ++i) v[i] = __ldcg(part + (s + i) * stride);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) total[m] += v[i];
-    }
-    for (; s < p.splits; ++s) total[m] += __ldcg(part + s * stride);
+      for (int m = 0; m < M; ++m) publish(p.partials + (static_cast<size_t>(split) * M + m) * p.n + col, total[m]);
+    return;
   }
+  if (col_ok) sum_partials<M>(p, col, total);
   write_outputs<T, M>(p, tile, total, &red[0][0]);
 }
 
@@ -453,7 +486,7 @@ struct Plan {
 
 bool valid_shape(int64_t m, int64_t n, int64_t k, int64_t group) {
   return m >= 1 && m <= LMS_W4A16_MAX_M && n >= 8 && n % 8 == 0 &&
-         cdiv(n, kTileCols) * static_cast<int64_t>(sizeof(unsigned)) <= kCounterBytes && group >= 16 &&
+         n <= kMaxColumns && group >= 16 &&
          group % 16 == 0 && k >= group && k % group == 0 && k <= (int64_t{1} << 30);
 }
 
@@ -478,8 +511,7 @@ Plan make_plan(int64_t m, int64_t n, int64_t k, int requested_splits, const Devi
   plan.splits = static_cast<int>(clamp(splits, cdiv(plan.chunks, max_chunks_per_block - kWarps), plan.chunks));
   plan.shared_bytes =
       static_cast<size_t>(kWarps * cdiv(cdiv(plan.chunks, plan.splits), kWarps) * rows_per_chunk * m) * sizeof(__half2);
-  if (plan.splits > 1)  // counters first, at a fixed size: another shape's partials never land on them
-    plan.workspace_bytes = kCounterBytes + static_cast<size_t>(plan.splits) * m * n * sizeof(float);
+  if (plan.splits > 1) plan.workspace_bytes = static_cast<size_t>(plan.splits - 1) * m * n * sizeof(float);
   return plan;
 }
 
@@ -569,10 +601,7 @@ LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t*
   p.qzeros = reinterpret_cast<const uint32_t*>(qzeros);
   p.scales = static_cast<const uint4*>(scales);
   p.y = y;
-  p.counters = static_cast<unsigned int*>(workspace);
-  p.partials = plan.workspace_bytes > 0
-                   ? reinterpret_cast<float*>(static_cast<char*>(workspace) + kCounterBytes)
-                   : nullptr;
+  p.partials = static_cast<float*>(workspace);
   p.n = static_cast<int>(n);
   p.k = static_cast<int>(k);
   p.group = static_cast<int>(group_size);

@@ -3,8 +3,8 @@
 :mod:`app.engine.kernels.cuda_library`; :func:`available` says whether it is there and
 :func:`unavailable_reason` why not.
 
-Each kernel needs a workspace (split-K partials; the GEMV's also holds counters and must start
-zero-filled), one per kernel and device here, shared by its calls: calls must come from one
+Each kernel needs a workspace (split-K partials; the GEMV's must start zero-filled: a zero slot
+is a partial not yet arrived), one per kernel and device here, shared by its calls: calls must come from one
 stream at a time, and the first call of a shape should run outside CUDA-graph capture (a warm-up
 step), so that a larger workspace is not allocated inside a graph."""
 
@@ -26,7 +26,7 @@ GEMM_K_STEP = 64  # the GEMM's rows of K a step: K must be a multiple
 TILE_COLUMNS = 256  # the GEMV's output columns a block finishes: RotaryKV's head_dim must divide it
 _DTYPE_FLAGS = {torch.float16: 0, torch.bfloat16: 1}
 DTYPES = tuple(_DTYPE_FLAGS)  # the activations it takes
-# Workspaces per (device, kernel), zero-filled at birth (the GEMV leaves its counters at zero; the
+# Workspaces per (device, kernel), zero-filled at birth (the GEMV leaves its slots at zero; the
 # GEMM's partials must never land on them, hence one each). A larger shape adds a larger one; the
 # smaller ones stay allocated, because a captured CUDA graph may still point at them.
 _WORKSPACES: dict[tuple[int, str], list[torch.Tensor]] = {}

@@ -339,7 +339,7 @@ def test_cuda_w4a16_silu_mul(m, k, n, group, dtype):
 )
 def test_cuda_w4a16_splits_and_ragged_tiles(m, k, n, group, splits):
     """Fixed K splits (one block per tile, several, more than allowed) and column tiles cut short;
-    repeated calls give identical results (the split counters are back at zero after each launch)."""
+    repeated calls give identical results (the split-K slots are back at zero after each launch)."""
     w4a16_cuda = _cuda_kernel()
     _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=m + k)
     for dtype in DTYPES:
@@ -384,9 +384,33 @@ def test_cuda_w4a16_gemm_refuses_shapes_it_does_not_take():
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 3])
+def test_cuda_w4a16_exact_zero_partials_arrive_and_the_workspace_is_left_zero(m):
+    """A slice's partial is its own arrival flag (zero: not yet), so a partial that is exactly
+    zero must still arrive: here half the columns have every weight at its zero point (q == z), so
+    each of their slices sums to 0.0; with a +0 stored the summing block would wait forever. After
+    the calls every slot of the workspace is zero again, ready for the next launch."""
+    w4a16_cuda = _cuda_kernel()
+    k, n, group = 4096, 1024, 128
+    q, z, s, *_ = random_awq(k, n, group, seed=11)
+    q[:, ::2] = z.repeat_interleave(group, dim=0)[:, ::2]
+    qweight, qzeros, scales = (t.to(DEVICE) for t in pack(q, z, s))
+    x = nonzero(m, k, dtype=torch.float16, seed=12)
+    ref = w4a16_matmul_reference(x, qweight, qzeros, scales, group)
+    assert (ref[:, ::2] == 0).all() and (ref[:, 1::2] != 0).all()
+    y = w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, group, splits=16)
+    torch.cuda.synchronize()
+    assert (y[:, ::2] == 0).all()
+    assert rel_error(y, ref) <= CUDA_TOLERANCE
+    for workspace in w4a16_cuda._WORKSPACES[(x.device.index, "gemv")]:
+        assert not workspace.any(), "the GEMV left split-K slots set"
+
+
+@gpu
+@pytest.mark.gpu
 def test_cuda_w4a16_shapes_share_the_workspace():
     """Shapes with few and many column tiles (16 to 112), split, one after another on one
-    workspace: no shape's partials may land on another's split counters."""
+    workspace: each shape finds the slots it uses at zero (none arrives early from another)."""
     w4a16_cuda = _cuda_kernel()
     weights = {n: random_awq(256, n, 64, seed=n)[3:] for n in (4096, 6144, 28672)}
     for i, n in enumerate([4096, 6144, 28672, 4096, 28672, 6144]):
