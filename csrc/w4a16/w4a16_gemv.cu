@@ -65,7 +65,7 @@ constexpr int kWarps = kThreads / 32;      // also the thread rows that take chu
 constexpr int kTileWords = 32;             // int32 words of a row in a column tile: one per lane
 constexpr int kTileCols = kTileWords * 8;  // output columns of a tile; == kThreads (one each at the end)
 constexpr int kMaxSharedX = 32 * 1024;     // bytes of x staged per block (with red[], under the 48 KB default)
-constexpr int64_t kMaxColumns = int64_t{1} << 22;
+constexpr int64_t kMaxColumns = int64_t{1} << 22;  // N's bound, as lms_w4a16_error_string says
 static_assert(kTileCols == kThreads, "the final phase gives each thread one column of the tile");
 
 // How an instance streams the weight: rows of K per chunk (a thread's load, 4 bytes a row; a
@@ -257,7 +257,7 @@ __device__ __forceinline__ void clear(float* at) {
 
 // The last slice's block: sums[m] = the partials of slices 0 .. splits - 2 (waiting for each to
 // arrive, clearing each slot for the next launch) + its own, in slice order, for column col.
-// Up to 16 loads in flight per thread (32 spill registers at M = 1); slots [s][m] in that order.
+// Up to 16 loads in flight per thread (32 would spill registers at M = 1); slots [s][m] in order.
 template <int M>
 __device__ __forceinline__ void sum_partials(const Params& p, int col, float (&sums)[M]) {
   constexpr int kBatch = 16 / M * M;  // a multiple of M, so a load's row m is known at compile time
