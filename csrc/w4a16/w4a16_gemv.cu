@@ -487,8 +487,7 @@ struct Plan {
 };
 
 bool valid_shape(int64_t m, int64_t n, int64_t k, int64_t group) {
-  return m >= 1 && m <= LMS_W4A16_MAX_M && n >= 8 && n % 8 == 0 &&
-         n <= kMaxColumns && group >= 16 &&
+  return m >= 1 && m <= LMS_W4A16_MAX_M && n >= 8 && n % 8 == 0 && n <= kMaxColumns && group >= 16 &&
          group % 16 == 0 && k >= group && k % group == 0 && k <= (int64_t{1} << 30);
 }
 

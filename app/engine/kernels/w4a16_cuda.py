@@ -4,9 +4,9 @@
 :func:`unavailable_reason` why not.
 
 Each kernel needs a workspace (split-K partials; the GEMV's must start zero-filled: a zero slot
-is a partial not yet arrived), one per kernel and device here, shared by its calls: calls must come from one
-stream at a time, and the first call of a shape should run outside CUDA-graph capture (a warm-up
-step), so that a larger workspace is not allocated inside a graph."""
+is a partial not yet arrived), one per kernel and device here, shared by its calls: calls must
+come from one stream at a time, and the first call of a shape should run outside CUDA-graph
+capture (a warm-up step), so that a larger workspace is not allocated inside a graph."""
 
 from __future__ import annotations
 
