@@ -32,17 +32,17 @@ def _versions() -> dict:
 
 def run_self_test(report_path: Path | None = None) -> int:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    import psutil
     from PySide6.QtCore import QEventLoop
     from PySide6.QtWidgets import QApplication
 
     from app import paths
     from app.chats.store import ChatStore
+    from app.process_age import process_age_s
     from app.ui.engine_bridge import start_bridge, stop_bridge
     from app.ui.main_window import MainWindow
     from app.ui.settings import AppSettings
 
-    process_start = psutil.Process().create_time()
+    process_start = time.time() - process_age_s()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     report: dict = {"ok": False, "question": QUESTION, "versions": _versions(),
                     "platform": f"{platform.system()} {platform.release()} ({platform.machine()})",

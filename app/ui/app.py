@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from pathlib import Path
-
-import psutil
 
 
 def app_icon():
@@ -27,6 +24,7 @@ def run_app(model: Path | None = None) -> int:
 
     from app import paths
     from app.chats.store import ChatStore
+    from app.process_age import process_age_s
     from app.ui.logging_setup import install_exception_dialog, setup_logging
 
     setup_logging()
@@ -48,7 +46,7 @@ def run_app(model: Path | None = None) -> int:
     window = MainWindow(store, bridge, model, settings=settings)
     window.show()
     app.processEvents()
-    log.info("window shown %.0f ms after the process started", (time.time() - psutil.Process().create_time()) * 1e3)
+    log.info("window shown %.0f ms after the process started", process_age_s() * 1e3)
     try:
         return app.exec()
     finally:
