@@ -124,8 +124,10 @@ class MainWindow(QMainWindow):
         self._memory_timer = QTimer(self, interval=MEMORY_POLL_MS,
                                     timeout=lambda: bridge.request_memory.emit(self.device))
         self._memory_timer.start()
-        bridge.request_devices.emit()
-        self.load(str(model) if model else None)
+        # The engine's thread imports torch for these: once the window is up, so the two don't share
+        # the interpreter while it is built and shown.
+        QTimer.singleShot(0, bridge.request_devices.emit)
+        QTimer.singleShot(0, lambda: self.load(str(model) if model else None))
 
     def current_engine_options(self) -> dict:
         return {**self.settings.engine_options(), **self.engine_options}
