@@ -126,8 +126,8 @@ class MainWindow(QMainWindow):
         self._memory_timer.start()
         # The engine's thread imports torch for these: once the window is up, so the two don't share
         # the interpreter while it is built and shown.
-        QTimer.singleShot(0, bridge.request_devices.emit)
-        QTimer.singleShot(0, lambda: self.load(str(model) if model else None))
+        QTimer.singleShot(0, self, bridge.request_devices.emit)  # (not sent if the window is gone by then)
+        QTimer.singleShot(0, self, lambda: self.load(str(model) if model else None))
 
     def current_engine_options(self) -> dict:
         return {**self.settings.engine_options(), **self.engine_options}
