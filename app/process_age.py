@@ -2,8 +2,8 @@
 
 psutil's ``create_time()`` on Linux adds the start tick to the boot time from ``/proc/stat``, which is
 whole seconds: the age it gives is too large by the boot time's lost fraction, up to a second, fixed for
-the machine's uptime. Linux's own clocks give it exactly: the start tick counts from boot on the
-same clock as ``CLOCK_BOOTTIME``.
+the machine's uptime. Linux's own clocks give it to a clock tick (10 ms): the start tick counts from
+boot on the same clock as ``CLOCK_BOOTTIME``.
 """
 
 from __future__ import annotations
