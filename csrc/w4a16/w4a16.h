@@ -45,7 +45,7 @@ extern "C" {
 #define LMS_API __attribute__((visibility("default")))
 #endif
 
-#define LMS_W4A16_ABI_VERSION 5
+#define LMS_W4A16_ABI_VERSION 6
 #define LMS_W4A16_MAX_M 8
 
 /* dtype flag for x and y */
@@ -88,7 +88,17 @@ LMS_API int lms_w4a16_workspace_bytes(int64_t m, int64_t n, int64_t k, int64_t g
  * (j, j + head_dim / 2) by the row's cos[j], sin[j], [M, head_dim / 2] in x's dtype, in fp32), q
  * goes to y ([M, q_heads * head_dim]), k and v to the caches at the row's slot (an int64 [M]; a
  * negative slot writes nothing): k_cache[slot][kv head][:], v_cache likewise, contiguous rows of
- * x's dtype. head_dim must divide 256 (a column tile) and be even. */
+ * x's dtype. head_dim must divide 256 (a column tile) and be even.
+ *
+ * The residual stream in fp32 (a decode step on one device: no reduce between ranks comes between
+ * a projection and the next norm), which takes the split-K hand-over out of the projections that
+ * feed it:
+ *   x_f32 (with a norm and no residual): x is the hidden state h itself, fp32 [M, K], 16-byte
+ *   aligned; the dtype flag still gives y's (and the norm weight's) dtype.
+ *   accumulate (fp32 [M, N]; not with q_heads): y is not written (it may be NULL) and no workspace
+ *   is used; every K slice adds its partial sums, slice 0 also the bias, to accumulate with atomic
+ *   adds, so accumulate += x @ W (+ bias) in fp32. The order of the additions, and so the last bits
+ *   of the sums, varies from run to run. */
 typedef struct lms_w4a16_fusion {
   const void* norm_weight;
   const void* residual;
@@ -101,6 +111,8 @@ typedef struct lms_w4a16_fusion {
   const int64_t* slots;
   void* k_cache;
   void* v_cache;
+  int x_f32;
+  float* accumulate;
 } lms_w4a16_fusion;
 
 /* y = x @ W on `stream` (a cudaStream_t; NULL for the default stream) of the current device.

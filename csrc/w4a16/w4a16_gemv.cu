@@ -18,7 +18,10 @@
 //   in every block, then the last one to arrive summing, decoded 1.5% slower at batch 1 on an
 //   H100). The summing block waits only on blocks of lower index, which the GPU dispatches first.
 //   The hand-over still costs about 6% of a batch-1 step (the summing block waits for the slowest
-//   slice, then one more round trip to L2): builds that skip the wait ran that much faster.
+//   slice, then one more round trip to L2): builds that skip the wait ran that much faster. Where
+//   the output goes into the fp32 residual stream (accumulate: o_proj and down), every slice adds
+//   its partial there with atomic adds and leaves, so there is no hand-over at all: batch 1 decoded
+//   416-423 tok/s against 392-397 with the hand-over (H100, Llama-3-8B, 2026-11-27).
 // - Coalescing. Each warp reads one row of the tile per load (32 consecutive words, one per
 //   lane: one cache line); the block's 8 warps take chunks of R consecutive rows of K in turn.
 //   A thread holds a ring of S chunks in registers, all requested before it waits on the previous
@@ -52,6 +55,8 @@
 //   block that finishes a column tile adds the bias and, for the qkv projection, rotates q and k
 //   (a tile holds whole heads: the pair partner is a shared-memory read away) and stores k and v
 //   into the cache. Each fusion is a launch fewer, worth ~2-3 us at batch 1.
+
+#include <algorithm>
 
 #include "w4a16.h"
 #include "w4a16_common.cuh"
@@ -107,8 +112,9 @@ __device__ __forceinline__ void load8(const T* at, float (&out)[8]) {
   for (int i = 0; i < 8; ++i) out[i] = to_float(v[i]);
 }
 
-// The RMSNorm prologue's 1 / rms of each row of h = x (+ residual), over all of K: into inv[m]
-// (partial: kWarps rows of LMS_W4A16_MAX_M floats of shared scratch).
+// The RMSNorm prologue's 1 / rms of each row of h = x (+ residual), or of x itself where it comes
+// in fp32, over all of K: into inv[m] (partial: kWarps rows of LMS_W4A16_MAX_M floats of shared
+// scratch).
 template <typename T, int M>
 __device__ __forceinline__ void inverse_rms(const Params& p, float (*partial)[LMS_W4A16_MAX_M], float* inv) {
   const T* x = static_cast<const T*>(p.x);
@@ -116,19 +122,31 @@ __device__ __forceinline__ void inverse_rms(const Params& p, float (*partial)[LM
   float squares[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) squares[m] = 0.0f;
+  if (p.fusion.x_f32) {  // h itself, in fp32 (the residual stream)
 #pragma unroll 2
-  for (int at = threadIdx.x * 8; at < p.k; at += kThreads * 8) {
+    for (int at = threadIdx.x * 4; at < p.k; at += kThreads * 4) {
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      float h[8], r[8];
-      load8(x + static_cast<size_t>(m) * p.k + at, h);
-      if (residual) {
-        load8(residual + static_cast<size_t>(m) * p.k + at, r);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) h[i] = round_to<T>(h[i] + r[i]);
+      for (int m = 0; m < M; ++m) {
+        const float* row = static_cast<const float*>(p.x) + static_cast<size_t>(m) * p.k;
+        const float4 h = *reinterpret_cast<const float4*>(row + at);
+        squares[m] += h.x * h.x + h.y * h.y + h.z * h.z + h.w * h.w;
       }
+    }
+  } else {
+#pragma unroll 2
+    for (int at = threadIdx.x * 8; at < p.k; at += kThreads * 8) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) squares[m] += h[i] * h[i];
+      for (int m = 0; m < M; ++m) {
+        float h[8], r[8];
+        load8(x + static_cast<size_t>(m) * p.k + at, h);
+        if (residual) {
+          load8(residual + static_cast<size_t>(m) * p.k + at, r);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) h[i] = round_to<T>(h[i] + r[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) squares[m] += h[i] * h[i];
+      }
     }
   }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -151,7 +169,8 @@ __device__ __forceinline__ void inverse_rms(const Params& p, float (*partial)[LM
 // The operands of one value of the product's x: x; gate and up; or x, residual and norm weight.
 template <typename T>
 struct XOperands {
-  T a, b, w;
+  float a;  // x (or gate), whether it comes as T or as fp32
+  T b, w;
 };
 
 template <typename T>
@@ -160,12 +179,12 @@ __device__ __forceinline__ XOperands<T> load_x(const Params& p, int m, int row) 
   XOperands<T> in{};
   if (p.silu_mul) {
     const T* gate = x + static_cast<size_t>(m) * 2 * p.k + row;
-    in.a = gate[0];
+    in.a = to_float(gate[0]);
     in.b = gate[p.k];
     return in;
   }
   const size_t at = static_cast<size_t>(m) * p.k + row;
-  in.a = x[at];
+  in.a = p.fusion.x_f32 ? static_cast<const float*>(p.x)[at] : to_float(x[at]);
   if (p.fusion.norm_weight) {
     in.w = static_cast<const T*>(p.fusion.norm_weight)[row];
     if (p.fusion.residual) in.b = static_cast<const T*>(p.fusion.residual)[at];
@@ -178,10 +197,10 @@ __device__ __forceinline__ XOperands<T> load_x(const Params& p, int m, int row) 
 template <typename T>
 __device__ __forceinline__ float x_value(const Params& p, const XOperands<T>& in, int m, int row, const float* inv) {
   if (p.silu_mul) {
-    const float g = to_float(in.a);
+    const float g = in.a;
     return g / (1.0f + __expf(-g)) * to_float(in.b);
   }
-  float v = to_float(in.a);
+  float v = in.a;
   if (!p.fusion.norm_weight) return v;
   if (p.fusion.residual) {
     v = round_to<T>(v + to_float(in.b));
@@ -463,6 +482,15 @@ __global__ void __launch_bounds__(kThreads, B) w4a16_gemv_kernel(const Params p)
 
   const int col = tile * kTileCols + tid;
   const bool col_ok = col < p.n;
+  if (p.fusion.accumulate) {  // the fp32 residual stream: no hand-over, each slice adds its part
+    const T* bias = static_cast<const T*>(p.fusion.bias);
+    if (col_ok)
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+        atomicAdd(p.fusion.accumulate + static_cast<size_t>(m) * p.n + col,
+                  split == 0 && bias ? total[m] + to_float(bias[col]) : total[m]);
+    return;
+  }
   if (p.splits == 1) {
     write_outputs<T, M>(p, tile, total, &red[0][0]);
     return;
@@ -506,6 +534,12 @@ Plan make_plan(int64_t m, int64_t n, int64_t k, int requested_splits, const Devi
     const int64_t resident = static_cast<int64_t>(tuning.blocks) * device.sms;
     const int64_t waves = cdiv(3 * plan.tiles, resident);
     splits = clamp(waves * resident / plan.tiles, 1, plan.chunks / kWarps);
+    // Then as few slices as keep the slowest warp's share: a block deals its chunks to its warps,
+    // so Llama-3-8B's o_proj in 24 slices (10.7 chunks a block) leaves some warps 2 chunks and
+    // others 1, where 16 slices give every warp 2 with a third fewer blocks (batch 1 decoded
+    // 428.8-429.4 tok/s against 423.0 in one call of an H100; down's 24 slices stay at 23).
+    const int64_t slowest = cdiv(cdiv(plan.chunks, std::max<int64_t>(splits, 1)), kWarps);
+    splits = cdiv(plan.chunks, slowest * kWarps);
   }
   // Each block's slice of x must fit its shared memory (a warp's share rounded up).
   const int64_t max_chunks_per_block = kMaxSharedX / (rows_per_chunk * m * static_cast<int64_t>(sizeof(__half2)));
@@ -528,6 +562,8 @@ int check_fusion(const lms_w4a16_fusion& f, int64_t n, int64_t k, const void* x,
   } else if (f.residual || f.residual_out) {
     return LMS_W4A16_ERR_FUSION;  // a residual belongs to the norm
   }
+  if (f.x_f32 && (!f.norm_weight || f.residual)) return LMS_W4A16_ERR_FUSION;
+  if (f.accumulate && f.q_heads != 0) return LMS_W4A16_ERR_FUSION;
   if (f.q_heads < 0 || (f.q_heads == 0 && (f.kv_heads != 0 || f.head_dim != 0))) return LMS_W4A16_ERR_FUSION;
   if (f.q_heads > 0) {
     const int d = f.head_dim;
@@ -584,16 +620,17 @@ LMS_API int lms_w4a16_gemv(const void* x, const int32_t* qweight, const int32_t*
   if (!valid_shape(m, n, k, group_size)) return LMS_W4A16_ERR_SHAPE;
   if (dtype != LMS_DTYPE_F16 && dtype != LMS_DTYPE_BF16) return LMS_W4A16_ERR_DTYPE;
   if (activation != LMS_ACT_NONE && activation != LMS_ACT_SILU_MUL) return LMS_W4A16_ERR_ACTIVATION;
-  if (!x || !qweight || !qzeros || !scales || !y || !aligned16(scales)) return LMS_W4A16_ERR_ALIGN;
   const lms_w4a16_fusion none = {};
   const lms_w4a16_fusion& f = fusion ? *fusion : none;
+  if (!x || !qweight || !qzeros || !scales || !(y || f.accumulate) || !aligned16(scales)) return LMS_W4A16_ERR_ALIGN;
   const int fusion_check = check_fusion(f, n, k, x, activation);
   if (fusion_check != LMS_W4A16_OK) return fusion_check;
   DeviceInfo device;
   cudaError_t err = device_info(&device);
   if (err != cudaSuccess) return static_cast<int>(err);
   const Plan plan = make_plan(m, n, k, splits, device);
-  if (plan.workspace_bytes > 0 && (!workspace || workspace_bytes < static_cast<int64_t>(plan.workspace_bytes)))
+  if (!f.accumulate && plan.workspace_bytes > 0 &&
+      (!workspace || workspace_bytes < static_cast<int64_t>(plan.workspace_bytes)))
     return LMS_W4A16_ERR_WORKSPACE;
 
   Params p{};
@@ -630,8 +667,9 @@ LMS_API const char* lms_w4a16_error_string(int code) {
     case LMS_W4A16_ERR_WORKSPACE: return "workspace smaller than lms_w4a16_workspace_bytes()";
     case LMS_W4A16_ERR_ACTIVATION: return "bad activation flag (0: none, 1: silu-mul)";
     case LMS_W4A16_ERR_FUSION:
-      return "bad fusion: a norm needs K % 8 == 0 and no activation, a residual needs a norm; rotary needs "
-             "an even head_dim dividing 256 and N == (q_heads + 2 kv_heads) * head_dim";
+      return "bad fusion: a norm needs K % 8 == 0 and no activation, a residual or fp32 x needs a norm (fp32 x "
+             "no residual); rotary needs an even head_dim dividing 256 and N == (q_heads + 2 kv_heads) * "
+             "head_dim, and no accumulate";
     default:
       return code > 0 ? cudaGetErrorString(static_cast<cudaError_t>(code)) : "unknown error";
   }

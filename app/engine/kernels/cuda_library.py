@@ -31,7 +31,7 @@ from app.engine.kernels.native_build import bind, build_once, bundled, cache_dir
 __all__ = ["ABI_VERSION", "NVCC_FLAGS", "Library", "build", "find_nvcc", "library", "sources"]
 
 SOURCE_DIR = Path(__file__).resolve().parents[3] / "csrc" / "w4a16"
-ABI_VERSION = 5  # LMS_W4A16_ABI_VERSION in w4a16.h
+ABI_VERSION = 6  # LMS_W4A16_ABI_VERSION in w4a16.h
 GENCODE = [
     "-gencode=arch=compute_80,code=sm_80",
     "-gencode=arch=compute_90,code=sm_90",

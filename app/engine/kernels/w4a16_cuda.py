@@ -86,17 +86,18 @@ class _Fusion(ctypes.Structure):
                 ("eps", ctypes.c_float), ("bias", ctypes.c_void_p), ("q_heads", ctypes.c_int),
                 ("kv_heads", ctypes.c_int), ("head_dim", ctypes.c_int), ("cos", ctypes.c_void_p),
                 ("sin", ctypes.c_void_p), ("slots", ctypes.c_void_p), ("k_cache", ctypes.c_void_p),
-                ("v_cache", ctypes.c_void_p)]
+                ("v_cache", ctypes.c_void_p), ("x_f32", ctypes.c_int), ("accumulate", ctypes.c_void_p)]
 
 
-def _fusion(x: torch.Tensor, m: int, n: int, k: int, norm: Norm | None, bias: torch.Tensor | None,
-            rotary_kv: RotaryKV | None) -> _Fusion | None:
+def _fusion(x: torch.Tensor, dtype: torch.dtype, m: int, n: int, k: int, norm: Norm | None,
+            bias: torch.Tensor | None, rotary_kv: RotaryKV | None, accumulate: torch.Tensor | None) -> _Fusion | None:
     """The C struct for a call's fusions, after checking the tensors' dtype, device and layout (the
-    library checks the shapes it is told and the alignments)."""
-    if norm is None and bias is None and rotary_kv is None:
+    library checks the shapes it is told and the alignments). dtype: the product's (x's, or the
+    norm weight's where x is the fp32 residual stream)."""
+    if norm is None and bias is None and rotary_kv is None and accumulate is None:
         return None
 
-    def ptr(t: torch.Tensor | None, what: str, numel: int | None = None, dtype: torch.dtype = x.dtype) -> int | None:
+    def ptr(t: torch.Tensor | None, what: str, numel: int | None = None, dtype: torch.dtype = dtype) -> int | None:
         if t is None:
             return None
         if t.dtype != dtype or t.device != x.device or not t.is_contiguous() or (numel is not None and t.numel() != numel):
@@ -110,6 +111,8 @@ def _fusion(x: torch.Tensor, m: int, n: int, k: int, norm: Norm | None, bias: to
             raise ValueError("a norm's residual and residual_out come together")
         f.norm_weight, f.eps = ptr(norm.weight, "the norm weight", k), norm.eps
         f.residual, f.residual_out = ptr(norm.residual, "residual", m * k), ptr(norm.residual_out, "residual_out", m * k)
+    f.x_f32 = int(x.dtype == torch.float32)
+    f.accumulate = ptr(accumulate, "accumulate", m * n, torch.float32)
     f.bias = ptr(bias, "bias", n)
     if rotary_kv is not None:
         r = rotary_kv
@@ -144,12 +147,13 @@ def _workspace(device: torch.device, nbytes: int, kernel: str) -> torch.Tensor:
 
 
 def _checked(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
-             gate_up: bool = False) -> tuple[int, int, torch.Tensor]:
-    """(K, N, x as contiguous rows) after checking the operands; with gate_up, x is [..., 2K]."""
+             gate_up: bool = False, dtype: torch.dtype | None = None) -> tuple[int, int, torch.Tensor]:
+    """(K, N, x as contiguous rows) after checking the operands; with gate_up, x is [..., 2K].
+    dtype: the product's, where it is not x's (x the fp32 residual stream)."""
     k, n = check_shapes(qweight, qzeros, scales, group_size)
     if x.shape[-1] != (2 * k if gate_up else k):
         raise ValueError(f"x has {x.shape[-1]} features, the weight {k}" + (" (x is gate | up)" if gate_up else ""))
-    if x.dtype not in _DTYPE_FLAGS or scales.dtype != torch.float16:
+    if (dtype or x.dtype) not in _DTYPE_FLAGS or scales.dtype != torch.float16:
         raise ValueError(f"x must be float16 or bfloat16 and scales float16, got {x.dtype} and {scales.dtype}")
     tensors = (qweight, qzeros, scales)
     if x.device.type != "cuda" or any(t.device != x.device for t in tensors):
@@ -159,9 +163,10 @@ def _checked(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scale
     return k, n, x.reshape(-1, x.shape[-1]).contiguous()
 
 
-def _output(x2: torch.Tensor, n: int, out: torch.Tensor | None) -> torch.Tensor:
-    y = torch.empty((x2.shape[0], n), dtype=x2.dtype, device=x2.device) if out is None else out.view(x2.shape[0], n)
-    if not y.is_contiguous() or y.dtype != x2.dtype:
+def _output(x2: torch.Tensor, n: int, out: torch.Tensor | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    dtype = dtype or x2.dtype
+    y = torch.empty((x2.shape[0], n), dtype=dtype, device=x2.device) if out is None else out.view(x2.shape[0], n)
+    if not y.is_contiguous() or y.dtype != dtype:
         raise ValueError("out must be contiguous and of x's dtype")
     return y
 
@@ -169,7 +174,7 @@ def _output(x2: torch.Tensor, n: int, out: torch.Tensor | None) -> torch.Tensor:
 def w4a16_gemv(
     x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
     *, out: torch.Tensor | None = None, splits: int = 0, silu_mul: bool = False, norm: Norm | None = None,
-    bias: torch.Tensor | None = None, rotary_kv: RotaryKV | None = None,
+    bias: torch.Tensor | None = None, rotary_kv: RotaryKV | None = None, accumulate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = x @ W for x [..., K] with at most MAX_M rows (fp16 or bf16, on a CUDA device) and an
     AWQ weight (qweight int32 [K, N // 8], qzeros int32 [K // G, N // 8], scales fp16 [K // G, N],
@@ -178,21 +183,31 @@ def w4a16_gemv(
     silu_mul: x is [..., 2K], gate | up, and the product takes silu(gate) * up (SwiGLU's down
     projection, without a separate activation kernel). The fusions of a decode step (see Norm,
     RotaryKV): norm before the product, + bias after it; with rotary_kv the result is q,
-    [..., q_heads * head_dim], and k and v go to the cache."""
-    k, n, x2 = _checked(x, qweight, qzeros, scales, group_size, gate_up=silu_mul)
+    [..., q_heads * head_dim], and k and v go to the cache.
+
+    The residual stream kept in fp32 (one device's decode step): with a norm (and no residual),
+    x may be fp32, the hidden state itself, and the product runs in the norm weight's dtype; with
+    accumulate (fp32 [..., N], not with rotary_kv) the product and bias are added to it in place
+    by every K slice's atomic adds (no split-K hand-over; the last bits vary from run to run), and
+    accumulate is returned."""
+    stream_x = x.dtype == torch.float32 and norm is not None and norm.residual is None
+    dtype = norm.weight.dtype if stream_x else x.dtype
+    k, n, x2 = _checked(x, qweight, qzeros, scales, group_size, gate_up=silu_mul, dtype=dtype)
     m = x2.shape[0]
     if not 1 <= m <= MAX_M:
         raise ValueError(f"the CUDA W4A16 GEMV takes 1..{MAX_M} rows, got {m}")
-    fusion = _fusion(x2, m, n, k, norm, bias, rotary_kv)
+    if accumulate is not None and (rotary_kv is not None or out is not None):
+        raise ValueError("accumulate is the output: it takes neither rotary_kv nor out")
+    fusion = _fusion(x2, dtype, m, n, k, norm, bias, rotary_kv, accumulate)
     n_out = n if rotary_kv is None else rotary_kv.q_heads * rotary_kv.head_dim
-    y = _output(x2, n_out, out)
+    y = accumulate.view(m, n) if accumulate is not None else _output(x2, n_out, out, dtype)
     lib = _lib()
     with torch.cuda.device(x.device):
         ws = _workspace(x.device, workspace_bytes(m, n, k, group_size, splits), "gemv")
         stream = torch.cuda.current_stream(x.device).cuda_stream
         rc = lib.lms_w4a16_gemv(
             x2.data_ptr(), qweight.data_ptr(), qzeros.data_ptr(), scales.data_ptr(), y.data_ptr(),
-            m, n, k, group_size, _DTYPE_FLAGS[x.dtype], int(silu_mul),
+            m, n, k, group_size, _DTYPE_FLAGS[dtype], int(silu_mul),
             None if fusion is None else ctypes.byref(fusion), ws.data_ptr(), ws.numel(), splits, stream,
         )
     _check(lib, rc, "lms_w4a16_gemv")

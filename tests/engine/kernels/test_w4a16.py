@@ -470,6 +470,44 @@ def test_cuda_w4a16_norm_prologue_and_bias(m, k, n, group, splits, dtype, with_r
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("m,k,n,group,splits", [(1, 4096, 4096, 128, 0), (3, 512, 200, 32, 1), (8, 1024, 4104, 64, 5)])
+def test_cuda_w4a16_residual_stream_in_fp32(m, k, n, group, splits, dtype):
+    """The residual stream kept in fp32: the norm reads it as x (the product in the norm weight's
+    dtype), and accumulate adds x @ W + bias into it in place (every K slice's atomic adds), for
+    plain x and for silu(gate) * up; a second call adds as much again."""
+    w4a16_cuda = _cuda_kernel()
+    _, _, _, qweight, qzeros, scales = random_awq(k, n, group, seed=k + n + m)
+    hidden = nonzero(m, k, dtype=torch.float32, seed=11) * 3
+    weight, bias = nonzero(k, dtype=dtype, seed=12), nonzero(n, dtype=dtype, seed=13)
+    normed = (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype) * weight
+    ref = w4a16_matmul_reference(normed, qweight, qzeros, scales, group) + bias
+    y = w4a16_cuda.w4a16_gemv(hidden, qweight, qzeros, scales, group, splits=splits,
+                              norm=w4a16_cuda.Norm(weight, 1e-5), bias=bias)
+    assert y.dtype == dtype
+    err = rel_error(y, ref)
+    assert err <= CUDA_TOLERANCE, f"norm of the fp32 stream: relative error {err:.2e}"
+
+    x = nonzero(m, k, dtype=dtype, seed=14)
+    gate_up = nonzero(m, 2 * k, dtype=dtype, seed=15)
+    gate, up = gate_up.float().chunk(2, dim=-1)
+    for operand, silu_mul, acts in ((x, False, x.float()), (gate_up, True, torch.nn.functional.silu(gate) * up)):
+        product = w4a16_matmul_reference(acts, qweight, qzeros, scales, group).float() + bias.float()
+        stream = nonzero(m, n, dtype=torch.float32, seed=16)
+        before = stream.clone()
+        out = w4a16_cuda.w4a16_gemv(operand, qweight, qzeros, scales, group, splits=splits, silu_mul=silu_mul,
+                                    bias=bias, accumulate=stream)
+        assert out.data_ptr() == stream.data_ptr()
+        err = rel_error(stream - before, product)
+        assert err <= CUDA_TOLERANCE, f"accumulate (silu_mul={silu_mul}): relative error {err:.2e}"
+        w4a16_cuda.w4a16_gemv(operand, qweight, qzeros, scales, group, splits=splits, silu_mul=silu_mul,
+                              bias=bias, accumulate=stream)
+        err = rel_error(stream - before, 2 * product)
+        assert err <= CUDA_TOLERANCE, f"accumulate twice (silu_mul={silu_mul}): relative error {err:.2e}"
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("m,heads,kv_heads,head_dim,k,splits", [
     (1, 32, 8, 128, 4096, 0),  # Llama-3-8B
     (1, 9, 3, 64, 576, 0),     # SmolLM2-135M
@@ -532,6 +570,13 @@ def test_cuda_w4a16_fusions_refuse_what_they_do_not_take():
     unaligned = torch.cat([x, x], 1).view(-1)[1:257].view(1, 256)  # 2 bytes past a 16-byte boundary
     with pytest.raises(RuntimeError, match="16-byte aligned"):
         w4a16_cuda.w4a16_gemv(unaligned, qweight, qzeros, scales, 32, norm=norm)
+    stream = torch.zeros(1, 320, dtype=torch.float32, device=DEVICE)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):  # fp32 x is the stream: for a norm only
+        w4a16_cuda.w4a16_gemv(x.float(), qweight, qzeros, scales, 32, accumulate=stream)
+    with pytest.raises(ValueError, match="accumulate is the output"):
+        w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 32, rotary_kv=rotary, accumulate=stream)
+    with pytest.raises(ValueError, match="accumulate must be"):
+        w4a16_cuda.w4a16_gemv(x, qweight, qzeros, scales, 32, accumulate=stream.half())
 
 
 @gpu

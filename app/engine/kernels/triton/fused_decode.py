@@ -304,6 +304,8 @@ def run(layer: DecodeLayer, step: DecodeStep, x: torch.Tensor, residual: torch.T
     """DecoderLayer.forward for a one-sequence decode step: (mlp output, residual). Under tensor
     parallelism the layer holds this rank's heads and MLP slice, and the row-parallel outputs
     are summed over the ranks before the next norm (and the next layer) reads them."""
+    if residual is None:  # the whole hidden state: maybe a 4-bit layer's fp32 stream (w4a16_decode)
+        x = x.to(layer.input_norm.weight.dtype)
     x = x.contiguous()
     q, residual = _qkv(layer, step, x, residual)
     attn, down = layer.attn, layer.mlp.down_proj
