@@ -128,3 +128,21 @@ def test_several_sequences_take_the_per_op_path(tiny_model_factory):
     cos = torch.zeros(2, 16, device=ours.device)
     assert ours.model.ops.decode_step(cos, cos, None, None, None) is None
     assert ours.model.ops.decode_step(cos[:1], cos[:1], None, None, None) is not None
+
+
+def test_a_wider_hidden_state_is_taken_in_the_model_dtype(tiny_model_factory):
+    """A 4-bit layer hands on its fp32 residual stream as (hidden, None) (w4a16_decode); a dense
+    fused layer after it (a model whose checkpoint left a layer unquantized) computes from that
+    hidden state rounded to the model dtype, as if it had come so."""
+    folder, _ = tiny_model_factory("llama-bias")
+    ours = _loaded(folder, "bfloat16", "triton")
+    ours.model.bind_cache(ours.cache.layers)
+    dev = ours.device
+    cos, sin = ours.model.rotary(torch.tensor([3], device=dev), None, ours.dtype)
+    step = ours.model.ops.decode_step(cos, sin, torch.tensor([3], device=dev), torch.tensor([[0]], device=dev),
+                                      torch.tensor([4], device=dev))
+    hidden = torch.randn(1, ours.config.hidden_size, generator=torch.Generator().manual_seed(5)).to(dev) + 0.1
+    wide_out, wide_residual = ours.model.fused_layers[0](step, hidden, None)
+    out, residual = ours.model.fused_layers[0](step, hidden.to(torch.bfloat16), None)
+    assert wide_out.dtype == torch.bfloat16
+    assert torch.equal(wide_out, out) and torch.equal(wide_residual, residual)
