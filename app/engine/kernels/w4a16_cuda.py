@@ -154,7 +154,8 @@ def _checked(x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scale
     if x.shape[-1] != (2 * k if gate_up else k):
         raise ValueError(f"x has {x.shape[-1]} features, the weight {k}" + (" (x is gate | up)" if gate_up else ""))
     if (dtype or x.dtype) not in _DTYPE_FLAGS or scales.dtype != torch.float16:
-        raise ValueError(f"x must be float16 or bfloat16 and scales float16, got {x.dtype} and {scales.dtype}")
+        raise ValueError(f"x must be float16 or bfloat16 (float32 only with a norm and no residual) and scales "
+                         f"float16, got {x.dtype} and {scales.dtype}")
     tensors = (qweight, qzeros, scales)
     if x.device.type != "cuda" or any(t.device != x.device for t in tensors):
         raise ValueError("x, qweight, qzeros and scales must be on one CUDA device")
@@ -167,7 +168,7 @@ def _output(x2: torch.Tensor, n: int, out: torch.Tensor | None, dtype: torch.dty
     dtype = dtype or x2.dtype
     y = torch.empty((x2.shape[0], n), dtype=dtype, device=x2.device) if out is None else out.view(x2.shape[0], n)
     if not y.is_contiguous() or y.dtype != dtype:
-        raise ValueError("out must be contiguous and of x's dtype")
+        raise ValueError(f"out must be contiguous and of the product's dtype, {dtype}")
     return y
 
 
